@@ -1,0 +1,372 @@
+"""The metric catalog: every metric name, type, unit, help text and label set of the project.
+
+Dashboards, alerts, docs and the attribution job import names from here; nobody types a metric name
+twice. ``docs/metrics.md`` is generated from this module (``gpuattr docs``) and CI fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Kind(enum.Enum):
+    """How a series behaves. ``INFO`` is a gauge fixed at 1 whose labels carry metadata to join on."""
+
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    INFO = "info"
+
+
+class Group(enum.Enum):
+    """Which part of the exporter produces a metric (for the docs and for switching groups off)."""
+
+    DEVICE = "GPU devices and MIG instances"
+    CONTAINER = "Usage per container (or per process outside Kubernetes)"
+    KUBERNETES = "Kubernetes: pods, workloads, allocations"
+    EXPORTER = "The exporter itself"
+    DCGM_COMPAT = "dcgm-exporter compatible names (--dcgm-compat)"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric family as exposed on ``/metrics``."""
+
+    name: str
+    """Full name as it appears in PromQL (counters include ``_total``)."""
+    kind: Kind
+    help: str
+    """One line: what the value is, its unit, and the ``nvidia-smi`` field or method behind it."""
+    labels: tuple[str, ...]
+    group: Group
+    unit: str = ""
+    """OpenMetrics unit; the name ends with ``_<unit>`` when set."""
+    notes: str = ""
+    """Longer explanation for the docs only."""
+    family: str = field(init=False)
+    """The OpenMetrics family name (counters without ``_total``)."""
+
+    def __post_init__(self) -> None:
+        base = self.name.removesuffix("_total") if self.kind is Kind.COUNTER else self.name
+        object.__setattr__(self, "family", base)
+
+
+# Label sets -------------------------------------------------------------------------------------------
+GPU = ("gpu", "gpu_uuid")
+"""``gpu`` is the NVML index (as nvidia-smi shows it); ``gpu_uuid`` the stable identity."""
+MIG = ("mig_instance", "mig_profile")
+"""GPU-instance id and profile (``3g.40gb``); both empty on a GPU without MIG."""
+K8S = ("namespace", "pod", "container")
+"""kube-state-metrics names; empty for processes outside Kubernetes."""
+PROCESS = ("process",)
+"""The command name of processes outside Kubernetes; empty for containers (no PID label, ever)."""
+SOURCE = ("source",)
+"""Where an activity number comes from: ``gpm`` (Hopper+ GPU performance monitoring), ``nvml``
+(NVML utilisation counters), later ``dcgm``. Precedence is documented in docs/metrics.md."""
+
+USAGE_LABELS = GPU + MIG + K8S + PROCESS
+
+# Devices ------------------------------------------------------------------------------------------------
+GPU_INFO = Metric(
+    "gpuattr_gpu_info",
+    Kind.INFO,
+    "GPU identity, fixed at 1 (nvidia-smi -L); join on gpu_uuid.",
+    ("gpu", "gpu_uuid", "gpu_model", "driver_version", "mig_mode"),
+    Group.DEVICE,
+)
+GPU_UP = Metric(
+    "gpuattr_gpu_up",
+    Kind.GAUGE,
+    "1 when the last sample read this GPU, 0 when it was lost (GpuIsLost) or unreadable.",
+    GPU,
+    Group.DEVICE,
+)
+GPU_MEMORY_TOTAL = Metric(
+    "gpuattr_gpu_memory_total_bytes",
+    Kind.GAUGE,
+    "Framebuffer memory of the GPU or MIG instance in bytes (nvidia-smi memory.total).",
+    GPU + MIG,
+    Group.DEVICE,
+    unit="bytes",
+)
+GPU_MEMORY_USED = Metric(
+    "gpuattr_gpu_memory_used_bytes",
+    Kind.GAUGE,
+    "Framebuffer memory in use on the GPU or MIG instance in bytes (nvidia-smi memory.used).",
+    GPU + MIG,
+    Group.DEVICE,
+    unit="bytes",
+)
+GPU_UTILIZATION = Metric(
+    "gpuattr_gpu_utilization_ratio",
+    Kind.GAUGE,
+    "Fraction of time one or more kernels ran over the driver's sample period (nvidia-smi "
+    "utilization.gpu); not the share of SMs busy. N/A under MIG.",
+    GPU,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_MEMORY_CONTROLLER = Metric(
+    "gpuattr_gpu_memory_controller_ratio",
+    Kind.GAUGE,
+    "Fraction of time device memory was read or written (nvidia-smi utilization.memory).",
+    GPU,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_SM_ACTIVE = Metric(
+    "gpuattr_gpu_sm_active_ratio",
+    Kind.GAUGE,
+    "Share of SMs busy over the last interval: GPM SM_UTIL on Hopper and newer (source=gpm, per GPU "
+    "and per MIG instance), else NVML kernel-time utilisation (source=nvml).",
+    GPU + MIG + SOURCE,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_SM_OCCUPANCY = Metric(
+    "gpuattr_gpu_sm_occupancy_ratio",
+    Kind.GAUGE,
+    "Resident warps against the theoretical maximum over the last interval (GPM SM_OCCUPANCY; Hopper+).",
+    GPU + MIG,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_TENSOR_ACTIVE = Metric(
+    "gpuattr_gpu_tensor_active_ratio",
+    Kind.GAUGE,
+    "Fraction of time the SMs ran any tensor-core instruction over the last interval (GPM "
+    "ANY_TENSOR_UTIL; Hopper+).",
+    GPU + MIG,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_MEMORY_BANDWIDTH = Metric(
+    "gpuattr_gpu_memory_bandwidth_ratio",
+    Kind.GAUGE,
+    "DRAM bandwidth used against the theoretical peak over the last interval: GPM DRAM_BW_UTIL on "
+    "Hopper+ (source=gpm), else the memory controller's busy time (source=nvml).",
+    GPU + MIG + SOURCE,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_POWER = Metric(
+    "gpuattr_gpu_power_watts",
+    Kind.GAUGE,
+    "Board power draw in watts (nvidia-smi power.draw).",
+    GPU,
+    Group.DEVICE,
+    unit="watts",
+)
+GPU_ENERGY = Metric(
+    "gpuattr_gpu_energy_joules_total",
+    Kind.COUNTER,
+    "Energy used since the driver loaded, in joules (NVML total energy consumption).",
+    GPU,
+    Group.DEVICE,
+    unit="joules",
+)
+GPU_TEMPERATURE = Metric(
+    "gpuattr_gpu_temperature_celsius",
+    Kind.GAUGE,
+    "GPU core temperature in degrees Celsius (nvidia-smi temperature.gpu).",
+    GPU,
+    Group.DEVICE,
+    unit="celsius",
+)
+
+# Usage per container --------------------------------------------------------------------------------
+CONTAINER_MEMORY = Metric(
+    "gpuattr_container_gpu_memory_bytes",
+    Kind.GAUGE,
+    "GPU memory held by the container's processes on this GPU or MIG instance, in bytes (sum of "
+    "NVML per-process usedGpuMemory; nvidia-smi --query-compute-apps=used_memory).",
+    USAGE_LABELS,
+    Group.CONTAINER,
+    unit="bytes",
+)
+CONTAINER_PROCESSES = Metric(
+    "gpuattr_container_gpu_processes",
+    Kind.GAUGE,
+    "Number of the container's processes with a context on this GPU or MIG instance.",
+    USAGE_LABELS,
+    Group.CONTAINER,
+)
+CONTAINER_SM_ACTIVE = Metric(
+    "gpuattr_container_gpu_sm_active_ratio",
+    Kind.GAUGE,
+    "Fraction of the last interval in which the container's kernels ran on this GPU (NVML per-process "
+    "smUtil, summed over its processes, source=nvml). On a MIG instance with one container: the "
+    "instance's GPM SM activity (source=gpm).",
+    USAGE_LABELS + SOURCE,
+    Group.CONTAINER,
+    unit="ratio",
+)
+CONTAINER_MEMORY_BANDWIDTH = Metric(
+    "gpuattr_container_gpu_memory_bandwidth_ratio",
+    Kind.GAUGE,
+    "The container's share of DRAM bandwidth over the last interval. source=gpm: the GPU's GPM "
+    "DRAM_BW_UTIL split in proportion to each process's memory-controller activity (memUtil); "
+    "source=nvml: the process's memory-controller busy time (memUtil) itself.",
+    USAGE_LABELS + SOURCE,
+    Group.CONTAINER,
+    unit="ratio",
+)
+
+# The exporter itself --------------------------------------------------------------------------------
+EXPORTER_BUILD_INFO = Metric(
+    "gpuattr_exporter_build_info",
+    Kind.INFO,
+    "The exporter's version and the NVML binding's, fixed at 1.",
+    ("version", "nvml_binding_version", "mode"),
+    Group.EXPORTER,
+)
+EXPORTER_NVML_UP = Metric(
+    "gpuattr_exporter_nvml_up",
+    Kind.GAUGE,
+    "1 when NVML is initialised and answering, 0 when the driver or library is missing (retried).",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_SAMPLES = Metric(
+    "gpuattr_exporter_samples_total",
+    Kind.COUNTER,
+    "Samples taken by the background sampler.",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_SAMPLE_DURATION = Metric(
+    "gpuattr_exporter_sample_duration_seconds",
+    Kind.GAUGE,
+    "Wall time the last sample took, in seconds (all NVML calls plus rendering).",
+    (),
+    Group.EXPORTER,
+    unit="seconds",
+)
+EXPORTER_SAMPLE_CPU = Metric(
+    "gpuattr_exporter_sample_cpu_seconds_total",
+    Kind.COUNTER,
+    "CPU time the sampler thread spent sampling and rendering, in seconds.",
+    (),
+    Group.EXPORTER,
+    unit="seconds",
+)
+EXPORTER_LAST_SAMPLE = Metric(
+    "gpuattr_exporter_last_sample_timestamp_seconds",
+    Kind.GAUGE,
+    "Unix time at which the served snapshot was taken, in seconds.",
+    (),
+    Group.EXPORTER,
+    unit="seconds",
+)
+EXPORTER_NVML_ERRORS = Metric(
+    "gpuattr_exporter_nvml_errors_total",
+    Kind.COUNTER,
+    "NVML calls that failed, by call and NVML error code (NotSupported is counted once and the call "
+    "is not retried on that GPU).",
+    ("call", "code"),
+    Group.EXPORTER,
+)
+EXPORTER_CLAMPED = Metric(
+    "gpuattr_exporter_utilization_clamped_total",
+    Kind.COUNTER,
+    "Per-process utilisation samples above 100% that the driver returned and the exporter clamped.",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_VANISHED = Metric(
+    "gpuattr_exporter_processes_vanished_total",
+    Kind.COUNTER,
+    "Processes NVML listed that exited before they could be attributed; dropped from the sample.",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_OTLP_EXPORTS = Metric(
+    "gpuattr_exporter_otlp_exports_total",
+    Kind.COUNTER,
+    "OTLP pushes of the snapshot, by result (success, failure).",
+    ("result",),
+    Group.EXPORTER,
+)
+
+# dcgm-exporter compatible names (--dcgm-compat) ------------------------------------------------------
+DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "GPU_I_PROFILE", "GPU_I_ID")
+"""dcgm-exporter's label names: gpu index, UUID, ``nvidiaN`` device, model, host, MIG profile and id."""
+
+DCGM_FB_USED = Metric(
+    "DCGM_FI_DEV_FB_USED", Kind.GAUGE, "Framebuffer memory used (in MiB).", DCGM_LABELS, Group.DCGM_COMPAT
+)
+DCGM_FB_FREE = Metric(
+    "DCGM_FI_DEV_FB_FREE", Kind.GAUGE, "Framebuffer memory free (in MiB).", DCGM_LABELS, Group.DCGM_COMPAT
+)
+DCGM_GPU_UTIL = Metric(
+    "DCGM_FI_DEV_GPU_UTIL", Kind.GAUGE, "GPU utilization (in %).", DCGM_LABELS, Group.DCGM_COMPAT
+)
+DCGM_MEM_COPY_UTIL = Metric(
+    "DCGM_FI_DEV_MEM_COPY_UTIL", Kind.GAUGE, "Memory utilization (in %).", DCGM_LABELS, Group.DCGM_COMPAT
+)
+DCGM_POWER_USAGE = Metric(
+    "DCGM_FI_DEV_POWER_USAGE", Kind.GAUGE, "Power draw (in W).", DCGM_LABELS, Group.DCGM_COMPAT
+)
+DCGM_TOTAL_ENERGY = Metric(
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+    Kind.COUNTER,
+    "Total energy consumption since boot (in mJ).",
+    DCGM_LABELS,
+    Group.DCGM_COMPAT,
+)
+DCGM_GPU_TEMP = Metric(
+    "DCGM_FI_DEV_GPU_TEMP", Kind.GAUGE, "GPU temperature (in C).", DCGM_LABELS, Group.DCGM_COMPAT
+)
+DCGM_SM_ACTIVE = Metric(
+    "DCGM_FI_PROF_SM_ACTIVE",
+    Kind.GAUGE,
+    "The ratio of cycles an SM has at least 1 warp assigned (from NVML GPM SM_UTIL).",
+    DCGM_LABELS,
+    Group.DCGM_COMPAT,
+)
+DCGM_SM_OCCUPANCY = Metric(
+    "DCGM_FI_PROF_SM_OCCUPANCY",
+    Kind.GAUGE,
+    "The ratio of number of warps resident on an SM (from NVML GPM SM_OCCUPANCY).",
+    DCGM_LABELS,
+    Group.DCGM_COMPAT,
+)
+DCGM_DRAM_ACTIVE = Metric(
+    "DCGM_FI_PROF_DRAM_ACTIVE",
+    Kind.GAUGE,
+    "Ratio of cycles the device memory interface is active sending or receiving data (from NVML GPM "
+    "DRAM_BW_UTIL).",
+    DCGM_LABELS,
+    Group.DCGM_COMPAT,
+)
+DCGM_TENSOR_ACTIVE = Metric(
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+    Kind.GAUGE,
+    "Ratio of cycles any tensor pipe is active (from NVML GPM ANY_TENSOR_UTIL).",
+    DCGM_LABELS,
+    Group.DCGM_COMPAT,
+)
+
+DCGM_UNMAPPED: dict[str, str] = {
+    "DCGM_FI_DEV_SM_CLOCK, DCGM_FI_DEV_MEM_CLOCK": "clocks are not read: they say nothing about who uses a GPU",
+    "DCGM_FI_DEV_XID_ERRORS": "XID events need an NVML event set and a long-lived listener; not collected",
+    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER, DCGM_FI_DEV_NVLINK_*": "interconnect health is out of scope",
+    "DCGM_FI_DEV_ECC_*, DCGM_FI_DEV_RETIRED_*": "memory health is out of scope",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "GPM GRAPHICS_UTIL would map; not yet read",
+    "DCGM_FI_PROF_PCIE_TX_BYTES, DCGM_FI_PROF_PCIE_RX_BYTES": "PCIe throughput is not read",
+    "DCGM_FI_DEV_ENC_UTIL, DCGM_FI_DEV_DEC_UTIL": "encoder and decoder use is not read",
+}
+"""dcgm-exporter fields that ``--dcgm-compat`` does not produce, and why (rendered into the docs)."""
+
+
+def all_metrics() -> tuple[Metric, ...]:
+    """Every metric of the catalog, in declaration order."""
+    return tuple(v for v in globals().values() if isinstance(v, Metric))
+
+
+def by_name(name: str) -> Metric:
+    """The catalog entry for ``name``; KeyError names the unknown metric."""
+    for metric in all_metrics():
+        if metric.name == name:
+            return metric
+    raise KeyError(f"no metric named {name!r} in the catalog")

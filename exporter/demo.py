@@ -1,0 +1,92 @@
+"""``gpuattr demo``: run the exporter on a scenario, scrape it like Prometheus would, print what it sees."""
+
+from __future__ import annotations
+
+import ssl
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import catalog as c
+
+Sample = tuple[dict[str, str], float]
+
+
+def scrape(url: str, timeout_s: float = 5.0, context: ssl.SSLContext | None = None) -> dict[str, list[Sample]]:
+    """GET /metrics and parse it with prometheus-client's parser: name → [(labels, value)]."""
+    with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:  # noqa: S310 - our own URL
+        body = resp.read().decode()
+    out: dict[str, list[Sample]] = defaultdict(list)
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            out[s.name].append((dict(s.labels), float(s.value)))
+    return out
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:6.1f} GiB"
+
+
+def _pct(value: float | None) -> str:
+    return "     -" if value is None else f"{value * 100:5.1f}%"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    rows = [header, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary(metrics: dict[str, list[Sample]]) -> str:
+    """A human summary of one scrape: GPUs, then usage per container or process."""
+    def by_key(name: str, *keys: str) -> dict[tuple[str, ...], float]:
+        return {tuple(lbl.get(k, "") for k in keys): v for lbl, v in metrics.get(name, [])}
+
+    gpu_keys = ("gpu", "gpu_uuid", "mig_instance")
+    total = by_key(c.GPU_MEMORY_TOTAL.name, *gpu_keys)
+    used = by_key(c.GPU_MEMORY_USED.name, *gpu_keys)
+    sm = by_key(c.GPU_SM_ACTIVE.name, *gpu_keys)
+    bw = by_key(c.GPU_MEMORY_BANDWIDTH.name, *gpu_keys)
+    up = by_key(c.GPU_UP.name, "gpu")
+    names = {lbl["gpu"]: lbl["gpu_model"] for lbl, _ in metrics.get(c.GPU_INFO.name, [])}
+    gpu_rows = []
+    keys = set(total) | {(g, "", "") for (g,) in up if not any(k[0] == g for k in total)}
+    for key in sorted(keys, key=lambda k: (int(k[0]), k[2])):
+        gpu, _uuid, mig = key
+        label = f"{gpu}" + (f" / MIG {mig}" if mig else "")
+        if up.get((gpu,), 1) == 0:
+            gpu_rows.append([label, names.get(gpu, ""), "LOST", "", "", ""])
+            continue
+        gpu_rows.append([
+            label, names.get(gpu, "") if not mig else "",
+            _gib(used.get(key, 0)), _gib(total.get(key, 0)), _pct(sm.get(key)), _pct(bw.get(key)),
+        ])
+    usage_keys = (*c.USAGE_LABELS,)
+    mem = by_key(c.CONTAINER_MEMORY.name, *usage_keys)
+    csm = by_key(c.CONTAINER_SM_ACTIVE.name, *usage_keys)
+    cbw = by_key(c.CONTAINER_MEMORY_BANDWIDTH.name, *usage_keys)
+    usage_rows = []
+    for key in sorted(mem, key=lambda k: (int(k[0]), k[2], k[4:])):
+        gpu, _uuid, mig, _profile, ns, pod, container, process = key
+        who = f"{ns}/{pod}/{container}" if pod else f"(process) {process}"
+        usage_rows.append([gpu + (f"/{mig}" if mig else ""), who, _gib(mem[key]), _pct(csm.get(key)), _pct(cbw.get(key))])
+    return "\n\n".join([
+        _table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows),
+        _table(["GPU", "who", "memory", "SM", "DRAM bw"], usage_rows),
+    ])
+
+
+def wait_for_samples(url: str, samples: int, timeout_s: float) -> dict[str, list[Sample]]:
+    """Scrape until the exporter has taken ``samples`` samples (activity needs two), then return it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = scrape(url)
+        taken = sum(v for _, v in metrics.get(c.EXPORTER_SAMPLES.name, []))
+        if taken >= samples or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.2)

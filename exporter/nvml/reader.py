@@ -1,0 +1,473 @@
+"""A typed facade over NVML (``pynvml``): one call per sample reads a whole node.
+
+Every NVML call goes through ``_call``, so a call that is not supported, or fails on one GPU, degrades
+that one value (None) and is counted; a GPU that falls off the bus is marked down and the others are
+still read; a missing driver leaves ``nvml_up`` false and initialisation is retried on each sample.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pynvml
+
+from exporter.nvml.health import CallHealth, error_code_name
+from exporter.readings import GpmReading, GpuReading, MigReading, NodeReading, ProcessReading
+
+log = logging.getLogger("gpuattr.nvml")
+T = TypeVar("T")
+
+_GPM_METRICS = (
+    pynvml.NVML_GPM_METRIC_SM_UTIL,
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+)
+_GPM_MIN_INTERVAL_S = 0.1  # NVML needs samples at least 100 ms apart
+_NO_INSTANCE = 0xFFFFFFFF
+
+
+class _ProcessInfoV1(ctypes.Structure):
+    """``nvmlProcessInfo_v1_t`` from the NVML header, for drivers that offer only the unversioned call."""
+
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]  # noqa: RUF012
+
+
+class GpuLostError(Exception):
+    """Raised inside a device read when NVML answers GpuIsLost; the device is marked down."""
+
+
+class NvmlDownError(Exception):
+    """NVML answered Uninitialized/DriverNotLoaded mid-run; re-initialise on the next sample."""
+
+
+@dataclass
+class _GpmState:
+    sample: Any = None  # c_nvmlGpmSample_t of the previous sample
+    taken_at: float = 0.0  # monotonic seconds
+
+
+@dataclass
+class _Device:
+    index: int
+    handle: Any
+    uuid: str
+    name: str
+    gpm_supported: bool
+    last_seen_us: int = 0  # largest per-process utilisation timestamp seen (CPU µs)
+    util_call: str | None = None  # which per-process utilisation call this driver answers
+    process_call: str | None = None  # which running-processes call this driver answers
+    gpm: dict[int | None, _GpmState] = field(default_factory=dict)  # by GPU-instance id (None = device)
+    was_lost: bool = False
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class NvmlReader:
+    """Reads devices, MIG instances, processes and activity through NVML."""
+
+    def __init__(
+        self,
+        health: CallHealth | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        use_gpm: bool = True,
+        interval_s: float = 5.0,
+    ) -> None:
+        self.health = health or CallHealth()
+        self.wall_clock = wall_clock
+        self.monotonic = monotonic
+        self.use_gpm = use_gpm
+        self.interval_s = interval_s
+        self.initialized = False
+        self.driver_version = ""
+        self.clamped_total = 0
+        self._devices: list[_Device] = []
+        self._init_logged: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def ensure_initialized(self) -> bool:
+        if self.initialized:
+            return True
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            code = error_code_name(exc)
+            self.health.failed("nvmlInit", "node", exc)
+            if self._init_logged != code:
+                log.warning("NVML is not available (%s); serving without GPU data and retrying", code)
+                self._init_logged = code
+            return False
+        self.initialized = True
+        self._init_logged = None
+        self.health.ok("nvmlInit", "node")
+        self.driver_version = self._call("nvmlSystemGetDriverVersion", "node", pynvml.nvmlSystemGetDriverVersion) or ""
+        self._devices = self._enumerate()
+        log.info("NVML initialised: driver %s, %d GPU(s)", self.driver_version, len(self._devices))
+        return True
+
+    def shutdown(self) -> None:
+        for dev in self._devices:
+            self._free_gpm(dev)
+        if self.initialized:
+            try:
+                pynvml.nvmlShutdown()
+            except pynvml.NVMLError as exc:  # pragma: no cover - best effort on exit
+                log.debug("nvmlShutdown: %s", exc)
+        self.initialized = False
+        self._devices = []
+
+    def _enumerate(self) -> list[_Device]:
+        count = self._call("nvmlDeviceGetCount", "node", pynvml.nvmlDeviceGetCount) or 0
+        devices = []
+        for index in range(count):
+            handle = self._call("nvmlDeviceGetHandleByIndex", "node", pynvml.nvmlDeviceGetHandleByIndex, index)
+            if handle is None:
+                continue
+            scope = f"gpu{index}"
+            try:
+                uuid = _text(self._call_raw("nvmlDeviceGetUUID", scope, pynvml.nvmlDeviceGetUUID, handle) or scope)
+                name = _text(self._call_raw("nvmlDeviceGetName", uuid, pynvml.nvmlDeviceGetName, handle) or "")
+                gpm = False
+                if self.use_gpm:
+                    support = self._call_raw("nvmlGpmQueryDeviceSupport", uuid, pynvml.nvmlGpmQueryDeviceSupport, handle)
+                    gpm = bool(support is not None and support.isSupportedDevice)
+            except GpuLostError:
+                uuid, name, gpm = scope, "", False
+            devices.append(_Device(index, handle, uuid, name, gpm))
+        return devices
+
+    # -- the call wrapper --------------------------------------------------------------------------------
+    def _call_raw(self, call: str, scope: str, fn: Callable[..., T], *args: Any) -> T | None:
+        """Run one NVML call; None when it failed or is not supported. GpuIsLost raises GpuLostError."""
+        if self.health.unsupported(call, scope):
+            return None
+        try:
+            result = fn(*args)
+        except pynvml.NVMLError_GpuIsLost as exc:
+            self.health.failed(call, scope, exc)
+            raise GpuLostError(scope) from exc
+        except (pynvml.NVMLError_Uninitialized, pynvml.NVMLError_DriverNotLoaded) as exc:
+            self.health.failed(call, scope, exc)
+            raise NvmlDownError(call) from exc
+        except pynvml.NVMLError as exc:
+            self.health.failed(call, scope, exc)
+            return None
+        self.health.ok(call, scope)
+        return result
+
+    def _call(self, call: str, scope: str, fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return self._call_raw(call, scope, fn, *args)
+        except GpuLostError:
+            return None
+
+    # -- sampling -------------------------------------------------------------------------------------------
+    def read(self) -> NodeReading:
+        """One sample of the whole node."""
+        now = self.wall_clock()
+        if not self.ensure_initialized():
+            return NodeReading(False, "", now, errors=self.health.snapshot(), clamped_total=self.clamped_total)
+        gpus: list[GpuReading] = []
+        try:
+            for dev in self._devices:
+                gpus.append(self._read_device(dev))
+        except NvmlDownError:
+            log.warning("NVML stopped answering; re-initialising on the next sample")
+            self.initialized = False
+            for dev in self._devices:
+                dev.gpm.clear()
+            self._devices = []
+            return NodeReading(False, self.driver_version, now, errors=self.health.snapshot(), clamped_total=self.clamped_total)
+        return NodeReading(True, self.driver_version, now, tuple(gpus), self.health.snapshot(), self.clamped_total)
+
+    def _read_device(self, dev: _Device) -> GpuReading:
+        try:
+            reading = self._read_device_or_raise(dev)
+        except GpuLostError:
+            if not dev.was_lost:
+                log.error("GPU %d (%s) fell off the bus (GpuIsLost); other GPUs are still read", dev.index, dev.uuid)
+            dev.was_lost = True
+            dev.gpm.clear()  # its GPM samples are meaningless now; the driver frees them with the device
+            dev.last_seen_us = 0
+            return GpuReading(dev.index, dev.uuid, dev.name, up=False)
+        if dev.was_lost:
+            log.info("GPU %d (%s) answers again", dev.index, dev.uuid)
+            dev.was_lost = False
+            self.health.forget_scope(dev.uuid)
+        return reading
+
+    def _read_device_or_raise(self, dev: _Device) -> GpuReading:
+        h, scope = dev.handle, dev.uuid
+        mem = self._call_raw("nvmlDeviceGetMemoryInfo", scope, pynvml.nvmlDeviceGetMemoryInfo, h)
+        mig_mode_pair = self._call_raw("nvmlDeviceGetMigMode", scope, pynvml.nvmlDeviceGetMigMode, h)
+        mig_mode = bool(mig_mode_pair and mig_mode_pair[0])
+        util = None if mig_mode else self._call_raw("nvmlDeviceGetUtilizationRates", scope, pynvml.nvmlDeviceGetUtilizationRates, h)
+        power_mw = self._call_raw("nvmlDeviceGetPowerUsage", scope, pynvml.nvmlDeviceGetPowerUsage, h)
+        energy_mj = self._call_raw("nvmlDeviceGetTotalEnergyConsumption", scope, pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
+        temp = self._call_raw("nvmlDeviceGetTemperature", scope, pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU)
+
+        mig: tuple[MigReading, ...] = ()
+        processes: tuple[ProcessReading, ...] = ()
+        activity_known = False
+        gpm = None
+        if mig_mode:
+            mig = self._read_mig(dev)
+        else:
+            procs = self._running_processes(dev, h, scope)
+            activity = self._process_activity(dev)
+            activity_known = activity is not None
+            processes = tuple(
+                ProcessReading(
+                    pid,
+                    used,
+                    (activity or {}).get(pid, (0.0, 0.0))[0] if activity is not None else None,
+                    (activity or {}).get(pid, (0.0, 0.0))[1] if activity is not None else None,
+                )
+                for pid, (used, _gi) in sorted(procs.items())
+            )
+            gpm = self._gpm(dev, None)
+        return GpuReading(
+            index=dev.index,
+            uuid=dev.uuid,
+            name=dev.name,
+            up=True,
+            mig_mode=mig_mode,
+            memory_total_bytes=int(mem.total) if mem is not None else None,
+            memory_used_bytes=int(mem.used) if mem is not None else None,
+            utilization_ratio=util.gpu / 100.0 if util is not None else None,
+            memory_controller_ratio=util.memory / 100.0 if util is not None else None,
+            power_watts=power_mw / 1000.0 if power_mw is not None else None,
+            energy_joules=energy_mj / 1000.0 if energy_mj is not None else None,
+            temperature_celsius=float(temp) if temp is not None else None,
+            gpm=gpm,
+            mig=mig,
+            processes=processes,
+            process_activity_known=activity_known,
+        )
+
+    # -- processes --------------------------------------------------------------------------------------
+    def _running_processes(self, dev: _Device, handle: Any, scope: str) -> dict[int, tuple[int | None, int | None]]:
+        """pid -> (used bytes, GPU-instance id), probing the v3, v2 and v1 process-info calls."""
+        found: dict[int, tuple[int | None, int | None]] = {}
+        calls: list[tuple[str, Callable[[Any], list[Any]]]] = [
+            ("nvmlDeviceGetComputeRunningProcesses_v3", pynvml.nvmlDeviceGetComputeRunningProcesses_v3),
+            ("nvmlDeviceGetComputeRunningProcesses_v2", pynvml.nvmlDeviceGetComputeRunningProcesses_v2),
+            ("nvmlDeviceGetComputeRunningProcesses", _compute_processes_v1),
+        ]
+        if dev.process_call:
+            calls = [c for c in calls if c[0] == dev.process_call]
+        for name, fn in calls:
+            if self.health.unsupported(name, scope):
+                continue
+            procs = self._call_raw(name, scope, fn, handle)
+            if procs is None:
+                continue
+            dev.process_call = name
+            for p in procs:
+                gi = getattr(p, "gpuInstanceId", None)
+                found[int(p.pid)] = (
+                    int(p.usedGpuMemory) if p.usedGpuMemory is not None else None,
+                    None if gi in (None, _NO_INSTANCE) else int(gi),
+                )
+            break
+        graphics = self._call_raw(
+            "nvmlDeviceGetGraphicsRunningProcesses_v3", scope, pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3, handle
+        )
+        for p in graphics or ():
+            used = int(p.usedGpuMemory) if p.usedGpuMemory is not None else None
+            prev = found.get(int(p.pid))
+            if prev is None or (used or 0) > (prev[0] or 0):
+                found[int(p.pid)] = (used, prev[1] if prev else None)
+        return found
+
+    def _process_activity(self, dev: _Device) -> dict[int, tuple[float, float]] | None:
+        """pid -> (sm, mem) ratios since the last sample; None when the driver cannot tell.
+
+        NOT_FOUND means no process ran anything since the last-seen timestamp: every process idle.
+        """
+        scope = dev.uuid
+        if dev.last_seen_us == 0:
+            dev.last_seen_us = int((self.wall_clock() - self.interval_s) * 1e6)
+        calls: list[tuple[str, Callable[[Any, int], list[Any]]]] = [
+            ("nvmlDeviceGetProcessesUtilizationInfo", pynvml.nvmlDeviceGetProcessesUtilizationInfo),
+            ("nvmlDeviceGetProcessUtilization", pynvml.nvmlDeviceGetProcessUtilization),
+        ]
+        if dev.util_call:
+            calls = [c for c in calls if c[0] == dev.util_call]
+        for name, fn in calls:
+            if self.health.unsupported(name, scope):
+                continue
+            try:
+                samples = fn(dev.handle, dev.last_seen_us)
+            except pynvml.NVMLError_NotFound:
+                dev.util_call = name
+                self.health.ok(name, scope)
+                return {}
+            except pynvml.NVMLError_GpuIsLost as exc:
+                self.health.failed(name, scope, exc)
+                raise GpuLostError(scope) from exc
+            except pynvml.NVMLError as exc:
+                self.health.failed(name, scope, exc)
+                if self.health.unsupported(name, scope):
+                    continue
+                return None
+            self.health.ok(name, scope)
+            dev.util_call = name
+            return self._fold_samples(dev, samples)
+        return None
+
+    def _fold_samples(self, dev: _Device, samples: list[Any]) -> dict[int, tuple[float, float]]:
+        """Average duplicate samples per PID, clamp values above 100 %, advance the last-seen stamp."""
+        sums: dict[int, list[float]] = {}
+        newest = dev.last_seen_us
+        for s in samples:
+            stamp = int(s.timeStamp)
+            if stamp <= dev.last_seen_us:
+                continue  # older than what we already covered
+            newest = max(newest, stamp)
+            sm, mem = int(s.smUtil), int(s.memUtil)
+            if sm > 100 or mem > 100:
+                self.clamped_total += 1
+                sm, mem = min(sm, 100), min(mem, 100)
+            acc = sums.setdefault(int(s.pid), [0.0, 0.0, 0.0])
+            acc[0] += sm
+            acc[1] += mem
+            acc[2] += 1
+        dev.last_seen_us = newest
+        return {pid: (a[0] / a[2] / 100.0, a[1] / a[2] / 100.0) for pid, a in sums.items()}
+
+    # -- MIG ----------------------------------------------------------------------------------------------
+    def _read_mig(self, dev: _Device) -> tuple[MigReading, ...]:
+        scope = dev.uuid
+        count = self._call_raw("nvmlDeviceGetMaxMigDeviceCount", scope, pynvml.nvmlDeviceGetMaxMigDeviceCount, dev.handle) or 0
+        out = []
+        for i in range(count):
+            try:
+                mh = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(dev.handle, i)
+            except pynvml.NVMLError_NotFound:
+                continue  # no instance in this slot
+            except pynvml.NVMLError_GpuIsLost as exc:
+                raise GpuLostError(scope) from exc
+            except pynvml.NVMLError as exc:
+                self.health.failed("nvmlDeviceGetMigDeviceHandleByIndex", scope, exc)
+                continue
+            gi = self._call_raw("nvmlDeviceGetGpuInstanceId", scope, pynvml.nvmlDeviceGetGpuInstanceId, mh)
+            if gi is None:
+                continue
+            ci = self._call_raw("nvmlDeviceGetComputeInstanceId", scope, pynvml.nvmlDeviceGetComputeInstanceId, mh)
+            uuid = _text(self._call_raw("nvmlDeviceGetUUID", scope, pynvml.nvmlDeviceGetUUID, mh) or "")
+            name = _text(self._call_raw("nvmlDeviceGetName", scope, pynvml.nvmlDeviceGetName, mh) or "")
+            mem = self._call_raw("nvmlDeviceGetMemoryInfo", scope, pynvml.nvmlDeviceGetMemoryInfo, mh)
+            procs = self._running_processes(dev, mh, scope)
+            out.append(
+                MigReading(
+                    gpu_instance=int(gi),
+                    compute_instance=int(ci) if ci is not None else None,
+                    uuid=uuid,
+                    profile=name.rsplit(" MIG ", 1)[1] if " MIG " in name else "",
+                    memory_total_bytes=int(mem.total) if mem is not None else None,
+                    memory_used_bytes=int(mem.used) if mem is not None else None,
+                    gpm=self._gpm(dev, int(gi)),
+                    processes=tuple(
+                        ProcessReading(pid, used, None, None, int(gi)) for pid, (used, _g) in sorted(procs.items())
+                    ),
+                )
+            )
+        return tuple(out)
+
+    # -- GPM ------------------------------------------------------------------------------------------------
+    def _gpm(self, dev: _Device, gpu_instance: int | None) -> GpmReading | None:
+        """Activity between the previous GPM sample and one taken now; None on the first sample."""
+        if not dev.gpm_supported:
+            return None
+        scope = dev.uuid
+        call = "nvmlGpmSampleGet" if gpu_instance is None else "nvmlGpmMigSampleGet"
+        if self.health.unsupported(call, scope):
+            return None
+        state = dev.gpm.setdefault(gpu_instance, _GpmState())
+        now = self.monotonic()
+        if state.sample is not None and now - state.taken_at < _GPM_MIN_INTERVAL_S:
+            return None
+        sample = self._call_raw("nvmlGpmSampleAlloc", scope, pynvml.nvmlGpmSampleAlloc)
+        if sample is None:
+            return None
+        if gpu_instance is None:
+            taken = self._call_raw(call, scope, pynvml.nvmlGpmSampleGet, dev.handle, sample)
+        else:
+            taken = self._call_raw(call, scope, pynvml.nvmlGpmMigSampleGet, dev.handle, gpu_instance, sample)
+        if taken is None:
+            self._call("nvmlGpmSampleFree", scope, pynvml.nvmlGpmSampleFree, sample)
+            return None
+        previous, state.sample, state.taken_at = state.sample, sample, now
+        if previous is None:
+            return None
+        try:
+            request = pynvml.c_nvmlGpmMetricsGet_t()
+            request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+            request.numMetrics = len(_GPM_METRICS)
+            request.sample1, request.sample2 = previous, sample
+            for i, metric_id in enumerate(_GPM_METRICS):
+                request.metrics[i].metricId = metric_id
+            result = self._call_raw("nvmlGpmMetricsGet", scope, pynvml.nvmlGpmMetricsGet, request)
+        finally:
+            self._call("nvmlGpmSampleFree", scope, pynvml.nvmlGpmSampleFree, previous)
+        if result is None:
+            return None
+        values: dict[int, float | None] = {}
+        for i, metric_id in enumerate(_GPM_METRICS):
+            m = result.metrics[i]
+            ok = m.nvmlReturn == pynvml.NVML_SUCCESS
+            values[metric_id] = min(1.0, max(0.0, m.value / 100.0)) if ok else None
+        return GpmReading(
+            sm_active=values[pynvml.NVML_GPM_METRIC_SM_UTIL],
+            sm_occupancy=values[pynvml.NVML_GPM_METRIC_SM_OCCUPANCY],
+            tensor_active=values[pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL],
+            dram_bandwidth=values[pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL],
+        )
+
+    def _free_gpm(self, dev: _Device) -> None:
+        for state in dev.gpm.values():
+            if state.sample is not None:
+                self._call("nvmlGpmSampleFree", dev.uuid, pynvml.nvmlGpmSampleFree, state.sample)
+        dev.gpm.clear()
+
+    def process_name(self, pid: int) -> str | None:
+        """The command name NVML knows for a PID; None when the process is gone."""
+        try:
+            return _text(pynvml.nvmlSystemGetProcessName(pid))
+        except pynvml.NVMLError:
+            return None
+
+
+def _compute_processes_v1(handle: Any) -> list[Any]:
+    """The unversioned ``nvmlDeviceGetComputeRunningProcesses`` C call with the v1 struct layout."""
+    fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses")
+    count = ctypes.c_uint(0)
+    ret = fn(handle, ctypes.byref(count), None)
+    if ret == pynvml.NVML_SUCCESS:
+        return []
+    if ret != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
+        raise pynvml.NVMLError(ret)
+    count.value = count.value * 2 + 5
+    infos = (_ProcessInfoV1 * count.value)()
+    ret = fn(handle, ctypes.byref(count), infos)
+    if ret != pynvml.NVML_SUCCESS:
+        raise pynvml.NVMLError(ret)
+    out = []
+    for i in range(count.value):
+        used = int(infos[i].usedGpuMemory)
+        out.append(
+            pynvml.nvmlFriendlyObject(
+                {"pid": int(infos[i].pid), "usedGpuMemory": None if used == 2**64 - 1 else used}
+            )
+        )
+    return out

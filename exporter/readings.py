@@ -1,0 +1,66 @@
+"""What one sample of a node holds, before attribution. Units are in the field names or comments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ProcessReading:
+    pid: int  # host PID, as NVML reports it
+    memory_bytes: int | None  # usedGpuMemory; None when the driver cannot tell (N/A)
+    sm_ratio: float | None  # 0..1, fraction of the interval its kernels ran; None when unknown
+    mem_ratio: float | None  # 0..1, fraction of the interval the memory controller served it
+    gpu_instance: int | None = None  # MIG GPU-instance id
+
+
+@dataclass(frozen=True)
+class GpmReading:
+    """Device or MIG-instance activity over the last interval, each 0..1, from NVML GPM."""
+
+    sm_active: float | None
+    sm_occupancy: float | None
+    tensor_active: float | None
+    dram_bandwidth: float | None
+
+
+@dataclass(frozen=True)
+class MigReading:
+    gpu_instance: int
+    compute_instance: int | None
+    uuid: str
+    profile: str  # e.g. "3g.40gb"
+    memory_total_bytes: int | None
+    memory_used_bytes: int | None
+    gpm: GpmReading | None
+    processes: tuple[ProcessReading, ...]
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    uuid: str
+    name: str
+    up: bool
+    mig_mode: bool = False
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    utilization_ratio: float | None = None  # nvidia-smi utilization.gpu / 100
+    memory_controller_ratio: float | None = None  # nvidia-smi utilization.memory / 100
+    power_watts: float | None = None
+    energy_joules: float | None = None
+    temperature_celsius: float | None = None
+    gpm: GpmReading | None = None
+    mig: tuple[MigReading, ...] = ()
+    processes: tuple[ProcessReading, ...] = ()  # on a MIG GPU: empty; processes live in each MigReading
+    process_activity_known: bool = False  # per-process sm/mem came from NVML this interval
+
+
+@dataclass(frozen=True)
+class NodeReading:
+    nvml_up: bool
+    driver_version: str
+    timestamp: float  # unix seconds at which the sample was taken
+    gpus: tuple[GpuReading, ...] = ()
+    errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (call, code) -> count
+    clamped_total: int = 0

@@ -1,0 +1,208 @@
+"""Snapshot → metric families (prometheus-client) → the bytes a scrape serves.
+
+Rendering happens once per sample, in the sampler thread; scrapes only copy bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import exposition as text_format
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric as Family
+from prometheus_client.openmetrics import exposition as openmetrics_format
+
+from exporter import catalog as c
+from exporter.snapshot import Snapshot
+
+FamilySource = Callable[[], Iterable[Family]]
+
+
+def family(metric: c.Metric) -> GaugeMetricFamily | CounterMetricFamily:
+    """An empty family for a catalog entry; add samples with ``add_metric(label_values, value)``."""
+    if metric.kind is c.Kind.COUNTER:
+        return CounterMetricFamily(metric.family, metric.help, labels=list(metric.labels), unit=metric.unit)
+    return GaugeMetricFamily(metric.family, metric.help, labels=list(metric.labels), unit=metric.unit)
+
+
+def _one(metric: c.Metric, value: float) -> GaugeMetricFamily | CounterMetricFamily:
+    fam = family(metric)
+    fam.add_metric([], value)
+    return fam
+
+
+def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, version: str = "") -> list[Family]:
+    """Every family the exporter serves for one snapshot."""
+    r = snap.reading
+    out: list[Family] = []
+
+    info, up = family(c.GPU_INFO), family(c.GPU_UP)
+    mem_total, mem_used = family(c.GPU_MEMORY_TOTAL), family(c.GPU_MEMORY_USED)
+    util, mctl = family(c.GPU_UTILIZATION), family(c.GPU_MEMORY_CONTROLLER)
+    sm, occ, tensor, bw = family(c.GPU_SM_ACTIVE), family(c.GPU_SM_OCCUPANCY), family(c.GPU_TENSOR_ACTIVE), family(c.GPU_MEMORY_BANDWIDTH)
+    power, energy, temp = family(c.GPU_POWER), family(c.GPU_ENERGY), family(c.GPU_TEMPERATURE)
+    for g in r.gpus:
+        ids = [str(g.index), g.uuid]
+        info.add_metric([*ids, g.name, r.driver_version, "enabled" if g.mig_mode else "disabled"], 1)
+        up.add_metric(ids, 1 if g.up else 0)
+        if not g.up:
+            continue
+        if g.memory_total_bytes is not None:
+            mem_total.add_metric([*ids, "", ""], g.memory_total_bytes)
+        if g.memory_used_bytes is not None:
+            mem_used.add_metric([*ids, "", ""], g.memory_used_bytes)
+        if g.utilization_ratio is not None:
+            util.add_metric(ids, g.utilization_ratio)
+        if g.memory_controller_ratio is not None:
+            mctl.add_metric(ids, g.memory_controller_ratio)
+        if g.gpm is not None and g.gpm.sm_active is not None:
+            sm.add_metric([*ids, "", "", "gpm"], g.gpm.sm_active)
+        elif g.utilization_ratio is not None:
+            sm.add_metric([*ids, "", "", "nvml"], g.utilization_ratio)
+        if g.gpm is not None and g.gpm.dram_bandwidth is not None:
+            bw.add_metric([*ids, "", "", "gpm"], g.gpm.dram_bandwidth)
+        elif g.memory_controller_ratio is not None:
+            bw.add_metric([*ids, "", "", "nvml"], g.memory_controller_ratio)
+        if g.gpm is not None and g.gpm.sm_occupancy is not None:
+            occ.add_metric([*ids, "", ""], g.gpm.sm_occupancy)
+        if g.gpm is not None and g.gpm.tensor_active is not None:
+            tensor.add_metric([*ids, "", ""], g.gpm.tensor_active)
+        if g.power_watts is not None:
+            power.add_metric(ids, g.power_watts)
+        if g.energy_joules is not None:
+            energy.add_metric(ids, g.energy_joules)
+        if g.temperature_celsius is not None:
+            temp.add_metric(ids, g.temperature_celsius)
+        for m in g.mig:
+            mig_ids = [*ids, str(m.gpu_instance), m.profile]
+            if m.memory_total_bytes is not None:
+                mem_total.add_metric(mig_ids, m.memory_total_bytes)
+            if m.memory_used_bytes is not None:
+                mem_used.add_metric(mig_ids, m.memory_used_bytes)
+            if m.gpm is not None:
+                if m.gpm.sm_active is not None:
+                    sm.add_metric([*mig_ids, "gpm"], m.gpm.sm_active)
+                if m.gpm.dram_bandwidth is not None:
+                    bw.add_metric([*mig_ids, "gpm"], m.gpm.dram_bandwidth)
+                if m.gpm.sm_occupancy is not None:
+                    occ.add_metric(mig_ids, m.gpm.sm_occupancy)
+                if m.gpm.tensor_active is not None:
+                    tensor.add_metric(mig_ids, m.gpm.tensor_active)
+    out += [info, up, mem_total, mem_used, util, mctl, sm, occ, tensor, bw, power, energy, temp]
+
+    cmem, cproc = family(c.CONTAINER_MEMORY), family(c.CONTAINER_PROCESSES)
+    csm, cbw = family(c.CONTAINER_SM_ACTIVE), family(c.CONTAINER_MEMORY_BANDWIDTH)
+    for u in snap.usages:
+        o = u.owner
+        labels = [str(u.gpu), u.gpu_uuid, u.mig_instance, u.mig_profile, o.namespace, o.pod, o.container, o.process]
+        if u.memory_known:
+            cmem.add_metric(labels, u.memory_bytes)
+        cproc.add_metric(labels, u.processes)
+        if u.sm_ratio is not None:
+            csm.add_metric([*labels, u.sm_source], u.sm_ratio)
+        if u.bandwidth_ratio is not None:
+            cbw.add_metric([*labels, u.bandwidth_source], u.bandwidth_ratio)
+    out += [cmem, cproc, csm, cbw]
+
+    out += _exporter_families(snap, version)
+    if dcgm_compat:
+        out += dcgm_families(snap, hostname)
+    return out
+
+
+def _exporter_families(snap: Snapshot, version: str) -> list[Family]:
+    r, st = snap.reading, snap.stats
+    import pynvml  # already loaded by the reader; imported here only for its version string
+
+    build = family(c.EXPORTER_BUILD_INFO)
+    build.add_metric([version, str(getattr(pynvml, "__version__", "")), str(st.get("mode", ""))], 1)
+    errors = family(c.EXPORTER_NVML_ERRORS)
+    for (call, code), n in sorted(r.errors.items()):
+        errors.add_metric([call, code], n)
+    return [
+        build,
+        _one(c.EXPORTER_NVML_UP, 1 if r.nvml_up else 0),
+        _one(c.EXPORTER_SAMPLES, st.get("samples_total", 0)),
+        _one(c.EXPORTER_SAMPLE_DURATION, st.get("sample_duration_seconds", 0.0)),
+        _one(c.EXPORTER_SAMPLE_CPU, st.get("sample_cpu_seconds_total", 0.0)),
+        _one(c.EXPORTER_LAST_SAMPLE, r.timestamp),
+        errors,
+        _one(c.EXPORTER_CLAMPED, r.clamped_total),
+        _one(c.EXPORTER_VANISHED, snap.vanished_total),
+    ]
+
+
+def dcgm_families(snap: Snapshot, hostname: str) -> list[Family]:
+    """Device series under dcgm-exporter's names, units and labels, so its dashboards keep working."""
+    r = snap.reading
+    fams = {m.name: family(m) for m in (
+        c.DCGM_FB_USED, c.DCGM_FB_FREE, c.DCGM_GPU_UTIL, c.DCGM_MEM_COPY_UTIL, c.DCGM_POWER_USAGE,
+        c.DCGM_TOTAL_ENERGY, c.DCGM_GPU_TEMP, c.DCGM_SM_ACTIVE, c.DCGM_SM_OCCUPANCY, c.DCGM_DRAM_ACTIVE,
+        c.DCGM_TENSOR_ACTIVE,
+    )}
+    mib = float(2**20)
+
+    def put(metric: c.Metric, labels: list[str], value: float | None) -> None:
+        if value is not None:
+            fams[metric.name].add_metric(labels, value)
+
+    for g in r.gpus:
+        if not g.up:
+            continue
+        base = [str(g.index), g.uuid, f"nvidia{g.index}", g.name, hostname]
+        whole = [*base, "", ""]
+        if g.memory_used_bytes is not None and g.memory_total_bytes is not None:
+            put(c.DCGM_FB_USED, whole, round(g.memory_used_bytes / mib))
+            put(c.DCGM_FB_FREE, whole, round((g.memory_total_bytes - g.memory_used_bytes) / mib))
+        put(c.DCGM_GPU_UTIL, whole, None if g.utilization_ratio is None else round(g.utilization_ratio * 100))
+        put(c.DCGM_MEM_COPY_UTIL, whole, None if g.memory_controller_ratio is None else round(g.memory_controller_ratio * 100))
+        put(c.DCGM_POWER_USAGE, whole, g.power_watts)
+        put(c.DCGM_TOTAL_ENERGY, whole, None if g.energy_joules is None else g.energy_joules * 1000)
+        put(c.DCGM_GPU_TEMP, whole, g.temperature_celsius)
+        scopes = [(whole, g.gpm)] + [([*base, m.profile, str(m.gpu_instance)], m.gpm) for m in g.mig]
+        for labels, gpm in scopes:
+            if gpm is None:
+                continue
+            put(c.DCGM_SM_ACTIVE, labels, gpm.sm_active)
+            put(c.DCGM_SM_OCCUPANCY, labels, gpm.sm_occupancy)
+            put(c.DCGM_DRAM_ACTIVE, labels, gpm.dram_bandwidth)
+            put(c.DCGM_TENSOR_ACTIVE, labels, gpm.tensor_active)
+        for m in g.mig:
+            if m.memory_used_bytes is not None and m.memory_total_bytes is not None:
+                labels = [*base, m.profile, str(m.gpu_instance)]
+                put(c.DCGM_FB_USED, labels, round(m.memory_used_bytes / mib))
+                put(c.DCGM_FB_FREE, labels, round((m.memory_total_bytes - m.memory_used_bytes) / mib))
+    return list(fams.values())
+
+
+class _Families:
+    """The smallest object ``generate_latest`` accepts: something with ``collect()``."""
+
+    def __init__(self, fams: Iterable[Family]) -> None:
+        self._fams = list(fams)
+
+    def collect(self) -> Iterator[Family]:
+        return iter(self._fams)
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """The rendered bytes of one snapshot, in both formats, plain and gzip-compressed."""
+
+    text: bytes
+    openmetrics: bytes
+    text_gz: bytes
+    openmetrics_gz: bytes
+    timestamp: float  # unix seconds of the snapshot
+
+    TEXT_TYPE = text_format.CONTENT_TYPE_LATEST
+    OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
+
+
+def render(fams: Iterable[Family], timestamp: float) -> Exposition:
+    holder = _Families(fams)
+    text = text_format.generate_latest(holder)  # type: ignore[arg-type]
+    om = openmetrics_format.generate_latest(holder)  # type: ignore[arg-type]
+    return Exposition(text, om, gzip.compress(text, 1), gzip.compress(om, 1), timestamp)

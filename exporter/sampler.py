@@ -1,0 +1,117 @@
+"""The background sampler: read NVML, attribute, render, every interval; scrapes read the result."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import Metric as Family
+
+from exporter.nvml.reader import NvmlReader
+from exporter.render import Exposition, families, render
+from exporter.snapshot import OwnerResolver, Snapshot, attribute
+
+log = logging.getLogger("gpuattr.sampler")
+
+Listener = Callable[[Snapshot, list[Family]], None]
+
+
+@dataclass
+class SamplerOptions:
+    interval_s: float = 5.0
+    hostname: str = ""
+    dcgm_compat: bool = False
+    version: str = ""
+    mode: str = "nvml"  # "nvml" or "simulated", shown in the build-info series
+    extra_families: list[Callable[[], Iterable[Family]]] = field(default_factory=list)
+    """Other parts (Kubernetes metadata, allocations) add their families here; called once per sample."""
+
+
+class Sampler:
+    def __init__(self, reader: NvmlReader, resolver: OwnerResolver, options: SamplerOptions) -> None:
+        self.reader = reader
+        self.resolver = resolver
+        self.options = options
+        self.listeners: list[Listener] = []
+        self.samples_total = 0
+        self.cpu_seconds_total = 0.0
+        self.vanished_total = 0
+        self.last_duration_s = 0.0
+        self._exposition: Exposition | None = None
+        self._snapshot: Snapshot | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def exposition(self) -> Exposition | None:
+        return self._exposition
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def sample_once(self) -> Snapshot:
+        """Take one sample and publish it; never raises for a GPU or driver fault."""
+        with self._lock:
+            wall0, cpu0 = time.perf_counter(), time.thread_time()
+            reading = self.reader.read()
+            usages, vanished = attribute(reading, self.resolver)
+            self.vanished_total += vanished
+            self.samples_total += 1
+            snap = Snapshot(reading, usages, self.vanished_total)
+            snap.stats = {
+                "samples_total": self.samples_total,
+                "sample_duration_seconds": self.last_duration_s,
+                "sample_cpu_seconds_total": self.cpu_seconds_total,
+                "mode": self.options.mode,  # type: ignore[dict-item]
+            }
+            fams = families(snap, hostname=self.options.hostname, dcgm_compat=self.options.dcgm_compat, version=self.options.version)
+            for extra in self.options.extra_families:
+                try:
+                    fams.extend(extra())
+                except Exception:
+                    log.exception("a metadata source failed; its series are left out of this sample")
+            self._exposition = render(fams, reading.timestamp)
+            self._snapshot = snap
+            self.last_duration_s = time.perf_counter() - wall0
+            self.cpu_seconds_total += time.thread_time() - cpu0
+        for listener in self.listeners:
+            try:
+                listener(snap, fams)
+            except Exception:
+                log.exception("a snapshot listener failed")
+        return snap
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="gpuattr-sampler", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        interval = self.options.interval_s
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.sample_once()
+            except Exception:
+                log.exception("sample failed; serving the previous one")
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # fell behind: skip missed ticks instead of bursting
+                next_at = now + interval - ((now - next_at) % interval)
+            self._stop.wait(next_at - now)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None

@@ -1,0 +1,139 @@
+"""Exporter settings: one dataclass, every field a CLI flag and an environment variable.
+
+``--interval 10`` and ``GPUATTR_INTERVAL=10`` mean the same; a flag wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "GPUATTR_"
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; names the flag and its environment variable."""
+
+
+def _opt(help: str, **extra: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+    return {"help": help, **extra}
+
+
+@dataclass
+class ExporterSettings:
+    listen: str = field(default="0.0.0.0:9835", metadata=_opt("address:port to serve /metrics, /healthz and /readyz on"))
+    interval: float = field(default=5.0, metadata=_opt("seconds between samples; a scrape serves the latest one"))
+    simulate: str | None = field(
+        default=None, metadata=_opt("scenario YAML: run a simulated GPU node instead of reading the real driver")
+    )
+    sim_speed: float = field(default=1.0, metadata=_opt("simulated seconds per real second (with --simulate)"))
+    sim_start: float = field(default=0.0, metadata=_opt("scenario second the simulation starts at (with --simulate)"))
+    proc_root: str = field(default="/proc", metadata=_opt("the host's /proc as mounted in the container"))
+    hostname: str = field(
+        default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
+        metadata=_opt("node name for the Hostname label of --dcgm-compat series (default: $NODE_NAME)"),
+    )
+    gpm: bool = field(default=True, metadata=_opt("read GPM activity metrics on Hopper and newer"))
+    dcgm_compat: bool = field(
+        default=False, metadata=_opt("also serve device series under dcgm-exporter's names and labels")
+    )
+    tls_cert: str | None = field(default=None, metadata=_opt("PEM certificate: serve /metrics over HTTPS"))
+    tls_key: str | None = field(default=None, metadata=_opt("PEM private key for --tls-cert"))
+    tls_client_ca: str | None = field(
+        default=None, metadata=_opt("PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    )
+    otlp_endpoint: str | None = field(
+        default=None, metadata=_opt("OTLP/gRPC endpoint (host:port) to push each snapshot to; off when unset")
+    )
+    otlp_insecure: bool = field(default=False, metadata=_opt("push OTLP without TLS (plaintext gRPC)"))
+    log_level: str = field(default="info", metadata=_opt("debug, info, warning or error"))
+
+    def validate(self) -> ExporterSettings:
+        if self.interval <= 0:
+            raise SettingsError(f"--interval / {env_name('interval')}: must be positive, got {self.interval}")
+        if self.sim_speed <= 0:
+            raise SettingsError(f"--sim-speed / {env_name('sim_speed')}: must be positive, got {self.sim_speed}")
+        host_port(self.listen)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("--tls-cert and --tls-key go together (GPUATTR_TLS_CERT, GPUATTR_TLS_KEY)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"--log-level / {env_name('log_level')}: unknown level {self.log_level!r}")
+        return self
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"--listen / {env_name('listen')}: expected host:port, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _parse_bool(text: str, where: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{where}: expected true or false, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """One flag per dataclass field; help shows the environment variable."""
+    for f in dataclasses.fields(cls):
+        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=help_text, metavar=f.name.upper())
+
+
+def from_sources(cls: type[Any], args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Any:
+    """Build settings: flag, else environment variable, else the field's default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw = getattr(args, f.name, None)
+        where = flag_name(f.name)
+        if raw is None and env_name(f.name) in environ:
+            raw, where = environ[env_name(f.name)], env_name(f.name)
+        if raw is None:
+            continue
+        values[f.name] = _convert(f.type, raw, where)
+    return cls(**values)
+
+
+def _convert(kind: Any, raw: Any, where: str) -> Any:
+    kind = str(kind)
+    if isinstance(raw, bool):
+        return raw
+    if kind == "bool":
+        return _parse_bool(str(raw), where)
+    if kind in ("float", "int"):
+        try:
+            return float(raw) if kind == "float" else int(raw)
+        except ValueError:
+            raise SettingsError(f"{where}: expected a number, got {raw!r}") from None
+    if kind.startswith("list"):
+        return [part.strip() for part in str(raw).split(",") if part.strip()]
+    return str(raw) if raw != "" or "None" not in kind else None
+
+
+def parse(cls: type[Any], argv: Sequence[str], environ: Mapping[str, str] | None = None, prog: str = "gpuattr") -> Any:
+    parser = argparse.ArgumentParser(prog=prog)
+    add_arguments(parser, cls)
+    return from_sources(cls, parser.parse_args(list(argv)), environ)

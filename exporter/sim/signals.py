@@ -1,0 +1,200 @@
+"""Time series for the simulated node: a value at time t and its exact mean over an interval.
+
+Scenario files describe memory and activity as constants, piecewise-linear points (ramps) or square
+waves (bursts). Means over an interval are computed in closed form, so the fake NVML can answer
+"average SM activity since the last sample" exactly, however long the interval.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(value: str | float | int) -> float:
+    """Bytes from ``"40GiB"``, ``"512 MiB"``, ``"1.5GB"`` (decimal) or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value!r}")
+        return float(value)
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (expected e.g. '40GiB', '512MiB', '1.5GB' or bytes)")
+    number, unit = match.groups()
+    return float(number) * _UNITS[(unit or "b").lower()]
+
+
+@runtime_checkable
+class Signal(Protocol):
+    """A scalar function of scenario time (seconds since the scenario started)."""
+
+    def value(self, t: float) -> float: ...
+
+    def mean(self, t0: float, t1: float) -> float:
+        """Mean over [t0, t1]; the value at t0 when the interval is empty."""
+        ...
+
+
+@dataclass(frozen=True)
+class Constant:
+    level: float
+
+    def value(self, t: float) -> float:
+        return self.level
+
+    def mean(self, t0: float, t1: float) -> float:
+        return self.level
+
+
+@dataclass(frozen=True)
+class Points:
+    """Piecewise-linear through (t, v) points; holds the first and last value outside them."""
+
+    ts: tuple[float, ...]
+    vs: tuple[float, ...]
+
+    @classmethod
+    def of(cls, points: Sequence[tuple[float, float]]) -> Points:
+        if not points:
+            raise ValueError("a points signal needs at least one (t, value) pair")
+        ts = tuple(float(p[0]) for p in points)
+        if any(b < a for a, b in zip(ts, ts[1:], strict=False)):
+            raise ValueError(f"points must be in time order, got times {list(ts)}")
+        return cls(ts, tuple(float(p[1]) for p in points))
+
+    def value(self, t: float) -> float:
+        ts, vs = self.ts, self.vs
+        if t <= ts[0]:
+            return vs[0]
+        if t >= ts[-1]:
+            return vs[-1]
+        i = bisect.bisect_right(ts, t)
+        t0, t1, v0, v1 = ts[i - 1], ts[i], vs[i - 1], vs[i]
+        if t1 == t0:
+            return v1
+        return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+
+    def _integral(self, t: float) -> float:
+        """Integral from ts[0] to t (negative side held constant)."""
+        ts, vs = self.ts, self.vs
+        if t <= ts[0]:
+            return (t - ts[0]) * vs[0]
+        total = 0.0
+        for i in range(1, len(ts)):
+            a, b = ts[i - 1], ts[i]
+            if t <= a:
+                return total
+            end = min(t, b)
+            total += (end - a) * (self.value(a) + self.value(end)) / 2 if b > a else 0.0
+            if t <= b:
+                return total
+        return total + (t - ts[-1]) * vs[-1]
+
+    def mean(self, t0: float, t1: float) -> float:
+        if t1 <= t0:
+            return self.value(t0)
+        return (self._integral(t1) - self._integral(t0)) / (t1 - t0)
+
+
+@dataclass(frozen=True)
+class Burst:
+    """A square wave: ``high`` for ``duty`` of each ``period`` seconds, ``low`` otherwise."""
+
+    period: float
+    duty: float
+    high: float
+    low: float = 0.0
+    phase: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.period <= 0:
+            raise ValueError(f"burst period must be positive, got {self.period}")
+        if not 0 <= self.duty <= 1:
+            raise ValueError(f"burst duty must be within 0..1, got {self.duty}")
+
+    def value(self, t: float) -> float:
+        pos = ((t - self.phase) / self.period) % 1.0
+        return self.high if pos < self.duty else self.low
+
+    def _integral(self, t: float) -> float:
+        x = (t - self.phase) / self.period
+        whole = math.floor(x)
+        frac = x - whole
+        per_cycle = self.duty * self.high + (1 - self.duty) * self.low
+        part = min(frac, self.duty) * self.high + max(0.0, frac - self.duty) * self.low
+        return (whole * per_cycle + part) * self.period
+
+    def mean(self, t0: float, t1: float) -> float:
+        if t1 <= t0:
+            return self.value(t0)
+        return (self._integral(t1) - self._integral(t0)) / (t1 - t0)
+
+
+def signal_from_spec(spec: object, *, size: bool = False, where: str = "signal") -> Signal:
+    """Build a signal from its scenario form; ``size`` accepts byte strings such as ``"40GiB"``.
+
+    Forms: a number (or size string), ``"idle"``, ``{"points": [[t, v], ...]}``,
+    ``{"ramp": {"from": v0, "to": v1, "start": t0, "end": t1}}``,
+    ``{"burst": {"period": s, "duty": 0..1, "high": v, "low": v, "phase": s}}``.
+    """
+
+    def scalar(v: object) -> float:
+        if size and isinstance(v, str | int | float):
+            return parse_size(v)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v)
+        raise ValueError(f"{where}: expected a number, got {v!r}")
+
+    if spec == "idle":
+        return Constant(0.0)
+    if isinstance(spec, str | int | float) and not isinstance(spec, bool):
+        return Constant(scalar(spec))
+    if isinstance(spec, dict) and len(spec) == 1:
+        ((kind, body),) = spec.items()
+        if kind == "points" and isinstance(body, list):
+            pairs: list[tuple[float, float]] = []
+            for item in body:
+                if not (isinstance(item, list | tuple) and len(item) == 2):
+                    raise ValueError(f"{where}: each point must be [t, value], got {item!r}")
+                pairs.append((scalar(item[0]) if not size else float(item[0]), scalar(item[1])))
+            return Points.of(pairs)
+        if kind == "ramp" and isinstance(body, dict):
+            unknown = set(body) - {"from", "to", "start", "end"}
+            if unknown:
+                raise ValueError(f"{where}: unknown ramp keys {sorted(unknown)}")
+            start, end = float(body.get("start", 0)), float(body["end"])
+            return Points.of([(start, scalar(body.get("from", 0))), (end, scalar(body["to"]))])
+        if kind == "burst" and isinstance(body, dict):
+            unknown = set(body) - {"period", "duty", "high", "low", "phase"}
+            if unknown:
+                raise ValueError(f"{where}: unknown burst keys {sorted(unknown)}")
+            return Burst(
+                period=float(body["period"]),
+                duty=float(body["duty"]),
+                high=scalar(body["high"]),
+                low=scalar(body.get("low", 0)),
+                phase=float(body.get("phase", 0)),
+            )
+    raise ValueError(
+        f"{where}: cannot read {spec!r}; use a number, 'idle', {{points: [[t, v], ...]}}, "
+        "{ramp: {from, to, start, end}} or {burst: {period, duty, high, low}}"
+    )

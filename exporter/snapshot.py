@@ -1,0 +1,178 @@
+"""From a node reading to usage per container: who holds which GPU, how much, how busy.
+
+Processes are never exported one by one (no PID label): their memory and activity are summed per
+(GPU or MIG instance, owner), where the owner is a Kubernetes container or, outside Kubernetes, a
+command name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from exporter.readings import GpuReading, NodeReading, ProcessReading
+
+
+@dataclass(frozen=True, order=True)
+class Owner:
+    """Who a GPU process belongs to. Kubernetes fields are empty outside Kubernetes."""
+
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
+    process: str = ""  # command name, only for processes outside Kubernetes
+
+
+class OwnerResolver(Protocol):
+    def owner(self, pid: int) -> Owner | None:
+        """The owner of a host PID; None when the process is gone."""
+        ...
+
+    def prune(self, live_pids: Collection[int]) -> None:
+        """Forget state kept for PIDs that no longer hold a GPU."""
+        ...
+
+
+class CommandNameResolver:
+    """Owner = the command name, from ``<proc_root>/<pid>/comm`` or else NVML's process name."""
+
+    def __init__(self, proc_root: str | os.PathLike[str] = "/proc", nvml_name: Callable[[int], str | None] | None = None) -> None:
+        self.proc_root = Path(proc_root)
+        self.nvml_name = nvml_name
+        self._names: dict[int, str] = {}
+
+    def owner(self, pid: int) -> Owner | None:
+        name = self._read_comm(pid)
+        if name is None and self.nvml_name is not None:
+            name = self.nvml_name(pid)
+        if name is None:
+            return None
+        return Owner(process=name)
+
+    def _read_comm(self, pid: int) -> str | None:
+        try:
+            return (self.proc_root / str(pid) / "comm").read_text(encoding="utf-8", errors="replace").strip() or None
+        except OSError:
+            return None
+
+    def prune(self, live_pids: Collection[int]) -> None:
+        for pid in set(self._names) - set(live_pids):
+            del self._names[pid]
+
+
+@dataclass
+class Usage:
+    """One container's (or command's) use of one GPU or MIG instance over the last interval."""
+
+    gpu: int
+    gpu_uuid: str
+    mig_instance: str  # GPU-instance id as text; "" without MIG
+    mig_profile: str
+    owner: Owner
+    memory_bytes: int = 0
+    memory_known: bool = False
+    processes: int = 0
+    sm_ratio: float | None = None
+    sm_source: str = "nvml"
+    bandwidth_ratio: float | None = None
+    bandwidth_source: str = "nvml"
+
+    @property
+    def key(self) -> tuple[int, str, Owner]:
+        return (self.gpu, self.mig_instance, self.owner)
+
+
+@dataclass
+class Snapshot:
+    reading: NodeReading
+    usages: list[Usage]
+    vanished_total: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _add(usage: Usage, proc: ProcessReading) -> None:
+    usage.processes += 1
+    if proc.memory_bytes is not None:
+        usage.memory_bytes += proc.memory_bytes
+        usage.memory_known = True
+
+
+def attribute(reading: NodeReading, resolver: OwnerResolver) -> tuple[list[Usage], int]:
+    """Sum processes per (GPU or MIG instance, owner); returns the usages and PIDs that vanished."""
+    usages: dict[tuple[int, str, Owner], Usage] = {}
+    vanished = 0
+    live: set[int] = set()
+    owners: dict[int, Owner | None] = {}
+
+    def owner_of(pid: int) -> Owner | None:
+        if pid not in owners:
+            owners[pid] = resolver.owner(pid)
+        return owners[pid]
+
+    for gpu in reading.gpus:
+        if not gpu.up:
+            continue
+        if gpu.mig_mode:
+            for inst in gpu.mig:
+                members: list[Usage] = []
+                for proc in inst.processes:
+                    live.add(proc.pid)
+                    who = owner_of(proc.pid)
+                    if who is None:
+                        vanished += 1
+                        continue
+                    key = (gpu.index, str(inst.gpu_instance), who)
+                    usage = usages.get(key)
+                    if usage is None:
+                        usage = usages[key] = Usage(gpu.index, gpu.uuid, str(inst.gpu_instance), inst.profile, who)
+                        members.append(usage)
+                    _add(usage, proc)
+                # NVML has no per-process activity under MIG; GPM measures the instance. With one owner in
+                # the instance that is exactly the owner's activity; with several it cannot be split.
+                if len(members) == 1 and inst.gpm is not None:
+                    members[0].sm_ratio, members[0].sm_source = inst.gpm.sm_active, "gpm"
+                    members[0].bandwidth_ratio, members[0].bandwidth_source = inst.gpm.dram_bandwidth, "gpm"
+            continue
+        _attribute_full_gpu(gpu, usages, owner_of, live)
+        vanished += sum(1 for p in gpu.processes if owners.get(p.pid, Owner()) is None)
+    resolver.prune(live)
+    return sorted(usages.values(), key=lambda u: (u.gpu, u.mig_instance, u.owner)), vanished
+
+
+def _attribute_full_gpu(
+    gpu: GpuReading,
+    usages: dict[tuple[int, str, Owner], Usage],
+    owner_of: Callable[[int], Owner | None],
+    live: set[int],
+) -> None:
+    mine: dict[Owner, Usage] = {}
+    sm: dict[Owner, float] = {}
+    mem: dict[Owner, float] = {}
+    for proc in gpu.processes:
+        live.add(proc.pid)
+        who = owner_of(proc.pid)
+        if who is None:
+            continue
+        usage = mine.get(who)
+        if usage is None:
+            usage = mine[who] = usages[(gpu.index, "", who)] = Usage(gpu.index, gpu.uuid, "", "", who)
+        _add(usage, proc)
+        sm[who] = sm.get(who, 0.0) + (proc.sm_ratio or 0.0)
+        mem[who] = mem.get(who, 0.0) + (proc.mem_ratio or 0.0)
+    if not gpu.process_activity_known:
+        return  # activity unknown this interval: report none rather than a wrong zero
+    dram = gpu.gpm.dram_bandwidth if gpu.gpm is not None else None
+    total_mem, total_sm = sum(mem.values()), sum(sm.values())
+    for who, usage in mine.items():
+        usage.sm_ratio, usage.sm_source = min(1.0, sm[who]), "nvml"
+        if dram is None:
+            usage.bandwidth_ratio, usage.bandwidth_source = min(1.0, mem[who]), "nvml"
+        else:
+            # GPM measures the GPU's DRAM bandwidth; split it by each owner's memory-controller activity
+            # (by SM activity when no process shows memory activity, 0 when nothing ran).
+            weights, total = (mem, total_mem) if total_mem > 0 else (sm, total_sm)
+            share = weights[who] / total if total > 0 else 0.0
+            usage.bandwidth_ratio, usage.bandwidth_source = dram * share, "gpm"

@@ -1,0 +1,3 @@
+from gpuattr.cli import main
+
+raise SystemExit(main())

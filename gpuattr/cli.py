@@ -1,0 +1,133 @@
+"""``gpuattr <subcommand>``: the exporter, the demo, and generators of committed artefacts.
+
+Subcommands import their part lazily, so ``gpuattr exporter`` loads neither pandas nor the
+attribution package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from exporter.settings import ExporterSettings, SettingsError, add_arguments, from_sources
+
+DEFAULT_SCENARIO = "scenarios/h100-inference-node.yaml"
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _wait_for_signal(seconds: float | None) -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait(seconds)
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from exporter.app import build
+
+    settings: ExporterSettings = from_sources(ExporterSettings, args)
+    _logging(settings.log_level)
+    exporter = build(settings)
+    exporter.start()
+    print(f"gpuattr exporter serving {exporter.server.url}", flush=True)
+    try:
+        _wait_for_signal(args.run_for)
+    finally:
+        exporter.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.app import build
+    from exporter.demo import summary, wait_for_samples
+
+    settings: ExporterSettings = from_sources(ExporterSettings, args)
+    if settings.simulate is None:
+        settings.simulate = DEFAULT_SCENARIO
+    if args.listen is None and "GPUATTR_LISTEN" not in __import__("os").environ:
+        settings.listen = "127.0.0.1:9835"
+    if args.interval is None and "GPUATTR_INTERVAL" not in __import__("os").environ:
+        settings.interval = 2.0
+    if args.sim_start is None and "GPUATTR_SIM_START" not in __import__("os").environ:
+        settings.sim_start = 60.0  # past the servers' start-up, so memory shows what they hold
+    _logging(settings.log_level)
+    exporter = build(settings)
+    exporter.start()
+    try:
+        metrics = wait_for_samples(exporter.server.url, samples=3, timeout_s=30)
+        print(f"Simulated node {settings.simulate!r}: what the exporter sees\n")
+        print(summary(metrics))
+        print(f"\nScrape it: curl -s {exporter.server.url}")
+        if args.run_for != 0:
+            print("Serving until Ctrl-C." if args.run_for is None else f"Serving for {args.run_for:.0f}s.", flush=True)
+            _wait_for_signal(args.run_for)
+    finally:
+        exporter.stop()
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from exporter.docs import render_metrics_doc
+
+    text = render_metrics_doc()
+    target = Path(args.output)
+    if args.check:
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current != text:
+            print(f"{target} is stale: run `gpuattr docs` and commit the result", file=sys.stderr)
+            return 1
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuattr", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser("exporter", help="run the node exporter (real NVML, or --simulate a scenario)")
+    add_arguments(exp, ExporterSettings)
+    exp.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (default: run until signalled)")
+    exp.set_defaults(func=cmd_exporter)
+
+    demo = sub.add_parser("demo", help=f"run the exporter on a simulated node ({DEFAULT_SCENARIO}) and show what it sees")
+    add_arguments(demo, ExporterSettings)
+    demo.add_argument("--run-for", type=float, default=None, help="keep serving this many seconds after the summary (0: exit at once)")
+    demo.set_defaults(func=cmd_demo)
+
+    docs = sub.add_parser("docs", help="generate docs/metrics.md from the metric catalog")
+    docs.add_argument("--output", default="docs/metrics.md")
+    docs.add_argument("--check", action="store_true", help="fail if the file differs from what would be generated")
+    docs.set_defaults(func=cmd_docs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"gpuattr: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from exporter.sim.scenario import ScenarioError
+
+        if isinstance(exc, ScenarioError):
+            print(f"gpuattr: {exc}", file=sys.stderr)
+            return 2
+        raise
