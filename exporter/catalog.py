@@ -134,8 +134,7 @@ GPU_SM_OCCUPANCY = Metric(
 GPU_TENSOR_ACTIVE = Metric(
     "gpuattr_gpu_tensor_active_ratio",
     Kind.GAUGE,
-    "Fraction of time the SMs ran any tensor-core instruction over the last interval (GPM "
-    "ANY_TENSOR_UTIL; Hopper+).",
+    "Fraction of time the SMs ran any tensor-core instruction over the last interval (GPM ANY_TENSOR_UTIL; Hopper+).",
     GPU + MIG,
     Group.DEVICE,
     unit="ratio",
@@ -298,15 +297,11 @@ DCGM_FB_USED = Metric(
 DCGM_FB_FREE = Metric(
     "DCGM_FI_DEV_FB_FREE", Kind.GAUGE, "Framebuffer memory free (in MiB).", DCGM_LABELS, Group.DCGM_COMPAT
 )
-DCGM_GPU_UTIL = Metric(
-    "DCGM_FI_DEV_GPU_UTIL", Kind.GAUGE, "GPU utilization (in %).", DCGM_LABELS, Group.DCGM_COMPAT
-)
+DCGM_GPU_UTIL = Metric("DCGM_FI_DEV_GPU_UTIL", Kind.GAUGE, "GPU utilization (in %).", DCGM_LABELS, Group.DCGM_COMPAT)
 DCGM_MEM_COPY_UTIL = Metric(
     "DCGM_FI_DEV_MEM_COPY_UTIL", Kind.GAUGE, "Memory utilization (in %).", DCGM_LABELS, Group.DCGM_COMPAT
 )
-DCGM_POWER_USAGE = Metric(
-    "DCGM_FI_DEV_POWER_USAGE", Kind.GAUGE, "Power draw (in W).", DCGM_LABELS, Group.DCGM_COMPAT
-)
+DCGM_POWER_USAGE = Metric("DCGM_FI_DEV_POWER_USAGE", Kind.GAUGE, "Power draw (in W).", DCGM_LABELS, Group.DCGM_COMPAT)
 DCGM_TOTAL_ENERGY = Metric(
     "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
     Kind.COUNTER,
@@ -314,9 +309,7 @@ DCGM_TOTAL_ENERGY = Metric(
     DCGM_LABELS,
     Group.DCGM_COMPAT,
 )
-DCGM_GPU_TEMP = Metric(
-    "DCGM_FI_DEV_GPU_TEMP", Kind.GAUGE, "GPU temperature (in C).", DCGM_LABELS, Group.DCGM_COMPAT
-)
+DCGM_GPU_TEMP = Metric("DCGM_FI_DEV_GPU_TEMP", Kind.GAUGE, "GPU temperature (in C).", DCGM_LABELS, Group.DCGM_COMPAT)
 DCGM_SM_ACTIVE = Metric(
     "DCGM_FI_PROF_SM_ACTIVE",
     Kind.GAUGE,
@@ -334,8 +327,7 @@ DCGM_SM_OCCUPANCY = Metric(
 DCGM_DRAM_ACTIVE = Metric(
     "DCGM_FI_PROF_DRAM_ACTIVE",
     Kind.GAUGE,
-    "Ratio of cycles the device memory interface is active sending or receiving data (from NVML GPM "
-    "DRAM_BW_UTIL).",
+    "Ratio of cycles the device memory interface is active sending or receiving data (from NVML GPM DRAM_BW_UTIL).",
     DCGM_LABELS,
     Group.DCGM_COMPAT,
 )

@@ -44,6 +44,7 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
 
 def summary(metrics: dict[str, list[Sample]]) -> str:
     """A human summary of one scrape: GPUs, then usage per container or process."""
+
     def by_key(name: str, *keys: str) -> dict[tuple[str, ...], float]:
         return {tuple(lbl.get(k, "") for k in keys): v for lbl, v in metrics.get(name, [])}
 
@@ -62,10 +63,16 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
         if up.get((gpu,), 1) == 0:
             gpu_rows.append([label, names.get(gpu, ""), "LOST", "", "", ""])
             continue
-        gpu_rows.append([
-            label, names.get(gpu, "") if not mig else "",
-            _gib(used.get(key, 0)), _gib(total.get(key, 0)), _pct(sm.get(key)), _pct(bw.get(key)),
-        ])
+        gpu_rows.append(
+            [
+                label,
+                names.get(gpu, "") if not mig else "",
+                _gib(used.get(key, 0)),
+                _gib(total.get(key, 0)),
+                _pct(sm.get(key)),
+                _pct(bw.get(key)),
+            ]
+        )
     usage_keys = (*c.USAGE_LABELS,)
     mem = by_key(c.CONTAINER_MEMORY.name, *usage_keys)
     csm = by_key(c.CONTAINER_SM_ACTIVE.name, *usage_keys)
@@ -74,11 +81,15 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
     for key in sorted(mem, key=lambda k: (int(k[0]), k[2], k[4:])):
         gpu, _uuid, mig, _profile, ns, pod, container, process = key
         who = f"{ns}/{pod}/{container}" if pod else f"(process) {process}"
-        usage_rows.append([gpu + (f"/{mig}" if mig else ""), who, _gib(mem[key]), _pct(csm.get(key)), _pct(cbw.get(key))])
-    return "\n\n".join([
-        _table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows),
-        _table(["GPU", "who", "memory", "SM", "DRAM bw"], usage_rows),
-    ])
+        usage_rows.append(
+            [gpu + (f"/{mig}" if mig else ""), who, _gib(mem[key]), _pct(csm.get(key)), _pct(cbw.get(key))]
+        )
+    return "\n\n".join(
+        [
+            _table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows),
+            _table(["GPU", "who", "memory", "SM", "DRAM bw"], usage_rows),
+        ]
+    )
 
 
 def wait_for_samples(url: str, samples: int, timeout_s: float) -> dict[str, list[Sample]]:

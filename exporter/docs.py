@@ -28,6 +28,9 @@ Activity series are absent (not zero) for an interval in which the driver could 
 """
 
 
+# (the table above is Markdown: its rows are long by nature)
+
+
 def _metric_rows(group: c.Group) -> list[str]:
     rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
     for m in c.all_metrics():
@@ -52,9 +55,21 @@ def render_metrics_doc() -> str:
     ]
     for group in c.Group:
         lines += [f"## {group.value}", "", *_metric_rows(group), ""]
-    lines += ["### dcgm-exporter fields not produced by `--dcgm-compat`", "", "| field | why |", "| --- | --- |"]
+    lines += [
+        "### dcgm-exporter fields not produced by `--dcgm-compat`",
+        "",
+        "| field | why |",
+        "| --- | --- |",
+    ]
     lines += [f"| `{name}` | {why} |" for name, why in c.DCGM_UNMAPPED.items()]
-    lines += ["", _PRECEDENCE, "## Configuration", "", "Every flag of `gpuattr exporter` is also an environment variable.", ""]
+    lines += [
+        "",
+        _PRECEDENCE,
+        "## Configuration",
+        "",
+        "Every flag of `gpuattr exporter` is also an environment variable.",
+        "",
+    ]
     lines += ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(ExporterSettings):
         if f.default is not dataclasses.MISSING:

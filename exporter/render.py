@@ -41,7 +41,12 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
     info, up = family(c.GPU_INFO), family(c.GPU_UP)
     mem_total, mem_used = family(c.GPU_MEMORY_TOTAL), family(c.GPU_MEMORY_USED)
     util, mctl = family(c.GPU_UTILIZATION), family(c.GPU_MEMORY_CONTROLLER)
-    sm, occ, tensor, bw = family(c.GPU_SM_ACTIVE), family(c.GPU_SM_OCCUPANCY), family(c.GPU_TENSOR_ACTIVE), family(c.GPU_MEMORY_BANDWIDTH)
+    sm, occ, tensor, bw = (
+        family(c.GPU_SM_ACTIVE),
+        family(c.GPU_SM_OCCUPANCY),
+        family(c.GPU_TENSOR_ACTIVE),
+        family(c.GPU_MEMORY_BANDWIDTH),
+    )
     power, energy, temp = family(c.GPU_POWER), family(c.GPU_ENERGY), family(c.GPU_TEMPERATURE)
     for g in r.gpus:
         ids = [str(g.index), g.uuid]
@@ -96,7 +101,16 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
     csm, cbw = family(c.CONTAINER_SM_ACTIVE), family(c.CONTAINER_MEMORY_BANDWIDTH)
     for u in snap.usages:
         o = u.owner
-        labels = [str(u.gpu), u.gpu_uuid, u.mig_instance, u.mig_profile, o.namespace, o.pod, o.container, o.process]
+        labels = [
+            str(u.gpu),
+            u.gpu_uuid,
+            u.mig_instance,
+            u.mig_profile,
+            o.namespace,
+            o.pod,
+            o.container,
+            o.process,
+        ]
         if u.memory_known:
             cmem.add_metric(labels, u.memory_bytes)
         cproc.add_metric(labels, u.processes)
@@ -137,11 +151,22 @@ def _exporter_families(snap: Snapshot, version: str) -> list[Family]:
 def dcgm_families(snap: Snapshot, hostname: str) -> list[Family]:
     """Device series under dcgm-exporter's names, units and labels, so its dashboards keep working."""
     r = snap.reading
-    fams = {m.name: family(m) for m in (
-        c.DCGM_FB_USED, c.DCGM_FB_FREE, c.DCGM_GPU_UTIL, c.DCGM_MEM_COPY_UTIL, c.DCGM_POWER_USAGE,
-        c.DCGM_TOTAL_ENERGY, c.DCGM_GPU_TEMP, c.DCGM_SM_ACTIVE, c.DCGM_SM_OCCUPANCY, c.DCGM_DRAM_ACTIVE,
-        c.DCGM_TENSOR_ACTIVE,
-    )}
+    fams = {
+        m.name: family(m)
+        for m in (
+            c.DCGM_FB_USED,
+            c.DCGM_FB_FREE,
+            c.DCGM_GPU_UTIL,
+            c.DCGM_MEM_COPY_UTIL,
+            c.DCGM_POWER_USAGE,
+            c.DCGM_TOTAL_ENERGY,
+            c.DCGM_GPU_TEMP,
+            c.DCGM_SM_ACTIVE,
+            c.DCGM_SM_OCCUPANCY,
+            c.DCGM_DRAM_ACTIVE,
+            c.DCGM_TENSOR_ACTIVE,
+        )
+    }
     mib = float(2**20)
 
     def put(metric: c.Metric, labels: list[str], value: float | None) -> None:
@@ -157,7 +182,11 @@ def dcgm_families(snap: Snapshot, hostname: str) -> list[Family]:
             put(c.DCGM_FB_USED, whole, round(g.memory_used_bytes / mib))
             put(c.DCGM_FB_FREE, whole, round((g.memory_total_bytes - g.memory_used_bytes) / mib))
         put(c.DCGM_GPU_UTIL, whole, None if g.utilization_ratio is None else round(g.utilization_ratio * 100))
-        put(c.DCGM_MEM_COPY_UTIL, whole, None if g.memory_controller_ratio is None else round(g.memory_controller_ratio * 100))
+        put(
+            c.DCGM_MEM_COPY_UTIL,
+            whole,
+            None if g.memory_controller_ratio is None else round(g.memory_controller_ratio * 100),
+        )
         put(c.DCGM_POWER_USAGE, whole, g.power_watts)
         put(c.DCGM_TOTAL_ENERGY, whole, None if g.energy_joules is None else g.energy_joules * 1000)
         put(c.DCGM_GPU_TEMP, whole, g.temperature_celsius)
@@ -203,6 +232,6 @@ class Exposition:
 
 def render(fams: Iterable[Family], timestamp: float) -> Exposition:
     holder = _Families(fams)
-    text = text_format.generate_latest(holder)  # type: ignore[arg-type]
-    om = openmetrics_format.generate_latest(holder)  # type: ignore[arg-type]
+    text = text_format.generate_latest(holder)
+    om = openmetrics_format.generate_latest(holder)  # type: ignore[no-untyped-call]
     return Exposition(text, om, gzip.compress(text, 1), gzip.compress(om, 1), timestamp)

@@ -69,7 +69,12 @@ class Sampler:
                 "sample_cpu_seconds_total": self.cpu_seconds_total,
                 "mode": self.options.mode,  # type: ignore[dict-item]
             }
-            fams = families(snap, hostname=self.options.hostname, dcgm_compat=self.options.dcgm_compat, version=self.options.version)
+            fams = families(
+                snap,
+                hostname=self.options.hostname,
+                dcgm_compat=self.options.dcgm_compat,
+                version=self.options.version,
+            )
             for extra in self.options.extra_families:
                 try:
                     fams.extend(extra())

@@ -82,7 +82,7 @@ class MetricsServer:
             protocol_version = "HTTP/1.1"
             server_version = "gpuattr"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
 
             def _send(self, status: int, body: bytes, ctype: str, encoding: str | None = None) -> None:
@@ -108,13 +108,20 @@ class MetricsServer:
                     accept = self.headers.get("Accept", "")
                     gz = "gzip" in self.headers.get("Accept-Encoding", "")
                     if "application/openmetrics-text" in accept:
-                        body, ctype = (expo.openmetrics_gz if gz else expo.openmetrics), Exposition.OPENMETRICS_TYPE
+                        body, ctype = (
+                            (expo.openmetrics_gz if gz else expo.openmetrics),
+                            Exposition.OPENMETRICS_TYPE,
+                        )
                     else:
                         body, ctype = (expo.text_gz if gz else expo.text), Exposition.TEXT_TYPE
                     self._send(200, body, ctype, "gzip" if gz else None)
                 elif path == "/healthz":
                     ok = server._alive()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"sampler stopped\n", "text/plain; charset=utf-8")
+                    self._send(
+                        200 if ok else 503,
+                        b"ok\n" if ok else b"sampler stopped\n",
+                        "text/plain; charset=utf-8",
+                    )
                 elif path == "/readyz":
                     ready, why = server._ready()
                     self._send(200 if ready else 503, (why + "\n").encode(), "text/plain; charset=utf-8")

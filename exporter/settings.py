@@ -20,16 +20,19 @@ class SettingsError(ValueError):
     """A setting that cannot be used; names the flag and its environment variable."""
 
 
-def _opt(help: str, **extra: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+def _opt(help: str, **extra: Any) -> Any:
     return {"help": help, **extra}
 
 
 @dataclass
 class ExporterSettings:
-    listen: str = field(default="0.0.0.0:9835", metadata=_opt("address:port to serve /metrics, /healthz and /readyz on"))
+    listen: str = field(
+        default="0.0.0.0:9835", metadata=_opt("address:port to serve /metrics, /healthz and /readyz on")
+    )
     interval: float = field(default=5.0, metadata=_opt("seconds between samples; a scrape serves the latest one"))
     simulate: str | None = field(
-        default=None, metadata=_opt("scenario YAML: run a simulated GPU node instead of reading the real driver")
+        default=None,
+        metadata=_opt("scenario YAML: run a simulated GPU node instead of reading the real driver"),
     )
     sim_speed: float = field(default=1.0, metadata=_opt("simulated seconds per real second (with --simulate)"))
     sim_start: float = field(default=0.0, metadata=_opt("scenario second the simulation starts at (with --simulate)"))
@@ -51,6 +54,32 @@ class ExporterSettings:
         default=None, metadata=_opt("OTLP/gRPC endpoint (host:port) to push each snapshot to; off when unset")
     )
     otlp_insecure: bool = field(default=False, metadata=_opt("push OTLP without TLS (plaintext gRPC)"))
+    kubernetes: bool = field(
+        default=False, metadata=_opt("resolve pods, workloads and models through the Kubernetes API (watch)")
+    )
+    node_name: str = field(
+        default_factory=lambda: os.environ.get("NODE_NAME", ""),
+        metadata=_opt("this node's name, to watch only its pods (default: $NODE_NAME from the downward API)"),
+    )
+    kube_api: str | None = field(
+        default=None, metadata=_opt("API server URL (default: in-cluster service account configuration)")
+    )
+    pod_resources_socket: str | None = field(
+        default=None,
+        metadata=_opt("kubelet pod-resources socket, e.g. /var/lib/kubelet/pod-resources/kubelet.sock; off when unset"),
+    )
+    gpu_resources: str = field(
+        default="nvidia.com/gpu,nvidia.com/mig-,nvidia.com/gpu.shared",
+        metadata=_opt("comma-separated resource-name prefixes that count as GPU allocations"),
+    )
+    model_label: str = field(
+        default="gpuattr.io/model", metadata=_opt("pod label or annotation that names the model a pod serves")
+    )
+    class_label: str = field(
+        default="gpuattr.io/workload-class",
+        metadata=_opt("pod label: inference, training, batch or experimentation (else inferred)"),
+    )
+    team_label: str = field(default="team", metadata=_opt("pod label or namespace label naming the owning team"))
     log_level: str = field(default="info", metadata=_opt("debug, info, warning or error"))
 
     def validate(self) -> ExporterSettings:
@@ -97,7 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     for f in dataclasses.fields(cls):
         help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
         if f.type in ("bool", bool):
-            parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
         else:
             parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=help_text, metavar=f.name.upper())
 

@@ -39,7 +39,11 @@ class OwnerResolver(Protocol):
 class CommandNameResolver:
     """Owner = the command name, from ``<proc_root>/<pid>/comm`` or else NVML's process name."""
 
-    def __init__(self, proc_root: str | os.PathLike[str] = "/proc", nvml_name: Callable[[int], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        proc_root: str | os.PathLike[str] = "/proc",
+        nvml_name: Callable[[int], str | None] | None = None,
+    ) -> None:
         self.proc_root = Path(proc_root)
         self.nvml_name = nvml_name
         self._names: dict[int, str] = {}

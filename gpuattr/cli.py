@@ -71,7 +71,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(summary(metrics))
         print(f"\nScrape it: curl -s {exporter.server.url}")
         if args.run_for != 0:
-            print("Serving until Ctrl-C." if args.run_for is None else f"Serving for {args.run_for:.0f}s.", flush=True)
+            print(
+                "Serving until Ctrl-C." if args.run_for is None else f"Serving for {args.run_for:.0f}s.",
+                flush=True,
+            )
             _wait_for_signal(args.run_for)
     finally:
         exporter.stop()
@@ -101,12 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("exporter", help="run the node exporter (real NVML, or --simulate a scenario)")
     add_arguments(exp, ExporterSettings)
-    exp.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (default: run until signalled)")
+    exp.add_argument(
+        "--run-for",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until signalled)",
+    )
     exp.set_defaults(func=cmd_exporter)
 
-    demo = sub.add_parser("demo", help=f"run the exporter on a simulated node ({DEFAULT_SCENARIO}) and show what it sees")
+    demo = sub.add_parser(
+        "demo", help=f"run the exporter on a simulated node ({DEFAULT_SCENARIO}) and show what it sees"
+    )
     add_arguments(demo, ExporterSettings)
-    demo.add_argument("--run-for", type=float, default=None, help="keep serving this many seconds after the summary (0: exit at once)")
+    demo.add_argument(
+        "--run-for",
+        type=float,
+        default=None,
+        help="keep serving this many seconds after the summary (0: exit at once)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     docs = sub.add_parser("docs", help="generate docs/metrics.md from the metric catalog")

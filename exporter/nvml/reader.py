@@ -35,7 +35,7 @@ _NO_INSTANCE = 0xFFFFFFFF
 class _ProcessInfoV1(ctypes.Structure):
     """``nvmlProcessInfo_v1_t`` from the NVML header, for drivers that offer only the unversioned call."""
 
-    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]  # noqa: RUF012
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
 
 
 class GpuLostError(Exception):
@@ -138,7 +138,9 @@ class NvmlReader:
                 name = _text(self._call_raw("nvmlDeviceGetName", uuid, pynvml.nvmlDeviceGetName, handle) or "")
                 gpm = False
                 if self.use_gpm:
-                    support = self._call_raw("nvmlGpmQueryDeviceSupport", uuid, pynvml.nvmlGpmQueryDeviceSupport, handle)
+                    support = self._call_raw(
+                        "nvmlGpmQueryDeviceSupport", uuid, pynvml.nvmlGpmQueryDeviceSupport, handle
+                    )
                     gpm = bool(support is not None and support.isSupportedDevice)
             except GpuLostError:
                 uuid, name, gpm = scope, "", False
@@ -186,7 +188,13 @@ class NvmlReader:
             for dev in self._devices:
                 dev.gpm.clear()
             self._devices = []
-            return NodeReading(False, self.driver_version, now, errors=self.health.snapshot(), clamped_total=self.clamped_total)
+            return NodeReading(
+                False,
+                self.driver_version,
+                now,
+                errors=self.health.snapshot(),
+                clamped_total=self.clamped_total,
+            )
         return NodeReading(True, self.driver_version, now, tuple(gpus), self.health.snapshot(), self.clamped_total)
 
     def _read_device(self, dev: _Device) -> GpuReading:
@@ -210,10 +218,18 @@ class NvmlReader:
         mem = self._call_raw("nvmlDeviceGetMemoryInfo", scope, pynvml.nvmlDeviceGetMemoryInfo, h)
         mig_mode_pair = self._call_raw("nvmlDeviceGetMigMode", scope, pynvml.nvmlDeviceGetMigMode, h)
         mig_mode = bool(mig_mode_pair and mig_mode_pair[0])
-        util = None if mig_mode else self._call_raw("nvmlDeviceGetUtilizationRates", scope, pynvml.nvmlDeviceGetUtilizationRates, h)
+        util = (
+            None
+            if mig_mode
+            else self._call_raw("nvmlDeviceGetUtilizationRates", scope, pynvml.nvmlDeviceGetUtilizationRates, h)
+        )
         power_mw = self._call_raw("nvmlDeviceGetPowerUsage", scope, pynvml.nvmlDeviceGetPowerUsage, h)
-        energy_mj = self._call_raw("nvmlDeviceGetTotalEnergyConsumption", scope, pynvml.nvmlDeviceGetTotalEnergyConsumption, h)
-        temp = self._call_raw("nvmlDeviceGetTemperature", scope, pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU)
+        energy_mj = self._call_raw(
+            "nvmlDeviceGetTotalEnergyConsumption", scope, pynvml.nvmlDeviceGetTotalEnergyConsumption, h
+        )
+        temp = self._call_raw(
+            "nvmlDeviceGetTemperature", scope, pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU
+        )
 
         mig: tuple[MigReading, ...] = ()
         processes: tuple[ProcessReading, ...] = ()
@@ -280,7 +296,10 @@ class NvmlReader:
                 )
             break
         graphics = self._call_raw(
-            "nvmlDeviceGetGraphicsRunningProcesses_v3", scope, pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3, handle
+            "nvmlDeviceGetGraphicsRunningProcesses_v3",
+            scope,
+            pynvml.nvmlDeviceGetGraphicsRunningProcesses_v3,
+            handle,
         )
         for p in graphics or ():
             used = int(p.usedGpuMemory) if p.usedGpuMemory is not None else None
@@ -348,7 +367,10 @@ class NvmlReader:
     # -- MIG ----------------------------------------------------------------------------------------------
     def _read_mig(self, dev: _Device) -> tuple[MigReading, ...]:
         scope = dev.uuid
-        count = self._call_raw("nvmlDeviceGetMaxMigDeviceCount", scope, pynvml.nvmlDeviceGetMaxMigDeviceCount, dev.handle) or 0
+        count = (
+            self._call_raw("nvmlDeviceGetMaxMigDeviceCount", scope, pynvml.nvmlDeviceGetMaxMigDeviceCount, dev.handle)
+            or 0
+        )
         out = []
         for i in range(count):
             try:
@@ -466,8 +488,6 @@ def _compute_processes_v1(handle: Any) -> list[Any]:
     for i in range(count.value):
         used = int(infos[i].usedGpuMemory)
         out.append(
-            pynvml.nvmlFriendlyObject(
-                {"pid": int(infos[i].pid), "usedGpuMemory": None if used == 2**64 - 1 else used}
-            )
+            pynvml.nvmlFriendlyObject({"pid": int(infos[i].pid), "usedGpuMemory": None if used == 2**64 - 1 else used})
         )
     return out

@@ -10,7 +10,12 @@ class SimClock:
     """Real time (optionally sped up) or, with ``manual=True``, time that moves only by ``advance``."""
 
     def __init__(
-        self, *, speed: float = 1.0, manual: bool = False, start_wall: float | None = None, offset: float = 0.0
+        self,
+        *,
+        speed: float = 1.0,
+        manual: bool = False,
+        start_wall: float | None = None,
+        offset: float = 0.0,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"simulation speed must be positive, got {speed}")

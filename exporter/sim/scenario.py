@@ -171,7 +171,9 @@ class ContainerSpec(_Strict):
     resource: str = "nvidia.com/gpu"
     devices: list[str] = Field(
         default_factory=list,
-        description="device ids the kubelet allocated: GPU indexes ('0'), UUIDs, '<index>::<replica>' or 'mig:<index>:<gi>'",
+        description=(
+            "device ids the kubelet allocated: GPU indexes ('0'), UUIDs, '<index>::<replica>' or 'mig:<index>:<gi>'"
+        ),
     )
 
 
@@ -239,9 +241,7 @@ class Scenario(_Strict):
                 if not gpu.mig and proc.mig is not None:
                     raise ValueError(f"process {proc.pid} names MIG instance {proc.mig} but GPU {gi} has no MIG")
             if proc.container is not None and proc.container not in containers:
-                raise ValueError(
-                    f"process {proc.pid} runs in container {proc.container!r}, which no pod defines"
-                )
+                raise ValueError(f"process {proc.pid} runs in container {proc.container!r}, which no pod defines")
         return self
 
     def gpu_uuid(self, index: int) -> str:
@@ -283,7 +283,5 @@ def parse_scenario(raw: object, source: str = "<scenario>") -> Scenario:
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors())
         raise ScenarioError(f"scenario {source}: {problems}") from exc

@@ -8,6 +8,7 @@ waves (bursts). Means over an interval are computed in closed form, so the fake 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -77,7 +78,7 @@ class Points:
         if not points:
             raise ValueError("a points signal needs at least one (t, value) pair")
         ts = tuple(float(p[0]) for p in points)
-        if any(b < a for a, b in zip(ts, ts[1:], strict=False)):
+        if any(b < a for a, b in itertools.pairwise(ts)):
             raise ValueError(f"points must be in time order, got times {list(ts)}")
         return cls(ts, tuple(float(p[1]) for p in points))
 
