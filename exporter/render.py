@@ -226,7 +226,7 @@ class Exposition:
     openmetrics_gz: bytes
     timestamp: float  # unix seconds of the snapshot
 
-    TEXT_TYPE = text_format.CONTENT_TYPE_LATEST
+    TEXT_TYPE = text_format.CONTENT_TYPE_PLAIN_0_0_4  # what Prometheus 2.x expects; our names need no escaping
     OPENMETRICS_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 
 

@@ -325,11 +325,13 @@ class NvmlReader:
         for name, fn in calls:
             if self.health.unsupported(name, scope):
                 continue
+            asked_at_us = int(self.wall_clock() * 1e6)
             try:
                 samples = fn(dev.handle, dev.last_seen_us)
             except pynvml.NVMLError_NotFound:
                 dev.util_call = name
                 self.health.ok(name, scope)
+                dev.last_seen_us = max(dev.last_seen_us, asked_at_us)  # nothing ran up to now: start after it
                 return {}
             except pynvml.NVMLError_GpuIsLost as exc:
                 self.health.failed(name, scope, exc)

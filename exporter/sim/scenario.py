@@ -47,7 +47,7 @@ Size = Annotated[float, BeforeValidator(_size)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, validate_default=True)
 
 
 # What a GPU model looks like to NVML: memory, NVML architecture code, power range.

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+_TINY_S = 1e-6  # intervals shorter than a microsecond are read as a point
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {
     "b": 1,
@@ -111,8 +112,8 @@ class Points:
         return total + (t - ts[-1]) * vs[-1]
 
     def mean(self, t0: float, t1: float) -> float:
-        if t1 <= t0:
-            return self.value(t0)
+        if t1 - t0 < _TINY_S:  # too short to difference integrals without losing every digit
+            return self.value((t0 + t1) / 2)
         return (self._integral(t1) - self._integral(t0)) / (t1 - t0)
 
 
@@ -145,8 +146,8 @@ class Burst:
         return (whole * per_cycle + part) * self.period
 
     def mean(self, t0: float, t1: float) -> float:
-        if t1 <= t0:
-            return self.value(t0)
+        if t1 - t0 < _TINY_S:  # too short to difference integrals without losing every digit
+            return self.value((t0 + t1) / 2)
         return (self._integral(t1) - self._integral(t0)) / (t1 - t0)
 
 

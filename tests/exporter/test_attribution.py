@@ -1,0 +1,86 @@
+"""Processes summed per owner; activity and bandwidth split per container."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from exporter.snapshot import CommandNameResolver, Owner, attribute
+from tests.conftest import Sim
+
+GiB = 2**30
+
+
+def _pair(simulate: Callable[..., Sim], model: str = "NVIDIA H100 80GB HBM3") -> Sim:
+    raw = {
+        "name": "pair",
+        "gpus": [{"index": 0, "model": model}],
+        "processes": [
+            {"pid": 1, "name": "vllm", "gpus": [0], "memory": "30GiB", "sm": 0.6, "mem_bw": 0.3},
+            {"pid": 2, "name": "tgi", "gpus": [0], "memory": "20GiB", "sm": 0.2, "mem_bw": 0.1},
+            {"pid": 3, "name": "tgi", "gpus": [0], "memory": "1GiB", "sm": 0.1, "mem_bw": 0.0},
+        ],
+    }
+    sim = simulate(raw, start=10)
+    sim.reader.read()
+    sim.clock.advance(5)
+    return sim
+
+
+def test_two_time_sliced_workloads_on_one_gpu_each_get_their_own_numbers(simulate: Callable[..., Sim]) -> None:
+    sim = _pair(simulate, model="NVIDIA A100-SXM4-80GB")  # no GPM: NVML per-process numbers as they are
+    usages, vanished = attribute(sim.reader.read(), CommandNameResolver("/nonexistent", sim.reader.process_name))
+    assert vanished == 0
+    by = {u.owner.process: u for u in usages}
+    assert by["vllm"].memory_bytes == 30 * GiB and by["vllm"].processes == 1
+    assert by["tgi"].memory_bytes == 21 * GiB and by["tgi"].processes == 2  # two processes, one owner
+    assert by["vllm"].sm_ratio == pytest.approx(0.6) and by["tgi"].sm_ratio == pytest.approx(0.3)
+    assert (by["vllm"].bandwidth_ratio, by["vllm"].bandwidth_source) == (pytest.approx(0.3), "nvml")
+
+
+def test_gpm_bandwidth_is_split_by_memory_activity_and_sums_to_the_device(simulate: Callable[..., Sim]) -> None:
+    sim = _pair(simulate)
+    node = sim.reader.read()
+    usages, _ = attribute(node, CommandNameResolver("/nonexistent", sim.reader.process_name))
+    device = node.gpus[0].gpm
+    assert device is not None and device.dram_bandwidth == pytest.approx(0.4)
+    assert {u.bandwidth_source for u in usages} == {"gpm"}
+    assert sum(u.bandwidth_ratio or 0 for u in usages) == pytest.approx(device.dram_bandwidth)
+    by = {u.owner.process: u for u in usages}
+    assert by["vllm"].bandwidth_ratio == pytest.approx(0.4 * 0.3 / 0.4)
+
+
+def test_activity_is_absent_not_zero_when_the_driver_cannot_tell(simulate: Callable[..., Sim]) -> None:
+    raw = {
+        "name": "no-util",
+        "gpus": [{"index": 0, "unsupported": ["nvmlDeviceGetProcessesUtilizationInfo", "nvmlDeviceGetProcessUtilization"]}],
+        "processes": [{"pid": 1, "name": "busy", "gpus": [0], "memory": "1GiB", "sm": 0.9}],
+    }
+    sim = simulate(raw, start=10)
+    usages, _ = attribute(sim.reader.read(), CommandNameResolver("/nonexistent", sim.reader.process_name))
+    assert usages[0].memory_bytes == GiB
+    assert usages[0].sm_ratio is None and usages[0].bandwidth_ratio is None
+
+
+def test_one_container_in_a_mig_instance_gets_the_instance_activity(simulate: Callable[..., Sim]) -> None:
+    raw = {
+        "name": "mig",
+        "gpus": [{"index": 0, "mig": [{"gi": 1, "profile": "3g.40gb"}, {"gi": 2, "profile": "3g.40gb"}]}],
+        "processes": [
+            {"pid": 1, "name": "solo", "gpus": [0], "mig": 1, "memory": "10GiB", "sm": 0.5, "mem_bw": 0.25},
+            {"pid": 2, "name": "x", "gpus": [0], "mig": 2, "memory": "1GiB", "sm": 0.5},
+            {"pid": 3, "name": "y", "gpus": [0], "mig": 2, "memory": "1GiB", "sm": 0.5},
+        ],
+    }
+    sim = simulate(raw, start=10)
+    sim.reader.read()
+    sim.clock.advance(5)
+    usages, _ = attribute(sim.reader.read(), CommandNameResolver("/nonexistent", sim.reader.process_name))
+    by = {u.owner: u for u in usages}
+    solo = by[Owner(process="solo")]
+    assert (solo.mig_instance, solo.mig_profile) == ("1", "3g.40gb")
+    assert (solo.sm_ratio, solo.sm_source) == (pytest.approx(0.5), "gpm")
+    assert solo.bandwidth_ratio == pytest.approx(0.25)
+    # Two owners share instance 2: NVML cannot split the instance's activity, so none is reported.
+    assert by[Owner(process="x")].sm_ratio is None and by[Owner(process="y")].sm_ratio is None

@@ -1,0 +1,137 @@
+"""The HTTP endpoint: pre-rendered scrapes, content negotiation, health, TLS and client certificates."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import ssl
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.render import Exposition
+from exporter.sampler import Sampler, SamplerOptions
+from exporter.server import MetricsServer
+from exporter.snapshot import CommandNameResolver
+from tests.conftest import Sim, one_gpu
+
+
+@pytest.fixture
+def sampler(simulate: Callable[..., Sim]) -> Iterator[tuple[Sim, Sampler]]:
+    sim = simulate(one_gpu({"pid": 1, "memory": "1GiB", "sm": 0.5}), start=10)
+    smp = Sampler(sim.reader, CommandNameResolver("/nonexistent", sim.reader.process_name), SamplerOptions())
+    yield sim, smp
+
+
+def _serve(sampler: Sampler, **tls: str) -> MetricsServer:
+    server = MetricsServer("127.0.0.1", 0, lambda: sampler.exposition, alive=lambda: True, max_age_s=1e12, **tls)  # type: ignore[arg-type]
+    server.start()
+    return server
+
+
+def _get(server: MetricsServer, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", path, headers=headers or {})
+    return conn.getresponse()
+
+
+def test_ready_only_after_the_first_sample_and_scrapes_make_no_nvml_call(sampler: tuple[Sim, Sampler]) -> None:
+    sim, smp = sampler
+    server = _serve(smp)
+    try:
+        assert _get(server, "/readyz").status == 503
+        assert _get(server, "/metrics").status == 503
+        assert _get(server, "/healthz").status == 200
+        smp.sample_once()
+        assert _get(server, "/readyz").status == 200
+        before = dict(sim.fake.calls)
+        bodies = {_get(server, "/metrics").read() for _ in range(20)}
+        assert sim.fake.calls == before  # twenty scrapes, not one NVML call
+        assert len(bodies) == 1 and b"gpuattr_container_gpu_memory_bytes" in bodies.pop()
+        assert _get(server, "/nope").status == 404
+    finally:
+        server.stop()
+
+
+def test_openmetrics_and_gzip_are_negotiated(sampler: tuple[Sim, Sampler]) -> None:
+    _, smp = sampler
+    smp.sample_once()
+    server = _serve(smp)
+    try:
+        om = _get(server, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert om.getheader("Content-Type") == Exposition.OPENMETRICS_TYPE
+        assert om.read().endswith(b"# EOF\n")
+        zipped = _get(server, "/metrics", {"Accept-Encoding": "gzip"})
+        assert zipped.getheader("Content-Encoding") == "gzip"
+        assert gzip.decompress(zipped.read()) == smp.exposition.text  # type: ignore[union-attr]
+        plain = _get(server, "/metrics")
+        assert plain.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    finally:
+        server.stop()
+
+
+def test_readiness_fails_when_the_sampler_has_stalled(sampler: tuple[Sim, Sampler]) -> None:
+    _, smp = sampler
+    smp.sample_once()  # the simulated clock sets the sample time far from now
+    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_age_s=60)
+    server.start()
+    try:
+        response = _get(server, "/readyz")
+        assert response.status == 503 and b"old" in response.read()
+    finally:
+        server.stop()
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+    for name, cn in (("server", "127.0.0.1"), ("client", "prometheus")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+        ext = d / f"{name}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n")
+        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
+                 "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(d / f"{name}.crt"))
+    return d
+
+
+def _https(server: MetricsServer, ctx: ssl.SSLContext) -> int:
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=5)
+    conn.request("GET", "/metrics")
+    return conn.getresponse().status
+
+
+def test_metrics_over_tls(sampler: tuple[Sim, Sampler], pki: Path) -> None:
+    _, smp = sampler
+    smp.sample_once()
+    server = _serve(smp, tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"))
+    try:
+        assert server.url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        assert _https(server, ctx) == 200
+        with pytest.raises(ssl.SSLError):
+            _https(server, ssl.create_default_context())  # an unknown CA is refused by the client
+    finally:
+        server.stop()
+
+
+def test_client_certificates_are_required_when_a_client_ca_is_set(sampler: tuple[Sim, Sampler], pki: Path) -> None:
+    _, smp = sampler
+    smp.sample_once()
+    server = _serve(smp, tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tls_client_ca=str(pki / "ca.crt"))
+    try:
+        anonymous = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        with pytest.raises((ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected)):
+            _https(server, anonymous)
+        with_cert = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        with_cert.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+        assert _https(server, with_cert) == 200
+    finally:
+        server.stop()
