@@ -86,7 +86,14 @@ def build(settings: ExporterSettings) -> Exporter:
     if settings.otlp_endpoint:
         from exporter.otlp import OtlpPusher
 
-        pusher = OtlpPusher(settings.otlp_endpoint, insecure=settings.otlp_insecure, hostname=settings.hostname)
+        # A push runs on the sampler thread: bound it well inside one interval.
+        pusher = OtlpPusher(
+            settings.otlp_endpoint,
+            insecure=settings.otlp_insecure,
+            hostname=settings.hostname,
+            timeout_s=min(5.0, settings.interval / 2),
+        )
         sampler.listeners.append(pusher.push)
+        options.extra_families.append(pusher.families)
         exporter.closers.append(pusher.close)
     return exporter

@@ -16,7 +16,7 @@ from exporter.snapshot import OwnerResolver, Snapshot, attribute
 
 log = logging.getLogger("gpuattr.sampler")
 
-Listener = Callable[[Snapshot, list[Family]], None]
+Listener = Callable[[Snapshot, list[Family]], object]
 
 
 @dataclass
