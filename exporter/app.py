@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +11,8 @@ from exporter import __version__
 from exporter.nvml.reader import NvmlReader
 from exporter.sampler import Sampler, SamplerOptions
 from exporter.server import MetricsServer
-from exporter.settings import ExporterSettings, host_port
-from exporter.snapshot import CommandNameResolver, OwnerResolver
+from exporter.settings import ExporterSettings, SettingsError, host_port
+from exporter.snapshot import OwnerResolver
 
 log = logging.getLogger("gpuattr")
 
@@ -48,21 +49,21 @@ def build(settings: ExporterSettings) -> Exporter:
     settings.validate()
     simulation = None
     mode = "nvml"
+    closers: list[Any] = []
     if settings.simulate:
         from exporter.sim.node import SimulatedNode
 
         simulation = SimulatedNode.from_file(settings.simulate, speed=settings.sim_speed, start=settings.sim_start)
         mode = "simulated"
+        settings.proc_root = str(simulation.proc.root)
+        if settings.kubernetes:
+            settings.kube_api, settings.pod_resources_socket = simulation.start_kubernetes()
+            settings.node_name = simulation.scenario.node.name
     reader = NvmlReader(
-        wall_clock=simulation.clock.wall if simulation is not None else __import__("time").time,
+        wall_clock=simulation.clock.wall if simulation is not None else time.time,
         use_gpm=settings.gpm,
         interval_s=settings.interval,
     )
-    resolver: OwnerResolver
-    if simulation is not None:
-        resolver = simulation.owner_resolver(reader)
-    else:
-        resolver = CommandNameResolver(settings.proc_root, reader.process_name)
     options = SamplerOptions(
         interval_s=settings.interval,
         hostname=settings.hostname,
@@ -70,6 +71,16 @@ def build(settings: ExporterSettings) -> Exporter:
         version=__version__,
         mode=mode,
     )
+    if simulation is not None:
+        options.before_sample.append(simulation.proc.sync)
+    try:
+        resolver = _kubernetes(settings, reader, options, closers)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        if simulation is not None:
+            simulation.close()
+        raise
     sampler = Sampler(reader, resolver, options)
     host, port = host_port(settings.listen)
     server = MetricsServer(
@@ -82,7 +93,7 @@ def build(settings: ExporterSettings) -> Exporter:
         tls_key=settings.tls_key,
         tls_client_ca=settings.tls_client_ca,
     )
-    exporter = Exporter(settings, reader, sampler, server, simulation)
+    exporter = Exporter(settings, reader, sampler, server, simulation, closers)
     if settings.otlp_endpoint:
         from exporter.otlp import OtlpPusher
 
@@ -95,5 +106,45 @@ def build(settings: ExporterSettings) -> Exporter:
         )
         sampler.listeners.append(pusher.push)
         options.extra_families.append(pusher.families)
-        exporter.closers.append(pusher.close)
+        closers.append(pusher.close)
     return exporter
+
+
+def _kubernetes(
+    settings: ExporterSettings, reader: NvmlReader, options: SamplerOptions, closers: list[Any]
+) -> OwnerResolver:
+    """Process → container through /proc; pods through the API watch; allocations through the kubelet."""
+    from exporter.pods import Allocations, KubeOwnerResolver, LabelKeys, PodMetadata
+    from exporter.resolve.procfs import ProcReader
+
+    cache = None
+    if settings.kubernetes:
+        from exporter.resolve.kube import KubeSettings, PodCache, make_api_client
+
+        if not settings.node_name:
+            raise SettingsError(
+                "--kubernetes needs --node-name / GPUATTR_NODE_NAME (or NODE_NAME from the downward API)"
+            )
+        cache = PodCache(make_api_client(settings.kube_api), KubeSettings(node_name=settings.node_name))
+        cache.start()
+        closers.append(cache.stop)
+    allocations = None
+    if settings.pod_resources_socket:
+        from exporter.resolve.podresources import PodResourcesClient
+
+        prefixes = [p.strip() for p in settings.gpu_resources.split(",") if p.strip()]
+        client = PodResourcesClient(settings.pod_resources_socket, resource_prefixes=prefixes, timeout_s=2.0)
+        allocations = Allocations(client)
+        closers.append(client.close)
+    resolver = KubeOwnerResolver(ProcReader(settings.proc_root), cache, nvml_name=reader.process_name)
+    metadata = PodMetadata(
+        resolver,
+        cache,
+        allocations,
+        LabelKeys(model=settings.model_label, workload_class=settings.class_label, team=settings.team_label),
+    )
+    options.before_families.append(metadata.before_families)
+    options.extra_families.append(metadata.families)
+    if cache is not None:
+        cache.wait_synced(5.0)  # best effort: the first sample should carry pod names when the API answers
+    return resolver

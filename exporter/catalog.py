@@ -211,6 +211,27 @@ CONTAINER_MEMORY_BANDWIDTH = Metric(
     unit="ratio",
 )
 
+# Kubernetes: pods, workloads, allocations -------------------------------------------------------------
+POD_INFO = Metric(
+    "gpuattr_pod_info",
+    Kind.INFO,
+    "A GPU pod on this node, fixed at 1: its owner workload, the model it serves, its workload class "
+    "(inference, training, batch, experimentation) and team. Join on namespace and pod.",
+    ("namespace", "pod", "workload_kind", "workload", "model", "workload_class", "team"),
+    Group.KUBERNETES,
+    notes="Only pods that hold or were allocated a GPU on this node. The model comes from the pod label or "
+    "annotation named by --model-label, else the container's arguments and environment in the pod spec, else "
+    "the GPU process's command line (parsed, never exported).",
+)
+CONTAINER_ALLOCATED = Metric(
+    "gpuattr_container_gpu_allocated",
+    Kind.GAUGE,
+    "1 per GPU, MIG instance or time-sliced replica the kubelet allocated to the container (pod-resources "
+    "API). Beside the usage series it makes allocated-but-idle and used-but-never-allocated one expression.",
+    GPU + MIG + K8S + ("resource",),
+    Group.KUBERNETES,
+)
+
 # The exporter itself --------------------------------------------------------------------------------
 EXPORTER_BUILD_INFO = Metric(
     "gpuattr_exporter_build_info",
@@ -284,6 +305,46 @@ EXPORTER_OTLP_EXPORTS = Metric(
     Kind.COUNTER,
     "OTLP pushes of the snapshot, by result (success, failure).",
     ("result",),
+    Group.EXPORTER,
+)
+
+EXPORTER_KUBERNETES_UP = Metric(
+    "gpuattr_exporter_kubernetes_up",
+    Kind.GAUGE,
+    "1 while the pod watch on the Kubernetes API is healthy; 0 while it is unreachable (pods are served "
+    "from the cache meanwhile).",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_KUBERNETES_ERRORS = Metric(
+    "gpuattr_exporter_kubernetes_errors_total",
+    Kind.COUNTER,
+    "Failed Kubernetes API requests, by reason (list, watch, owner_lookup, http_<status>).",
+    ("reason",),
+    Group.EXPORTER,
+)
+EXPORTER_KUBELET_UP = Metric(
+    "gpuattr_exporter_kubelet_up",
+    Kind.GAUGE,
+    "1 when the last kubelet pod-resources call answered; 0 when the socket is missing or refuses "
+    "(allocations are served as last known).",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_HOST_PIDS_VISIBLE = Metric(
+    "gpuattr_exporter_host_pids_visible",
+    Kind.GAUGE,
+    "1 when the GPU processes NVML lists exist under --proc-root; 0 when the exporter cannot see host PIDs "
+    "(the DaemonSet lacks hostPID: true) and processes cannot be mapped to containers.",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_UNATTRIBUTED = Metric(
+    "gpuattr_exporter_unattributed_processes",
+    Kind.GAUGE,
+    "GPU processes of the last sample not mapped to a container, by reason (no_host_pid, pod_unknown, "
+    "proc_unreadable); they are reported under their command name instead.",
+    ("reason",),
     Group.EXPORTER,
 )
 

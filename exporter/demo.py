@@ -57,7 +57,7 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
     names = {lbl["gpu"]: lbl["gpu_model"] for lbl, _ in metrics.get(c.GPU_INFO.name, [])}
     gpu_rows = []
     keys = set(total) | {(g, "", "") for (g,) in up if not any(k[0] == g for k in total)}
-    for key in sorted(keys, key=lambda k: (int(k[0]), k[2])):
+    for key in sorted(keys, key=lambda k: (int(k[0]), int(k[2] or -1))):
         gpu, _uuid, mig = key
         label = f"{gpu}" + (f" / MIG {mig}" if mig else "")
         if up.get((gpu,), 1) == 0:
@@ -78,18 +78,40 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
     csm = by_key(c.CONTAINER_SM_ACTIVE.name, *usage_keys)
     cbw = by_key(c.CONTAINER_MEMORY_BANDWIDTH.name, *usage_keys)
     usage_rows = []
-    for key in sorted(mem, key=lambda k: (int(k[0]), k[2], k[4:])):
+    for key in sorted(mem, key=lambda k: (int(k[0]), int(k[2] or -1), k[4:])):
         gpu, _uuid, mig, _profile, ns, pod, container, process = key
         who = f"{ns}/{pod}/{container}" if pod else f"(process) {process}"
         usage_rows.append(
             [gpu + (f"/{mig}" if mig else ""), who, _gib(mem[key]), _pct(csm.get(key)), _pct(cbw.get(key))]
         )
-    return "\n\n".join(
-        [
-            _table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows),
-            _table(["GPU", "who", "memory", "SM", "DRAM bw"], usage_rows),
-        ]
-    )
+    tables = [
+        _table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows),
+        _table(["GPU", "who", "memory", "SM", "DRAM bw"], usage_rows),
+    ]
+    pods = metrics.get(c.POD_INFO.name, [])
+    if pods:
+        allocated: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for lbl, _ in metrics.get(c.CONTAINER_ALLOCATED.name, []):
+            where = lbl["gpu"] + (f"/MIG {lbl['mig_instance']}" if lbl["mig_instance"] else "")
+            allocated[(lbl["namespace"], lbl["pod"])].append(where)
+        using = {(k[4], k[5]) for k, v in mem.items() if v > 0}
+        pod_rows = []
+        for lbl, _ in sorted(pods, key=lambda p: (p[0]["namespace"], p[0]["pod"])):
+            key = (lbl["namespace"], lbl["pod"])
+            note = "allocated, holds no GPU memory" if key in allocated and key not in using else ""
+            pod_rows.append(
+                [
+                    f"{lbl['namespace']}/{lbl['pod']}",
+                    f"{lbl['workload_kind']}/{lbl['workload']}",
+                    lbl["model"] or "-",
+                    lbl["workload_class"] or "-",
+                    lbl["team"] or "-",
+                    ",".join(allocated.get(key, [])) or "-",
+                    note,
+                ]
+            )
+        tables.append(_table(["pod", "workload", "model", "class", "team", "allocated GPUs", ""], pod_rows))
+    return "\n\n".join(tables)
 
 
 def wait_for_samples(url: str, samples: int, timeout_s: float) -> dict[str, list[Sample]]:

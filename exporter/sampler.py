@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client.metrics_core import Metric as Family
 
 from exporter.nvml.reader import NvmlReader
+from exporter.readings import NodeReading
 from exporter.render import Exposition, families, render
 from exporter.snapshot import OwnerResolver, Snapshot, attribute
 
@@ -26,6 +27,10 @@ class SamplerOptions:
     dcgm_compat: bool = False
     version: str = ""
     mode: str = "nvml"  # "nvml" or "simulated", shown in the build-info series
+    before_sample: list[Callable[[], None]] = field(default_factory=list)
+    """Called first in each sample (the simulated node updates its /proc tree here)."""
+    before_families: list[Callable[[NodeReading], None]] = field(default_factory=list)
+    """Called with the reading once processes are attributed (allocations are refreshed here)."""
     extra_families: list[Callable[[], Iterable[Family]]] = field(default_factory=list)
     """Other parts (Kubernetes metadata, allocations) add their families here; called once per sample."""
 
@@ -58,8 +63,12 @@ class Sampler:
         """Take one sample and publish it; never raises for a GPU or driver fault."""
         with self._lock:
             wall0, cpu0 = time.perf_counter(), time.thread_time()
+            for hook in self.options.before_sample:
+                hook()
             reading = self.reader.read()
             usages, vanished = attribute(reading, self.resolver)
+            for before in self.options.before_families:
+                before(reading)
             self.vanished_total += vanished
             self.samples_total += 1
             snap = Snapshot(reading, usages, self.vanished_total)

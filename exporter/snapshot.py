@@ -27,6 +27,10 @@ class Owner:
 
 
 class OwnerResolver(Protocol):
+    def begin(self, pids: Collection[int]) -> None:
+        """A sample starts; these are the PIDs NVML listed."""
+        ...
+
     def owner(self, pid: int) -> Owner | None:
         """The owner of a host PID; None when the process is gone."""
         ...
@@ -47,6 +51,9 @@ class CommandNameResolver:
         self.proc_root = Path(proc_root)
         self.nvml_name = nvml_name
         self._names: dict[int, str] = {}
+
+    def begin(self, pids: Collection[int]) -> None:
+        pass
 
     def owner(self, pid: int) -> Owner | None:
         name = self._read_comm(pid)
@@ -110,6 +117,11 @@ def attribute(reading: NodeReading, resolver: OwnerResolver) -> tuple[list[Usage
     vanished = 0
     live: set[int] = set()
     owners: dict[int, Owner | None] = {}
+
+    resolver.begin(
+        {p.pid for g in reading.gpus if g.up for p in g.processes}
+        | {p.pid for g in reading.gpus if g.up for m in g.mig for p in m.processes}
+    )
 
     def owner_of(pid: int) -> Owner | None:
         if pid not in owners:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -56,11 +57,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings: ExporterSettings = from_sources(ExporterSettings, args)
     if settings.simulate is None:
         settings.simulate = DEFAULT_SCENARIO
-    if args.listen is None and "GPUATTR_LISTEN" not in __import__("os").environ:
+    if args.listen is None and "GPUATTR_LISTEN" not in os.environ:
         settings.listen = "127.0.0.1:9835"
-    if args.interval is None and "GPUATTR_INTERVAL" not in __import__("os").environ:
+    if args.interval is None and "GPUATTR_INTERVAL" not in os.environ:
         settings.interval = 2.0
-    if args.sim_start is None and "GPUATTR_SIM_START" not in __import__("os").environ:
+    if args.kubernetes is None and "GPUATTR_KUBERNETES" not in os.environ:
+        settings.kubernetes = True  # the simulated node brings its own API server and kubelet socket
+    if args.sim_start is None and "GPUATTR_SIM_START" not in os.environ:
         settings.sim_start = 60.0  # past the servers' start-up, so memory shows what they hold
     _logging(settings.log_level)
     exporter = build(settings)

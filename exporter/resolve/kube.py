@@ -109,7 +109,7 @@ class KubeSettings:
 
 def make_api_client(host: str | None = None, *, kubeconfig: str | None = None) -> ApiClient:
     """An API client: from ``kubeconfig`` when given, else for ``host`` (no auth), else in-cluster config."""
-    from kubernetes import client, config  # noqa: PLC0415  (optional dependency)
+    from kubernetes import client, config
 
     configuration = client.Configuration()
     if kubeconfig is not None:
@@ -142,7 +142,7 @@ class PodCache:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        from kubernetes import client, watch  # noqa: PLC0415  (optional dependency)
+        from kubernetes import client, watch
 
         self._settings = settings
         self._clock = clock  # seconds, monotonic: resync and owner TTLs
@@ -276,7 +276,7 @@ class PodCache:
 
     def _watch_once(self, resource_version: str | None, remaining_s: float) -> tuple[str | None, bool]:
         """Stream one watch request; returns the last resourceVersion and whether the watch was healthy."""
-        from urllib3.exceptions import ReadTimeoutError  # noqa: PLC0415  (comes with kubernetes)
+        from urllib3.exceptions import ReadTimeoutError
 
         timeout_s = max(1, min(self._settings.watch_timeout_s, math.ceil(remaining_s)))
         kwargs: dict[str, Any] = {
@@ -387,9 +387,7 @@ class PodCache:
             containers=containers,
         )
 
-    def _workload(
-        self, namespace: str, pod_name: str, owner_references: Iterable[Any] | None
-    ) -> tuple[str, str]:
+    def _workload(self, namespace: str, pod_name: str, owner_references: Iterable[Any] | None) -> tuple[str, str]:
         owner = _controller(owner_references)
         if owner is None:
             return "Pod", pod_name
@@ -426,13 +424,9 @@ class PodCache:
     def _lookup_owner(self, kind: str, namespace: str, name: str) -> tuple[str, str]:
         """Read a ReplicaSet or Job (metadata only) and follow its controller to a Deployment / CronJob."""
         read: Callable[..., Any] = (
-            self._apps.read_namespaced_replica_set
-            if kind == "ReplicaSet"
-            else self._batch.read_namespaced_job
+            self._apps.read_namespaced_replica_set if kind == "ReplicaSet" else self._batch.read_namespaced_job
         )
-        response = read(
-            name, namespace, _preload_content=False, _request_timeout=self._settings.request_timeout_s
-        )
+        response = read(name, namespace, _preload_content=False, _request_timeout=self._settings.request_timeout_s)
         try:
             document = json.loads(response.data)
         finally:
@@ -476,9 +470,7 @@ class PodCache:
             )
 
     def _backoff_s(self, failures: int) -> float:
-        base_s = min(
-            self._settings.backoff_max_s, self._settings.backoff_initial_s * 2.0 ** min(failures, 30)
-        )
+        base_s = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * 2.0 ** min(failures, 30))
         return base_s / 2 + self._rng.uniform(0, base_s / 2)
 
 

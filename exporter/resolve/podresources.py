@@ -124,17 +124,13 @@ class PodResourcesError(RuntimeError):
 class _ListerStub(Protocol):
     """The part of the generated ``PodResourcesListerStub`` this client calls."""
 
-    def List(
-        self, request: api_pb2.ListPodResourcesRequest, *, timeout: float
-    ) -> api_pb2.ListPodResourcesResponse: ...
+    def List(self, request: api_pb2.ListPodResourcesRequest, *, timeout: float) -> api_pb2.ListPodResourcesResponse: ...
 
     def GetAllocatableResources(
         self, request: api_pb2.AllocatableResourcesRequest, *, timeout: float
     ) -> api_pb2.AllocatableResourcesResponse: ...
 
-    def Get(
-        self, request: api_pb2.GetPodResourcesRequest, *, timeout: float
-    ) -> api_pb2.GetPodResourcesResponse: ...
+    def Get(self, request: api_pb2.GetPodResourcesRequest, *, timeout: float) -> api_pb2.GetPodResourcesResponse: ...
 
 
 def _load_optional_modules() -> tuple[Any, Any, Any]:

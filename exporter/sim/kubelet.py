@@ -60,8 +60,7 @@ class PodResourcesServer:
     ) -> None:
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
             raise ValueError(
-                f"unix socket path {socket_path!r} is longer than {MAX_SOCKET_PATH_BYTES} bytes; "
-                "use a shorter one"
+                f"unix socket path {socket_path!r} is longer than {MAX_SOCKET_PATH_BYTES} bytes; use a shorter one"
             )
         self.socket_path = socket_path
         self.pods = pods
@@ -153,24 +152,20 @@ def _pod_message(pb2: Any, pod: SimPod) -> Any:
 
 def _make_servicer(owner: PodResourcesServer) -> Any:
     """A ``PodResourcesListerServicer`` that answers from ``owner``'s callables."""
-    import grpc  # noqa: PLC0415  (optional dependency)
+    import grpc
 
-    from exporter.resolve.proto.podresources.v1 import api_pb2 as pb2  # noqa: PLC0415  (generated)
-    from exporter.resolve.proto.podresources.v1 import api_pb2_grpc as pb2_grpc  # noqa: PLC0415
+    from exporter.resolve.proto.podresources.v1 import api_pb2 as pb2
+    from exporter.resolve.proto.podresources.v1 import api_pb2_grpc as pb2_grpc
 
     def check(method: str, context: Any) -> None:
         if method in owner.unimplemented:
-            context.abort(
-                grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method} for service v1.PodResourcesLister"
-            )
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method} for service v1.PodResourcesLister")
         owner.calls[method] += 1
 
     class Servicer(pb2_grpc.PodResourcesListerServicer):
         def List(self, request: Any, context: Any) -> Any:
             check("List", context)
-            return pb2.ListPodResourcesResponse(
-                pod_resources=[_pod_message(pb2, pod) for pod in owner.pods()]
-            )
+            return pb2.ListPodResourcesResponse(pod_resources=[_pod_message(pb2, pod) for pod in owner.pods()])
 
         def GetAllocatableResources(self, request: Any, context: Any) -> Any:
             check("GetAllocatableResources", context)

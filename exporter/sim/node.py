@@ -1,14 +1,22 @@
-"""A whole simulated GPU node from one scenario: fake NVML under the binding, and what goes with it."""
+"""A whole simulated GPU node from one scenario.
+
+The fake NVML sits under the binding; a fake ``/proc`` tree gives each process its command line and
+cgroup; with Kubernetes on, an emulated API server serves the scenario's pods and a real gRPC server
+on a unix socket answers the kubelet pod-resources API. The exporter then runs its production code
+path against all of them.
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from exporter.nvml.reader import NvmlReader
 from exporter.sim import fake_nvml
 from exporter.sim.clock import SimClock
+from exporter.sim.proc_tree import FakeProcTree
 from exporter.sim.scenario import Scenario, load_scenario
-from exporter.snapshot import CommandNameResolver, OwnerResolver
 
 
 class SimulatedNode:
@@ -16,14 +24,38 @@ class SimulatedNode:
         self.scenario = scenario
         self.clock = clock
         self.nvml = fake_nvml.install(scenario, clock)
+        self.proc = FakeProcTree(scenario, clock)
+        self.proc.sync()
+        self.api: Any = None
+        self.kubelet: Any = None
+        self._socket_dir: str | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, *, speed: float = 1.0, start: float = 0.0) -> SimulatedNode:
         return cls(load_scenario(path), SimClock(speed=speed, offset=start))
 
-    def owner_resolver(self, reader: NvmlReader) -> OwnerResolver:
-        # No /proc of the simulated node exists on this machine: names come from (fake) NVML.
-        return CommandNameResolver("/nonexistent-proc", reader.process_name)
+    def start_kubernetes(self) -> tuple[str, str]:
+        """Serve the scenario's pods and allocations; returns (API server URL, pod-resources socket)."""
+        from exporter.sim.allocations import allocatable, sim_pods
+        from exporter.sim.kube_api import SimApiServer
+        from exporter.sim.kubelet import PodResourcesServer
+
+        self.api = SimApiServer(self.scenario)
+        self.api.start()
+        # AF_UNIX paths are limited to 107 bytes: keep the socket under a short temporary directory.
+        self._socket_dir = tempfile.mkdtemp(prefix="gpuattr-kubelet-", dir="/tmp")
+        socket_path = f"{self._socket_dir}/kubelet.sock"
+        pods, devices = sim_pods(self.scenario), allocatable(self.scenario)
+        self.kubelet = PodResourcesServer(socket_path, lambda: pods, lambda: devices)
+        self.kubelet.start()
+        return str(self.api.url), socket_path
 
     def close(self) -> None:
+        if self.kubelet is not None:
+            self.kubelet.stop()
+        if self.api is not None:
+            self.api.stop()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self.proc.close()
         fake_nvml.uninstall()

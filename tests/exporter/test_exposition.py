@@ -18,8 +18,9 @@ from exporter.snapshot import CommandNameResolver
 from tests.conftest import SCENARIOS, Sim
 
 
-def _sample_twice(sim: Sim, **options: object) -> Sampler:
-    sampler = Sampler(sim.reader, CommandNameResolver("/nonexistent", sim.reader.process_name), SamplerOptions(**options))  # type: ignore[arg-type]
+def _sample_twice(sim: Sim, *, dcgm_compat: bool = False, hostname: str = "") -> Sampler:
+    options = SamplerOptions(dcgm_compat=dcgm_compat, hostname=hostname)
+    sampler = Sampler(sim.reader, CommandNameResolver("/nonexistent", sim.reader.process_name), options)
     sampler.sample_once()
     sim.clock.advance(5)
     sampler.sample_once()
@@ -43,7 +44,9 @@ def _promtool() -> str:
 def test_promtool_check_metrics_finds_nothing_to_complain_about(scenario_sampler: Sampler) -> None:
     expo = scenario_sampler.exposition
     assert expo is not None
-    result = subprocess.run([_promtool(), "check", "metrics"], input=expo.text, capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [_promtool(), "check", "metrics"], input=expo.text, capture_output=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
 
@@ -52,17 +55,27 @@ def test_with_dcgm_compat_promtool_objects_only_to_dcgm_exporters_own_label_name
     sim = simulate(load_scenario(SCENARIOS / "h100-8gpu-mig-node.yaml"), start=60)
     expo = _sample_twice(sim, dcgm_compat=True, hostname="n").exposition
     assert expo is not None
-    result = subprocess.run([_promtool(), "check", "metrics"], input=expo.text, capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [_promtool(), "check", "metrics"], input=expo.text, capture_output=True, timeout=30, check=False
+    )
     findings = {line for line in (result.stdout + result.stderr).decode().splitlines() if line.strip()}
     assert findings, "expected promtool to flag dcgm-exporter's camelCase label"
-    assert all(f.startswith("DCGM_FI_") and f.endswith("label names should be written in 'snake_case' not 'camelCase'") for f in findings), findings
+    assert all(
+        f.startswith("DCGM_FI_") and f.endswith("label names should be written in 'snake_case' not 'camelCase'")
+        for f in findings
+    ), findings
 
 
 def test_openmetrics_output_parses_and_ends_with_eof(scenario_sampler: Sampler) -> None:
     expo = scenario_sampler.exposition
     assert expo is not None
     assert expo.openmetrics.endswith(b"# EOF\n")
-    names = {f.name for f in parse_openmetrics(expo.openmetrics.decode())}
+    names = {
+        f.name
+        for f in parse_openmetrics(  # type: ignore[no-untyped-call]
+            expo.openmetrics.decode()
+        )
+    }
     assert {c.CONTAINER_MEMORY.family, c.GPU_ENERGY.family, c.EXPORTER_SAMPLES.family} <= names
 
 
@@ -83,7 +96,10 @@ def test_container_series_carry_no_pid_and_sum_to_what_processes_hold(simulate: 
     container = fams[c.CONTAINER_MEMORY.family]
     assert all("pid" not in s.labels for s in container.samples)
     gpu3 = sorted((s.labels["process"], s.value) for s in container.samples if s.labels["gpu"] == "3")
-    assert gpu3 == [("python3", 31.2 * 2**30 // 2**20 * 2**20), ("text-generation-launcher", 29.8 * 2**30 // 2**20 * 2**20)]
+    assert gpu3 == [
+        ("python3", 31.2 * 2**30 // 2**20 * 2**20),
+        ("text-generation-launcher", 29.8 * 2**30 // 2**20 * 2**20),
+    ]
 
 
 def test_dcgm_compat_serves_dcgm_names_labels_and_units(simulate: Callable[..., Sim]) -> None:
@@ -96,8 +112,13 @@ def test_dcgm_compat_serves_dcgm_names_labels_and_units(simulate: Callable[..., 
     gpu0 = snap.reading.gpus[0]
     assert fb[("0", "")].value == round(gpu0.memory_used_bytes / 2**20)  # type: ignore[operator]
     assert fb[("0", "")].labels | {} == {
-        "gpu": "0", "UUID": gpu0.uuid, "device": "nvidia0", "modelName": "NVIDIA H100 80GB HBM3",
-        "Hostname": "gpu-node-b7", "GPU_I_PROFILE": "", "GPU_I_ID": "",
+        "gpu": "0",
+        "UUID": gpu0.uuid,
+        "device": "nvidia0",
+        "modelName": "NVIDIA H100 80GB HBM3",
+        "Hostname": "gpu-node-b7",
+        "GPU_I_PROFILE": "",
+        "GPU_I_ID": "",
     }
     assert fb[("7", "1")].labels["GPU_I_PROFILE"] == "3g.40gb"
     util = {s.labels["gpu"]: s.value for s in fams["DCGM_FI_DEV_GPU_UTIL"].samples}
@@ -115,7 +136,11 @@ def test_without_dcgm_compat_no_dcgm_series_are_served(simulate: Callable[..., S
 
 
 def test_a_lost_gpu_shows_up_zero_and_no_stale_values(simulate: Callable[..., Sim]) -> None:
-    raw = {"name": "lost", "gpus": [{"index": 0, "lost_at": 3}], "processes": [{"pid": 1, "name": "p", "gpus": [0], "memory": "1GiB"}]}
+    raw = {
+        "name": "lost",
+        "gpus": [{"index": 0, "lost_at": 3}],
+        "processes": [{"pid": 1, "name": "p", "gpus": [0], "memory": "1GiB"}],
+    }
     sim = simulate(raw, start=0)
     sampler = _sample_twice(sim)
     assert sampler.snapshot is not None

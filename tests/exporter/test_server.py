@@ -6,7 +6,7 @@ import gzip
 import http.client
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,14 +19,14 @@ from tests.conftest import Sim, one_gpu
 
 
 @pytest.fixture
-def sampler(simulate: Callable[..., Sim]) -> Iterator[tuple[Sim, Sampler]]:
+def sampler(simulate: Callable[..., Sim]) -> tuple[Sim, Sampler]:
     sim = simulate(one_gpu({"pid": 1, "memory": "1GiB", "sm": 0.5}), start=10)
     smp = Sampler(sim.reader, CommandNameResolver("/nonexistent", sim.reader.process_name), SamplerOptions())
-    yield sim, smp
+    return sim, smp
 
 
 def _serve(sampler: Sampler, **tls: str) -> MetricsServer:
-    server = MetricsServer("127.0.0.1", 0, lambda: sampler.exposition, alive=lambda: True, max_age_s=1e12, **tls)  # type: ignore[arg-type]
+    server = MetricsServer("127.0.0.1", 0, lambda: sampler.exposition, alive=lambda: True, max_age_s=1e12, **tls)
     server.start()
     return server
 
@@ -91,14 +91,53 @@ def _openssl(*args: str) -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.crt"),
+    )
     for name, cn in (("server", "127.0.0.1"), ("client", "prometheus")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+        )
         ext = d / f"{name}.ext"
         ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n")
-        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
-                 "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(d / f"{name}.crt"))
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.crt"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(d / f"{name}.crt"),
+        )
     return d
 
 
@@ -125,7 +164,9 @@ def test_metrics_over_tls(sampler: tuple[Sim, Sampler], pki: Path) -> None:
 def test_client_certificates_are_required_when_a_client_ca_is_set(sampler: tuple[Sim, Sampler], pki: Path) -> None:
     _, smp = sampler
     smp.sample_once()
-    server = _serve(smp, tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tls_client_ca=str(pki / "ca.crt"))
+    server = _serve(
+        smp, tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tls_client_ca=str(pki / "ca.crt")
+    )
     try:
         anonymous = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         with pytest.raises((ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected)):

@@ -58,9 +58,7 @@ def test_cronjob_pod_is_resolved_through_its_job(
     assert workload_of(make_cache, "uid-nightly-eval-2891-q2x") == ("CronJob", "nightly-eval")
 
 
-def test_job_without_a_cronjob_is_the_workload(
-    api_server: FakeApiServer, make_cache: Callable[..., PodCache]
-) -> None:
+def test_job_without_a_cronjob_is_the_workload(api_server: FakeApiServer, make_cache: Callable[..., PodCache]) -> None:
     api_server.create(job("finetune", owner=None))
     api_server.create(pod("finetune-abc", owner=("Job", "finetune")))
 

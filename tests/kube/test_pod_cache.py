@@ -169,18 +169,14 @@ def test_watch_expired_with_410_gone_relists_without_going_down(
 ) -> None:
     api_server.create(pod("trainer"))
     api_server.answer_next_watch_with_error(410, "Expired")
-    lists_before = api_server.count_requests(
-        lambda r: r.url.path == "/api/v1/pods" and "watch" not in r.params
-    )
+    lists_before = api_server.count_requests(lambda r: r.url.path == "/api/v1/pods" and "watch" not in r.params)
     assert lists_before == 0
 
     cache = started(make_cache)
 
     eventually(lambda: cache.errors_total.get("http_410", 0) == 1, what="the 410")
     eventually(
-        lambda: (
-            api_server.count_requests(lambda r: r.url.path == "/api/v1/pods" and "watch" not in r.params) >= 2
-        ),
+        lambda: api_server.count_requests(lambda r: r.url.path == "/api/v1/pods" and "watch" not in r.params) >= 2,
         what="a relist after the 410",
     )
     assert cache.errors_total["watch"] == 0
@@ -216,9 +212,7 @@ def test_resync_drops_a_pod_whose_deletion_was_never_announced(
     assert cache.get("uid-real") is not None
 
 
-def test_stop_ends_the_background_thread(
-    api_server: FakeApiServer, make_cache: Callable[..., PodCache]
-) -> None:
+def test_stop_ends_the_background_thread(api_server: FakeApiServer, make_cache: Callable[..., PodCache]) -> None:
     api_server.create(pod("trainer"))
     cache = started(make_cache, watch_timeout_s=60)
 

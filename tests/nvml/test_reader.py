@@ -27,7 +27,9 @@ def test_devices_memory_and_processes_are_read_through_the_binding(simulate: Cal
 def test_each_sample_covers_exactly_the_interval_since_the_previous_one(simulate: Callable[..., Sim]) -> None:
     # Busy for the first 5 s of every 10 s: an exact interval reads 1.0 then 0.0; a window that ignored
     # the last-seen timestamp would average the driver's 10 s buffer to 0.5 both times.
-    sim = simulate(one_gpu({"pid": 7, "memory": "1GiB", "sm": {"burst": {"period": 10, "duty": 0.5, "high": 1.0}}}), start=5.0)
+    sim = simulate(
+        one_gpu({"pid": 7, "memory": "1GiB", "sm": {"burst": {"period": 10, "duty": 0.5, "high": 1.0}}}), start=5.0
+    )
     first = sim.reader.read().gpus[0].processes[0]
     sim.clock.advance(5)
     second = sim.reader.read().gpus[0].processes[0]
@@ -46,7 +48,10 @@ def test_not_found_means_idle_not_unknown(simulate: Callable[..., Sim]) -> None:
 
 
 def test_the_older_utilisation_call_is_used_when_the_driver_lacks_the_newer(simulate: Callable[..., Sim]) -> None:
-    raw = one_gpu({"pid": 9, "memory": "1GiB", "sm": 0.4, "mem_bw": 0.2}, faults={"missing_functions": ["nvmlDeviceGetProcessesUtilizationInfo"]})
+    raw = one_gpu(
+        {"pid": 9, "memory": "1GiB", "sm": 0.4, "mem_bw": 0.2},
+        faults={"missing_functions": ["nvmlDeviceGetProcessesUtilizationInfo"]},
+    )
     sim = simulate(raw, start=10)
     for _ in range(3):
         proc = sim.reader.read().gpus[0].processes[0]
@@ -69,7 +74,11 @@ def test_process_memory_probes_v3_then_v2_then_the_unversioned_call(simulate: Ca
 def test_duplicate_samples_for_one_pid_are_averaged(simulate: Callable[..., Sim]) -> None:
     # A ramp 0 → 1 over the interval: the two half-interval samples read 0.25 and 0.75; the mean is 0.5.
     ramp = {"ramp": {"from": 0, "to": 1, "start": 0, "end": 10}}
-    sim = simulate(one_gpu({"pid": 3, "memory": "1GiB", "sm": ramp}, faults={"duplicate_util_samples": True}), start=10, interval=10)
+    sim = simulate(
+        one_gpu({"pid": 3, "memory": "1GiB", "sm": ramp}, faults={"duplicate_util_samples": True}),
+        start=10,
+        interval=10,
+    )
     assert sim.reader.read().gpus[0].processes[0].sm_ratio == pytest.approx(0.5, abs=0.01)
 
 
@@ -84,7 +93,10 @@ def test_a_lost_gpu_is_marked_down_while_the_others_are_read_and_it_recovers(sim
     raw = {
         "name": "lost",
         "gpus": [{"index": 0}, {"index": 1, "lost_at": 10, "recovers_at": 20}],
-        "processes": [{"pid": 1, "name": "a", "gpus": [0], "memory": "1GiB"}, {"pid": 2, "name": "b", "gpus": [1], "memory": "2GiB"}],
+        "processes": [
+            {"pid": 1, "name": "a", "gpus": [0], "memory": "1GiB"},
+            {"pid": 2, "name": "b", "gpus": [1], "memory": "2GiB"},
+        ],
     }
     sim = simulate(raw, start=5)
     assert [g.up for g in sim.reader.read().gpus] == [True, True]
@@ -133,7 +145,16 @@ def test_mig_instances_carry_their_own_memory_processes_and_gpm(simulate: Callab
         "name": "mig",
         "gpus": [{"index": 0, "mig": [{"gi": 1, "profile": "3g.40gb"}, {"gi": 5, "profile": "2g.20gb"}]}],
         "processes": [
-            {"pid": 11, "name": "a", "gpus": [0], "mig": 1, "memory": "30GiB", "sm": 0.8, "sm_fraction": 0.5, "mem_bw": 0.4},
+            {
+                "pid": 11,
+                "name": "a",
+                "gpus": [0],
+                "mig": 1,
+                "memory": "30GiB",
+                "sm": 0.8,
+                "sm_fraction": 0.5,
+                "mem_bw": 0.4,
+            },
             {"pid": 12, "name": "b", "gpus": [0], "mig": 5, "memory": "5GiB", "sm": "idle"},
         ],
     }
@@ -183,7 +204,9 @@ def test_gpm_samples_are_freed(simulate: Callable[..., Sim]) -> None:
 
 
 def test_a_process_that_exits_between_two_calls_is_dropped_and_counted(simulate: Callable[..., Sim]) -> None:
-    sim = simulate(one_gpu({"pid": 1, "memory": "1GiB"}, {"pid": 2, "memory": "2GiB"}, faults={"vanish_between_calls": [2]}))
+    sim = simulate(
+        one_gpu({"pid": 1, "memory": "1GiB"}, {"pid": 2, "memory": "2GiB"}, faults={"vanish_between_calls": [2]})
+    )
     node = sim.reader.read()
     assert {p.pid for p in node.gpus[0].processes} == {1, 2}  # the memory call still listed it
     usages, vanished = attribute(node, CommandNameResolver("/nonexistent", sim.reader.process_name))

@@ -17,9 +17,7 @@ MIG = "MIG-7f9e8d7c-6b5a-4f3e-9d2c-1b0a9f8e7d6c"
     [
         pytest.param(GPU, DeviceRef(GPU, None, None, GPU), id="plain-gpu-uuid"),
         pytest.param(MIG, DeviceRef(MIG, MIG, None, MIG), id="mig-uuid"),
-        pytest.param(
-            f"MIG-{GPU}/3/0", DeviceRef(GPU, f"MIG-{GPU}/3/0", None, f"MIG-{GPU}/3/0"), id="old-mig-form"
-        ),
+        pytest.param(f"MIG-{GPU}/3/0", DeviceRef(GPU, f"MIG-{GPU}/3/0", None, f"MIG-{GPU}/3/0"), id="old-mig-form"),
         pytest.param(f"{GPU}::0", DeviceRef(GPU, None, 0, f"{GPU}::0"), id="time-sliced-replica-0"),
         pytest.param(f"{GPU}::12", DeviceRef(GPU, None, 12, f"{GPU}::12"), id="time-sliced-replica-12"),
         pytest.param(f"{MIG}::7", DeviceRef(MIG, MIG, 7, f"{MIG}::7"), id="mig-with-sharing"),
@@ -32,9 +30,7 @@ MIG = "MIG-7f9e8d7c-6b5a-4f3e-9d2c-1b0a9f8e7d6c"
             DeviceRef("nvidia0", None, 3, "nvidia0/vgpu3", gke_index=0),
             id="gke-time-sharing",
         ),
-        pytest.param(
-            "nvidia2/gi3", DeviceRef("nvidia2", None, None, "nvidia2/gi3", gke_index=2), id="gke-mig"
-        ),
+        pytest.param("nvidia2/gi3", DeviceRef("nvidia2", None, None, "nvidia2/gi3", gke_index=2), id="gke-mig"),
         pytest.param(
             "nvidia0/gi3/vgpu1",
             DeviceRef("nvidia0", None, 1, "nvidia0/gi3/vgpu1", gke_index=0),

@@ -104,9 +104,7 @@ def test_dynamic_resource_has_no_field_1_and_reserves_it() -> None:
 def test_the_service_has_the_documented_methods() -> None:
     (service,) = _file_proto().service
     assert service.name == "PodResourcesLister"
-    methods = {
-        m.name: (m.input_type, m.output_type, m.client_streaming, m.server_streaming) for m in service.method
-    }
+    methods = {m.name: (m.input_type, m.output_type, m.client_streaming, m.server_streaming) for m in service.method}
     assert methods == {
         "List": (".v1.ListPodResourcesRequest", ".v1.ListPodResourcesResponse", False, False),
         "GetAllocatableResources": (

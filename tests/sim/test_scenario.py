@@ -36,12 +36,36 @@ def test_the_mig_node_has_eight_gpus_and_a_partitioned_one() -> None:
     [
         ({"name": "x", "gpus": []}, "gpus"),
         ({"name": "x", "gpus": [{"index": 1}]}, "indexes 0..0"),
-        ({"name": "x", "gpus": [{"index": 0}], "processes": [{"pid": 1, "name": "a", "gpus": [3], "memory": 1}]}, "GPU 3"),
-        ({"name": "x", "gpus": [{"index": 0}], "processes": [{"pid": 1, "name": "a", "gpus": [0], "memory": "lots"}]}, "processes.0.memory"),
-        ({"name": "x", "gpus": [{"index": 0, "mig": [{"gi": 1, "profile": "3g.40gb"}]}], "processes": [{"pid": 1, "name": "a", "gpus": [0], "memory": 1}]}, "MIG-enabled"),
+        (
+            {"name": "x", "gpus": [{"index": 0}], "processes": [{"pid": 1, "name": "a", "gpus": [3], "memory": 1}]},
+            "GPU 3",
+        ),
+        (
+            {
+                "name": "x",
+                "gpus": [{"index": 0}],
+                "processes": [{"pid": 1, "name": "a", "gpus": [0], "memory": "lots"}],
+            },
+            "processes.0.memory",
+        ),
+        (
+            {
+                "name": "x",
+                "gpus": [{"index": 0, "mig": [{"gi": 1, "profile": "3g.40gb"}]}],
+                "processes": [{"pid": 1, "name": "a", "gpus": [0], "memory": 1}],
+            },
+            "MIG-enabled",
+        ),
         ({"name": "x", "gpus": [{"index": 0, "mig": [{"gi": 1, "profile": "big"}]}]}, "MIG profile"),
         ({"name": "x", "gpus": [{"index": 0}], "colour": "blue"}, "colour"),
-        ({"name": "x", "gpus": [{"index": 0}], "processes": [{"pid": 1, "name": "a", "gpus": [0], "memory": 1, "container": "a/b/c"}]}, "no pod defines"),
+        (
+            {
+                "name": "x",
+                "gpus": [{"index": 0}],
+                "processes": [{"pid": 1, "name": "a", "gpus": [0], "memory": 1, "container": "a/b/c"}],
+            },
+            "no pod defines",
+        ),
     ],
 )
 def test_a_broken_scenario_is_refused_naming_the_problem(raw: dict[str, object], message: str) -> None:

@@ -64,8 +64,12 @@ def test_the_mean_of_points_lies_between_their_extremes(points: list[tuple[float
     assert lo - 1e-9 <= sig.mean(min(a, b), max(a, b)) <= hi + 1e-9
 
 
-@given(st.floats(min_value=0.1, max_value=100), levels, levels, levels, times, st.floats(min_value=0.001, max_value=500))
-def test_the_mean_of_a_burst_lies_between_low_and_high(period: float, duty: float, high: float, low: float, t0: float, span: float) -> None:
+@given(
+    st.floats(min_value=0.1, max_value=100), levels, levels, levels, times, st.floats(min_value=0.001, max_value=500)
+)
+def test_the_mean_of_a_burst_lies_between_low_and_high(
+    period: float, duty: float, high: float, low: float, t0: float, span: float
+) -> None:
     sig = Burst(period=period, duty=duty, high=high, low=low)
     m = sig.mean(t0, t0 + span)
     assert min(low, high) - 1e-9 <= m <= max(low, high) + 1e-9

@@ -79,8 +79,7 @@ def generate(protos: list[Path] | None = None) -> list[Path]:
             result = subprocess.run(cmd, cwd=IMPORT_ROOT, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise RuntimeError(
-                    f"protoc failed for {proto} (exit {result.returncode}): "
-                    f"{(result.stderr or result.stdout).strip()}"
+                    f"protoc failed for {proto} (exit {result.returncode}): {(result.stderr or result.stdout).strip()}"
                 )
             for target in outputs_for(proto):
                 produced = Path(out_dir) / rel.parent / target.name

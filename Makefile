@@ -1,0 +1,51 @@
+# The two commands a fresh machine needs: `make demo` and `make test`. Both set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SRC := gpuattr exporter attribution dashboards alerts tests bench
+
+.PHONY: demo test lint typecheck unit docs check-generated bench system-deps proto clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[kubernetes,otlp,dev]'
+	$(BIN)/python -m exporter.resolve.proto.generate
+	touch $(STAMP)
+
+proto: $(STAMP)
+	$(BIN)/python -m exporter.resolve.proto.generate
+
+# Real peers from Debian: prometheus (promtool) and prometheus-alertmanager (amtool); openssl for TLS tests.
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v openssl >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager openssl >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/gpuattr demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
+
+typecheck: $(STAMP) proto
+	$(BIN)/mypy
+
+check-generated: $(STAMP)
+	$(BIN)/gpuattr docs --check
+
+unit: $(STAMP) system-deps proto
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test: system-deps $(STAMP) lint typecheck check-generated unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_exporter.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

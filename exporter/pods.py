@@ -1,0 +1,289 @@
+"""Pods on this node: which container each GPU process runs in, what each pod was allocated, and its
+workload, model, class and team.
+
+Sources: ``/proc/<pid>/cgroup`` (container and pod UID), the pod watch cache (names, owners, labels,
+container specs) and the kubelet pod-resources API (allocations). None is asked per scrape; all three
+degrade on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client.metrics_core import Metric as Family
+
+from exporter import catalog as c
+from exporter.readings import NodeReading
+from exporter.render import family
+from exporter.resolve.cmdline import guess_from_argv
+from exporter.resolve.procfs import IdentityCache, ProcessIdentity, ProcParseError, ProcReader
+from exporter.snapshot import Owner
+
+if TYPE_CHECKING:
+    from exporter.resolve.kube import PodCache, PodMeta
+    from exporter.resolve.podresources import Allocation, PodResourcesClient
+
+log = logging.getLogger("gpuattr.pods")
+
+CLASSES = ("inference", "training", "batch", "experimentation")
+
+
+@dataclass(frozen=True)
+class LabelKeys:
+    model: str = "gpuattr.io/model"  # pod label or annotation naming the model
+    workload_class: str = "gpuattr.io/workload-class"
+    team: str = "team"
+
+
+@dataclass
+class _PodSeen:
+    """What this sample learned about one GPU pod from its processes."""
+
+    meta: PodMeta
+    identities: list[ProcessIdentity] = field(default_factory=list)
+
+
+class KubeOwnerResolver:
+    """Owner = the Kubernetes container of a host PID; command name for everything else."""
+
+    def __init__(
+        self,
+        reader: ProcReader,
+        pods: PodCache | None,
+        *,
+        nvml_name: Callable[[int], str | None] | None = None,
+    ) -> None:
+        self.cache = IdentityCache(reader)
+        self.reader = reader
+        self.pods = pods
+        self.nvml_name = nvml_name
+        self.host_pids_visible = True
+        self.unattributed: dict[str, int] = {}
+        self.seen: dict[str, _PodSeen] = {}  # pod uid -> what its GPU processes told this sample
+        self._warned_hostpid = False
+        self._warned_unreadable: set[int] = set()
+
+    def begin(self, pids: Collection[int]) -> None:
+        """Start a sample: check once whether NVML's host PIDs are visible under the proc root."""
+        self.unattributed = {}
+        self.seen = {}
+        visible = self.reader.can_see_host_pids(pids)
+        if not visible and not self._warned_hostpid:
+            log.warning(
+                "none of the %d GPU processes NVML reports exist under %s: the exporter cannot see host PIDs "
+                "(run the DaemonSet with hostPID: true and the host's /proc); reporting command names only",
+                len(pids),
+                self.reader.proc_root,
+            )
+        if visible and self._warned_hostpid:
+            log.info("host PIDs are visible again under %s", self.reader.proc_root)
+        self._warned_hostpid = not visible
+        self.host_pids_visible = visible
+
+    def _unattributed(self, reason: str, pid: int) -> Owner | None:
+        self.unattributed[reason] = self.unattributed.get(reason, 0) + 1
+        name = self.nvml_name(pid) if self.nvml_name is not None else None
+        return Owner(process=name) if name else None
+
+    def owner(self, pid: int) -> Owner | None:
+        if not self.host_pids_visible:
+            return self._unattributed("no_host_pid", pid)
+        try:
+            ident = self.cache.get(pid)
+        except (ProcParseError, OSError) as exc:
+            if pid not in self._warned_unreadable:
+                log.warning("cannot read /proc entries of PID %d: %s", pid, exc)
+                self._warned_unreadable.add(pid)
+            return self._unattributed("proc_unreadable", pid)
+        if ident is None:
+            return None  # exited between NVML's answer and now
+        ref = ident.container
+        if ref is None or ref.pod_uid is None:
+            return Owner(process=ident.comm)
+        meta = self.pods.get(ref.pod_uid) if self.pods is not None else None
+        if meta is None:
+            self.unattributed["pod_unknown"] = self.unattributed.get("pod_unknown", 0) + 1
+            return Owner(process=ident.comm)
+        container = meta.container_by_id(ref.container_id) if ref.container_id else None
+        self.seen.setdefault(meta.uid, _PodSeen(meta)).identities.append(ident)
+        return Owner(meta.namespace, meta.name, container.name if container else "")
+
+    def prune(self, live_pids: Collection[int]) -> None:
+        self.cache.prune(live_pids)
+        self._warned_unreadable &= set(live_pids)
+
+
+@dataclass(frozen=True)
+class PlacedAllocation:
+    """An allocation mapped to the GPU (and MIG instance) NVML knows it as."""
+
+    gpu: int
+    gpu_uuid: str
+    mig_instance: str
+    mig_profile: str
+    namespace: str
+    pod: str
+    container: str
+    resource: str
+
+
+class Allocations:
+    """The kubelet's device allocations, refreshed once per sample, served as last known when it fails."""
+
+    def __init__(self, client: PodResourcesClient) -> None:
+        self.client = client
+        self.up = False
+        self.errors_total = 0
+        self.unplaced: set[str] = set()  # device IDs no GPU on this node matches
+        self._last: list[Allocation] = []
+
+    def refresh(self) -> None:
+        from exporter.resolve.podresources import PodResourcesError
+
+        try:
+            self._last = self.client.list_allocations()
+        except PodResourcesError:
+            self.errors_total += 1
+            self.up = False  # the client logs the state change with the socket path
+            return
+        self.up = True
+
+    def placed(self, reading: NodeReading) -> list[PlacedAllocation]:
+        by_uuid = {g.uuid: g for g in reading.gpus}
+        by_mig = {m.uuid: (g, m) for g in reading.gpus for m in g.mig}
+        out: list[PlacedAllocation] = []
+        unplaced: set[str] = set()
+        for a in self._last:
+            dev = a.device
+            where: tuple[int, str, str, str] | None = None
+            if dev.mig_uuid is not None and dev.mig_uuid in by_mig:
+                gpu, mig = by_mig[dev.mig_uuid]
+                where = (gpu.index, gpu.uuid, str(mig.gpu_instance), mig.profile)
+            elif dev.gpu_uuid in by_mig:
+                gpu, mig = by_mig[dev.gpu_uuid]
+                where = (gpu.index, gpu.uuid, str(mig.gpu_instance), mig.profile)
+            elif dev.gpu_uuid in by_uuid:
+                gpu = by_uuid[dev.gpu_uuid]
+                where = (gpu.index, gpu.uuid, "", "")
+            elif dev.gke_index is not None and 0 <= dev.gke_index < len(reading.gpus):
+                gpu = reading.gpus[dev.gke_index]
+                where = (gpu.index, gpu.uuid, "", "")
+            if where is None:
+                unplaced.add(dev.raw)
+                continue
+            out.append(PlacedAllocation(*where, a.namespace, a.pod, a.container, a.resource))
+        if unplaced - self.unplaced:
+            log.warning("kubelet allocations name devices NVML does not know: %s", sorted(unplaced - self.unplaced))
+        self.unplaced = unplaced
+        return sorted(set(out), key=lambda p: (p.gpu, p.mig_instance, p.namespace, p.pod, p.container))
+
+
+class PodMetadata:
+    """Renders the Kubernetes families of one sample: pod info, allocations and the sources' health."""
+
+    def __init__(
+        self,
+        resolver: KubeOwnerResolver,
+        pods: PodCache | None,
+        allocations: Allocations | None,
+        labels: LabelKeys,
+    ) -> None:
+        self.resolver = resolver
+        self.pods = pods
+        self.allocations = allocations
+        self.labels = labels
+        self.reading: NodeReading | None = None
+
+    def before_families(self, reading: NodeReading) -> None:
+        self.reading = reading
+        if self.allocations is not None:
+            self.allocations.refresh()
+
+    def families(self) -> Iterable[Family]:
+        out: list[Family] = []
+        placed = self.allocations.placed(self.reading) if self.allocations and self.reading else []
+        alloc = family(c.CONTAINER_ALLOCATED)
+        for p in placed:
+            alloc.add_metric(
+                [str(p.gpu), p.gpu_uuid, p.mig_instance, p.mig_profile, p.namespace, p.pod, p.container, p.resource], 1
+            )
+        out.append(alloc)
+
+        info = family(c.POD_INFO)
+        gpu_pods: dict[tuple[str, str], PodMeta | None] = {}
+        for seen in self.resolver.seen.values():
+            gpu_pods[(seen.meta.namespace, seen.meta.name)] = seen.meta
+        if self.pods is not None:
+            by_name = {(m.namespace, m.name): m for m in self.pods.pods()}
+            for p in placed:
+                gpu_pods.setdefault((p.namespace, p.pod), by_name.get((p.namespace, p.pod)))
+        for (namespace, name), meta in sorted(gpu_pods.items()):
+            if meta is None:
+                continue  # allocated to a pod the watch has not delivered yet: no metadata to state
+            pod_seen = self.resolver.seen.get(meta.uid)
+            identities = pod_seen.identities if pod_seen else []
+            info.add_metric(
+                [
+                    namespace,
+                    name,
+                    meta.workload_kind,
+                    meta.workload,
+                    self.model_of(meta, identities),
+                    self.class_of(meta, identities),
+                    meta.labels.get(self.labels.team, ""),
+                ],
+                1,
+            )
+        out.append(info)
+
+        up_k8s = family(c.EXPORTER_KUBERNETES_UP)
+        errors = family(c.EXPORTER_KUBERNETES_ERRORS)
+        if self.pods is not None:
+            up_k8s.add_metric([], 1 if self.pods.up else 0)
+            for reason, n in sorted(self.pods.errors_total.items()):
+                errors.add_metric([reason], n)
+        out += [up_k8s, errors]
+        if self.allocations is not None:
+            up_kubelet = family(c.EXPORTER_KUBELET_UP)
+            up_kubelet.add_metric([], 1 if self.allocations.up else 0)
+            out.append(up_kubelet)
+        visible = family(c.EXPORTER_HOST_PIDS_VISIBLE)
+        visible.add_metric([], 1 if self.resolver.host_pids_visible else 0)
+        unattributed = family(c.EXPORTER_UNATTRIBUTED)
+        for reason in ("no_host_pid", "pod_unknown", "proc_unreadable"):
+            unattributed.add_metric([reason], self.resolver.unattributed.get(reason, 0))
+        out += [visible, unattributed]
+        return out
+
+    def model_of(self, meta: PodMeta, identities: list[ProcessIdentity]) -> str:
+        """Label or annotation, else the pod spec's args and env, else the processes' command lines."""
+        named = meta.labels.get(self.labels.model) or meta.annotations.get(self.labels.model)
+        if named:
+            return named
+        for container in meta.containers:
+            guess = guess_from_argv(container.args, container.env)
+            if guess.model:
+                return guess.model
+        for ident in identities:
+            if ident.model:
+                return ident.model
+        return ""
+
+    def class_of(self, meta: PodMeta, identities: list[ProcessIdentity]) -> str:
+        """Label, else what the command lines say (a server, torchrun, a notebook), else a Job is batch."""
+        named = meta.labels.get(self.labels.workload_class, "").lower()
+        if named in CLASSES:
+            return named
+        for container in meta.containers:
+            guessed = guess_from_argv(container.args, container.env).workload_class
+            if guessed:
+                return guessed
+        for ident in identities:
+            if ident.workload_class:
+                return ident.workload_class
+        if meta.workload_kind in ("Job", "CronJob"):
+            return "batch"
+        return ""
