@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := gpuattr exporter attribution dashboards alerts tests bench
 
-.PHONY: demo test lint typecheck unit docs check-generated bench system-deps proto clean
+.PHONY: demo test lint typecheck unit docs check-generated deploy-check bench system-deps proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,10 +39,14 @@ typecheck: $(STAMP) proto
 check-generated: $(STAMP)
 	$(BIN)/gpuattr docs --check
 
-unit: $(STAMP) system-deps proto
+# Render every kustomization and validate it offline against the Kubernetes schemas; lint the Dockerfile.
+deploy-check: $(STAMP)
+	bash deploy/validate.sh
+
+unit: $(STAMP) system-deps proto deploy-check
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test: system-deps $(STAMP) lint typecheck check-generated unit
+test: system-deps $(STAMP) lint typecheck check-generated deploy-check unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_exporter.py
