@@ -144,6 +144,8 @@ class FakeProcTree:
         (written aside, then renamed into place)."""
         now_s = self.clock.now()
         alive = [p for p in self.scenario.processes if p.alive(now_s)]
+        if self.scenario.faults.host_pids_hidden:
+            alive = []  # the exporter's PID namespace shows none of the node's processes
         wanted = {p.pid: self._files(p, alive) for p in alive}
         for pid in [pid for pid in self._written if wanted.get(pid) != self._written[pid]]:
             self._remove(pid)

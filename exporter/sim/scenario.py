@@ -197,6 +197,9 @@ class FaultSpec(_Strict):
     )
     duplicate_util_samples: bool = Field(default=False, description="return two samples per PID per call")
     util_over_100: list[int] = Field(default_factory=list, description="PIDs whose smUtil reads above 100")
+    host_pids_hidden: bool = Field(
+        default=False, description="the exporter runs without hostPID: no GPU process is visible under /proc"
+    )
     vanish_between_calls: list[int] = Field(
         default_factory=list, description="PIDs listed by the memory call that are gone by the next call"
     )
