@@ -61,7 +61,8 @@ class MetricsServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread is not None:
+            self.httpd.shutdown()  # waits for serve_forever to return: only when it runs
         self.httpd.server_close()
         if self._thread is not None:
             self._thread.join(5)
