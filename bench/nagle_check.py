@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 what = path + (" (gzip)" if headers else "")
                 p99 = lat[max(0, round(0.99 * len(lat)) - 1)]
                 print(
-                    f"| {'on' if nodelay else 'off (as shipped)'} | {what} | {size} | "
+                    f"| {'on (as shipped)' if nodelay else 'off (before the fix)'} | {what} | {size} | "
                     f"{lat[len(lat) // 2]:.2f} | {p99:.2f} | {lat[-1]:.2f} |"
                 )
     finally:

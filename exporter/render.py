@@ -6,6 +6,7 @@ Rendering happens once per sample, in the sampler thread; scrapes only copy byte
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from prometheus_client import exposition as text_format
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.openmetrics import exposition as openmetrics_format
+from prometheus_client.utils import floatToGoString
 
 from exporter import catalog as c
 from exporter.snapshot import Snapshot
@@ -216,6 +218,102 @@ class _Families:
         return iter(self._fams)
 
 
+_LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "info": "gauge", "stateset": "gauge", "unknown": "untyped"}
+
+
+def _escape_value(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _plain(fam: Family) -> bool:
+    """A family the fast path renders exactly: legacy names, no timestamps, exemplars or OM-only samples."""
+    if fam.type not in _TEXT_TYPES or not _LEGACY_NAME.match(fam.name):
+        return False
+    for sample in fam.samples:
+        if sample.timestamp is not None or sample.exemplar is not None or sample.native_histogram is not None:
+            return False
+        if not sample.name.startswith(fam.name) or sample.name.endswith(("_created", "_gsum", "_gcount")):
+            return False
+    names = {k for sample in fam.samples for k in sample.labels}
+    return all(_LEGACY_LABEL.match(k) for k in names)
+
+
+class Renderer:
+    """Writes both formats; remembers each series' rendered name-and-labels between samples.
+
+    GPU usage series keep their labels from one sample to the next, so most lines reuse the escaped
+    prefix of the previous sample, and the text and OpenMetrics output share it within one.
+    """
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+        self._next: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+
+    def _prefix(self, name: str, labels: dict[str, str]) -> str:
+        key = (name, tuple(labels), tuple(labels.values()))
+        prefix = self._next.get(key)
+        if prefix is None:
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                body = ",".join([f'{k}="{_escape_value(labels[k])}"' for k in sorted(labels)])
+                prefix = f"{name}{{{body}}} " if labels else f"{name} "
+            self._next[key] = prefix
+        return prefix
+
+    def _sample_lines(self, fam: Family, out: list[str]) -> None:
+        for sample in fam.samples:
+            out.append(f"{self._prefix(sample.name, sample.labels)}{floatToGoString(sample.value)}\n")  # type: ignore[no-untyped-call]
+
+    def text(self, fams: Iterable[Family]) -> bytes:
+        """Prometheus text format 0.0.4, byte for byte what prometheus-client writes, several times faster.
+
+        Families the fast path cannot render exactly are handed to prometheus-client's own writer.
+        """
+        out: list[str] = []
+        for fam in fams:
+            if not _plain(fam):
+                out.append(text_format.generate_latest(_Families([fam])).decode())
+                continue
+            name = fam.name + ("_total" if fam.type == "counter" else "_info" if fam.type == "info" else "")
+            doc = fam.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} {_TEXT_TYPES[fam.type]}\n")
+            self._sample_lines(fam, out)
+        return "".join(out).encode()
+
+    def openmetrics(self, fams: Iterable[Family]) -> bytes:
+        """OpenMetrics 1.0.0, byte for byte what prometheus-client writes; same fallback as ``text``."""
+        out: list[str] = []
+        for fam in fams:
+            if not _plain(fam):
+                rendered = openmetrics_format.generate_latest(_Families([fam]))  # type: ignore[no-untyped-call]
+                out.append(rendered.decode().removesuffix("# EOF\n"))
+                continue
+            out.append(f"# HELP {fam.name} {_escape_value(fam.documentation)}\n# TYPE {fam.name} {fam.type}\n")
+            if fam.unit:
+                out.append(f"# UNIT {fam.name} {fam.unit}\n")
+            self._sample_lines(fam, out)
+        out.append("# EOF\n")
+        return "".join(out).encode()
+
+    def render(self, fams: Iterable[Family], timestamp: float) -> Exposition:
+        fams = list(fams)
+        text, om = self.text(fams), self.openmetrics(fams)
+        self._prefixes, self._next = self._next, {}  # keep only the series of this sample
+        return Exposition(text, om, gzip.compress(text, 1), gzip.compress(om, 1), timestamp)
+
+
+def render_text(fams: Iterable[Family]) -> bytes:
+    return Renderer().text(fams)
+
+
+def render_openmetrics(fams: Iterable[Family]) -> bytes:
+    return Renderer().openmetrics(fams)
+
+
 @dataclass(frozen=True)
 class Exposition:
     """The rendered bytes of one snapshot, in both formats, plain and gzip-compressed."""
@@ -231,7 +329,4 @@ class Exposition:
 
 
 def render(fams: Iterable[Family], timestamp: float) -> Exposition:
-    holder = _Families(fams)
-    text = text_format.generate_latest(holder)
-    om = openmetrics_format.generate_latest(holder)  # type: ignore[no-untyped-call]
-    return Exposition(text, om, gzip.compress(text, 1), gzip.compress(om, 1), timestamp)
+    return Renderer().render(fams, timestamp)

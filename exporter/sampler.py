@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import Metric as Family
 
 from exporter.nvml.reader import NvmlReader
 from exporter.readings import NodeReading
-from exporter.render import Exposition, families, render
+from exporter.render import Exposition, Renderer, families
 from exporter.snapshot import OwnerResolver, Snapshot, attribute
 
 log = logging.getLogger("gpuattr.sampler")
@@ -46,6 +46,7 @@ class Sampler:
         self.vanished_total = 0
         self.last_duration_s = 0.0
         self._exposition: Exposition | None = None
+        self._renderer = Renderer()
         self._snapshot: Snapshot | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,7 +90,7 @@ class Sampler:
                     fams.extend(extra())
                 except Exception:
                     log.exception("a metadata source failed; its series are left out of this sample")
-            self._exposition = render(fams, reading.timestamp)
+            self._exposition = self._renderer.render(fams, reading.timestamp)
             self._snapshot = snap
             self.last_duration_s = time.perf_counter() - wall0
             self.cpu_seconds_total += time.thread_time() - cpu0

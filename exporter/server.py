@@ -82,6 +82,9 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "gpuattr"
+            # Headers and body go out in two writes; with Nagle on, a small body waits for the client's
+            # delayed ACK of the headers (~40 ms). Measured in bench/nagle_check.py.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.address_string(), *args)

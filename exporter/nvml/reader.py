@@ -116,7 +116,10 @@ class NvmlReader:
 
     def shutdown(self) -> None:
         for dev in self._devices:
-            self._free_gpm(dev)
+            try:
+                self._free_gpm(dev)
+            except NvmlDownError:  # the library is already gone: nothing left to free
+                dev.gpm.clear()
         if self.initialized:
             try:
                 pynvml.nvmlShutdown()

@@ -102,6 +102,7 @@ class FakeNvmlLibrary:
         self._lock = threading.Lock()
         self._missing = set(scenario.faults.missing_functions)
         self._uuids = {scenario.gpu_uuid(g.index): g.index for g in scenario.gpus}
+        self._by_pid = {p.pid: p for p in scenario.processes}
 
     # -- lookup as the binding does it: getattr(nvmlLib, "nvmlDeviceGetCount_v2") ---------------------
     def __getattr__(self, name: str) -> Callable[..., int]:
@@ -257,11 +258,10 @@ class FakeNvmlLibrary:
 
     def _fn_nvmlSystemGetProcessName(self, pid: Any, buffer: Any, size: Any) -> int:
         wanted = _val(pid)
-        t = self._t()
-        for proc in self.scenario.processes:
-            if proc.pid == wanted and proc.alive(t) and wanted not in self.scenario.faults.vanish_between_calls:
-                return _put_string(buffer, size, proc.name)
-        return NOT_FOUND
+        proc = self._by_pid.get(wanted)
+        if proc is None or not proc.alive(self._t()) or wanted in self.scenario.faults.vanish_between_calls:
+            return NOT_FOUND
+        return _put_string(buffer, size, proc.name)
 
     # -- enumeration ------------------------------------------------------------------------------------
     def _fn_nvmlDeviceGetCount_v2(self, out: Any) -> int:

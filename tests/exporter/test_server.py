@@ -176,3 +176,14 @@ def test_client_certificates_are_required_when_a_client_ca_is_set(sampler: tuple
         assert _https(server, with_cert) == 200
     finally:
         server.stop()
+
+
+def test_responses_are_not_held_back_by_nagle(sampler: tuple[Sim, Sampler]) -> None:
+    # Headers and body are separate writes: with Nagle on, a small body waits ~40 ms for a delayed ACK
+    # (bench/nagle_check.py measures it). Every accepted socket must set TCP_NODELAY.
+    _, smp = sampler
+    server = _serve(smp)
+    try:
+        assert getattr(server.httpd.RequestHandlerClass, "disable_nagle_algorithm", False) is True
+    finally:
+        server.stop()
