@@ -115,6 +115,11 @@ def test_deleted_pod_disappears_and_created_pod_appears(
     gone = scenario.pods[2]
     extra = gone.model_copy(update={"name": "jupyter-carol-0", "uid": "0c0c0c0c-1111-2222-3333-444444444444"})
 
+    # kmock has no resourceVersion: an event between the cache's list and its watch opening is lost (a
+    # real API server replays it from the list's resourceVersion). Prove the watch is live first.
+    first = scenario.pods[0]
+    server.patch_pod_labels(first.namespace, first.name, {"watch": "live"})
+    eventually(lambda: label_of(cache, scenario.pod_uid(first), "watch") == "live", "the watch to be live")
     server.delete_pod(gone.namespace, gone.name)
     eventually(lambda: cache.get(scenario.pod_uid(gone)) is None, "the deleted pod to leave")
     server.create_pod(server.pod_manifest(extra))
