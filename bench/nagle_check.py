@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{lat[len(lat) // 2]:.2f} | {p99:.2f} | {lat[-1]:.2f} |"
                 )
     finally:
-        exporter.server.stop()
-        exporter.reader.shutdown()
-        if exporter.simulation is not None:
-            exporter.simulation.close()
+        exporter.stop()
     return 0
 
 

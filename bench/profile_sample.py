@@ -254,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, mib in sorted(by_file.items(), key=lambda kv: -kv[1])[: args.top]:
                 print(f"  {mib:7.2f} MiB  {name}")
     finally:
-        exporter.server.httpd.server_close()  # never started: nothing to shut down but the socket
-        exporter.reader.shutdown()
-        if exporter.simulation is not None:
-            exporter.simulation.close()
+        exporter.stop()
     return 0
 
 
