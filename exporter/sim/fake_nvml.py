@@ -158,8 +158,11 @@ class FakeNvmlLibrary:
             return None, INVALID_ARGUMENT
         if self._lost(target.gpu):
             return None, GPU_IS_LOST
-        if name in self._gpu(target.gpu).unsupported:
+        spec = self._gpu(target.gpu)
+        if name in spec.unsupported:
             return None, NOT_SUPPORTED
+        if name in spec.failing:
+            return None, int(getattr(pynvml, f"NVML_ERROR_{spec.failing[name]}"))
         return target, SUCCESS
 
     def processes_on(self, target: _Target, t: float) -> list[ProcessSpec]:

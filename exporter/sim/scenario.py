@@ -107,8 +107,21 @@ class GpuSpec(_Strict):
     unsupported: list[str] = Field(
         default_factory=list, description="NVML functions that answer NOT_SUPPORTED on this GPU"
     )
+    failing: dict[str, str] = Field(
+        default_factory=dict,
+        description="NVML function -> error it answers on this GPU, by NVML_ERROR_ name (UNKNOWN, TIMEOUT…)",
+    )
     lost_at: float | None = Field(default=None, description="scenario second at which the GPU falls off the bus")
     recovers_at: float | None = None
+
+    @model_validator(mode="after")
+    def _known_errors(self) -> GpuSpec:
+        import pynvml
+
+        for function, error in self.failing.items():
+            if not isinstance(getattr(pynvml, f"NVML_ERROR_{error}", None), int):
+                raise ValueError(f"GPU {self.index}: {function} fails with unknown NVML error {error!r}")
+        return self
 
     @property
     def memory_bytes(self) -> int:

@@ -219,3 +219,22 @@ def test_an_exited_process_is_gone_at_the_next_sample(simulate: Callable[..., Si
     assert {p.pid for p in sim.reader.read().gpus[0].processes} == {1, 2}
     sim.clock.advance(5)
     assert {p.pid for p in sim.reader.read().gpus[0].processes} == {1}
+
+
+def test_a_call_failing_with_unknown_degrades_that_value_is_retried_and_counted(
+    simulate: Callable[..., Sim], caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = {
+        "name": "unknown",
+        "gpus": [{"index": 0}, {"index": 1, "failing": {"nvmlDeviceGetTemperature": "UNKNOWN"}}],
+        "processes": [],
+    }
+    sim = simulate(raw)
+    for _ in range(3):
+        node = sim.reader.read()
+        sim.clock.advance(5)
+    assert node.gpus[1].up and node.gpus[1].temperature_celsius is None
+    assert node.gpus[1].memory_used_bytes is not None and node.gpus[0].temperature_celsius is not None
+    assert node.errors[("nvmlDeviceGetTemperature", "Unknown")] == 3  # transient: asked again, counted each time
+    warnings = [r for r in caplog.records if "nvmlDeviceGetTemperature failed" in r.getMessage()]
+    assert len(warnings) == 1  # logged once per state change, not once per sample

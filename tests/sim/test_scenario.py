@@ -58,6 +58,7 @@ def test_the_mig_node_has_eight_gpus_and_a_partitioned_one() -> None:
         ),
         ({"name": "x", "gpus": [{"index": 0, "mig": [{"gi": 1, "profile": "big"}]}]}, "MIG profile"),
         ({"name": "x", "gpus": [{"index": 0}], "colour": "blue"}, "colour"),
+        ({"name": "x", "gpus": [{"index": 0, "failing": {"nvmlDeviceGetName": "OOPS"}}]}, "unknown NVML error 'OOPS'"),
         (
             {
                 "name": "x",
