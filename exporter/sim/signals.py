@@ -105,8 +105,11 @@ class Points:
             a, b = ts[i - 1], ts[i]
             if t <= a:
                 return total
-            end = min(t, b)
-            total += (end - a) * (self.value(a) + self.value(end)) / 2 if b > a else 0.0
+            if b > a:  # a zero-length segment is a step: it adds nothing
+                end = min(t, b)
+                # the segment's own endpoints, not value(): at a step value() gives the level before it
+                v_end = vs[i - 1] + (vs[i] - vs[i - 1]) * (end - a) / (b - a)
+                total += (end - a) * (vs[i - 1] + v_end) / 2
             if t <= b:
                 return total
         return total + (t - ts[-1]) * vs[-1]

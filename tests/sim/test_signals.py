@@ -75,5 +75,11 @@ def test_the_mean_of_a_burst_lies_between_low_and_high(
     assert min(low, high) - 1e-9 <= m <= max(low, high) + 1e-9
 
 
+def test_a_step_made_of_two_points_at_one_time_integrates_from_the_new_level() -> None:
+    step = Points.of([(0, 0), (0, 1), (2, 0)])  # jumps to 1 at t=0, then ramps down to 0 at t=2
+    assert step.mean(1, 2) == pytest.approx(0.25)
+    assert step.mean(0, 2) == pytest.approx(0.5)
+
+
 def test_a_constant_is_its_own_mean() -> None:
     assert Constant(0.4).mean(3, 9) == 0.4
