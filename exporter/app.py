@@ -73,6 +73,19 @@ def build(settings: ExporterSettings) -> Exporter:
     )
     if simulation is not None:
         options.before_sample.append(simulation.proc.sync)
+        if settings.dcgm_exporter_url == "simulated":
+            settings.dcgm_exporter_url = simulation.start_dcgm_exporter()
+    if settings.dcgm_exporter_url:
+        from exporter.dcgm import DcgmSource, parse_aliases
+
+        try:
+            aliases = parse_aliases(settings.dcgm_field_aliases)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        options.dcgm = DcgmSource(
+            settings.dcgm_exporter_url, settings.dcgm_timeout, aliases, wall_clock=reader.wall_clock
+        )
+        options.extra_families.append(options.dcgm.families)
     try:
         resolver = _kubernetes(settings, reader, options, closers)
     except BaseException:

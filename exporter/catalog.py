@@ -118,7 +118,8 @@ GPU_SM_ACTIVE = Metric(
     "gpuattr_gpu_sm_active_ratio",
     Kind.GAUGE,
     "Share of SMs busy over the last interval: GPM SM_UTIL on Hopper and newer (source=gpm, per GPU "
-    "and per MIG instance), else NVML kernel-time utilisation (source=nvml).",
+    "and per MIG instance), else dcgm-exporter's DCGM_FI_PROF_SM_ACTIVE (source=dcgm), else NVML "
+    "kernel-time utilisation (source=nvml).",
     GPU + MIG + SOURCE,
     Group.DEVICE,
     unit="ratio",
@@ -126,16 +127,27 @@ GPU_SM_ACTIVE = Metric(
 GPU_SM_OCCUPANCY = Metric(
     "gpuattr_gpu_sm_occupancy_ratio",
     Kind.GAUGE,
-    "Resident warps against the theoretical maximum over the last interval (GPM SM_OCCUPANCY; Hopper+).",
-    GPU + MIG,
+    "Resident warps against the theoretical maximum over the last interval: GPM SM_OCCUPANCY on Hopper+ "
+    "(source=gpm), else dcgm-exporter's DCGM_FI_PROF_SM_OCCUPANCY (source=dcgm).",
+    GPU + MIG + SOURCE,
     Group.DEVICE,
     unit="ratio",
 )
 GPU_TENSOR_ACTIVE = Metric(
     "gpuattr_gpu_tensor_active_ratio",
     Kind.GAUGE,
-    "Fraction of time the SMs ran any tensor-core instruction over the last interval (GPM ANY_TENSOR_UTIL; Hopper+).",
-    GPU + MIG,
+    "Fraction of time the SMs ran any tensor-core instruction over the last interval: GPM ANY_TENSOR_UTIL "
+    "on Hopper+ (source=gpm), else DCGM_FI_PROF_PIPE_TENSOR_ACTIVE (source=dcgm).",
+    GPU + MIG + SOURCE,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_ENGINE_ACTIVE = Metric(
+    "gpuattr_gpu_engine_active_ratio",
+    Kind.GAUGE,
+    "Fraction of cycles a graphics or compute engine was active (dcgm-exporter's "
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE; also measured under MIG, where NVML utilisation is N/A).",
+    GPU + MIG + SOURCE,
     Group.DEVICE,
     unit="ratio",
 )
@@ -143,7 +155,8 @@ GPU_MEMORY_BANDWIDTH = Metric(
     "gpuattr_gpu_memory_bandwidth_ratio",
     Kind.GAUGE,
     "DRAM bandwidth used against the theoretical peak over the last interval: GPM DRAM_BW_UTIL on "
-    "Hopper+ (source=gpm), else the memory controller's busy time (source=nvml).",
+    "Hopper+ (source=gpm), else DCGM_FI_PROF_DRAM_ACTIVE (source=dcgm), else the memory controller's busy "
+    "time (source=nvml).",
     GPU + MIG + SOURCE,
     Group.DEVICE,
     unit="ratio",
@@ -195,7 +208,8 @@ CONTAINER_SM_ACTIVE = Metric(
     Kind.GAUGE,
     "Fraction of the last interval in which the container's kernels ran on this GPU (NVML per-process "
     "smUtil, summed over its processes, source=nvml). On a MIG instance with one container: the "
-    "instance's GPM SM activity (source=gpm).",
+    "instance's GPM SM activity (source=gpm). source=dcgm: dcgm-exporter's DCGM_FI_PROF_SM_ACTIVE of the "
+    "GPU split in proportion to the processes' smUtil. Select one source; never sum over it.",
     USAGE_LABELS + SOURCE,
     Group.CONTAINER,
     unit="ratio",
@@ -205,7 +219,35 @@ CONTAINER_MEMORY_BANDWIDTH = Metric(
     Kind.GAUGE,
     "The container's share of DRAM bandwidth over the last interval. source=gpm: the GPU's GPM "
     "DRAM_BW_UTIL split in proportion to each process's memory-controller activity (memUtil); "
-    "source=nvml: the process's memory-controller busy time (memUtil) itself.",
+    "source=nvml: the process's memory-controller busy time (memUtil) itself; source=dcgm: "
+    "DCGM_FI_PROF_DRAM_ACTIVE split by memUtil. Select one source; never sum over it.",
+    USAGE_LABELS + SOURCE,
+    Group.CONTAINER,
+    unit="ratio",
+)
+
+CONTAINER_SM_OCCUPANCY = Metric(
+    "gpuattr_container_gpu_sm_occupancy_ratio",
+    Kind.GAUGE,
+    "The container's share of the GPU's SM occupancy: DCGM_FI_PROF_SM_OCCUPANCY split by the processes' "
+    "smUtil (source=dcgm); the whole instance's value for the only container of a MIG instance.",
+    USAGE_LABELS + SOURCE,
+    Group.CONTAINER,
+    unit="ratio",
+)
+CONTAINER_TENSOR_ACTIVE = Metric(
+    "gpuattr_container_gpu_tensor_active_ratio",
+    Kind.GAUGE,
+    "The container's share of tensor-pipe activity: DCGM_FI_PROF_PIPE_TENSOR_ACTIVE split by smUtil (source=dcgm).",
+    USAGE_LABELS + SOURCE,
+    Group.CONTAINER,
+    unit="ratio",
+)
+CONTAINER_ENGINE_ACTIVE = Metric(
+    "gpuattr_container_gpu_engine_active_ratio",
+    Kind.GAUGE,
+    "The container's share of graphics/compute engine activity: DCGM_FI_PROF_GR_ENGINE_ACTIVE split by "
+    "smUtil (source=dcgm).",
     USAGE_LABELS + SOURCE,
     Group.CONTAINER,
     unit="ratio",
@@ -346,6 +388,30 @@ EXPORTER_UNATTRIBUTED = Metric(
     "proc_unreadable); they are reported under their command name instead.",
     ("reason",),
     Group.EXPORTER,
+)
+
+EXPORTER_DCGM_UP = Metric(
+    "gpuattr_exporter_dcgm_up",
+    Kind.GAUGE,
+    "1 when the last scrape of dcgm-exporter (--dcgm-exporter-url) gave profiling fields; 0 when it was "
+    "down, slow or answered garbage (no DCGM value is then served for that sample).",
+    (),
+    Group.EXPORTER,
+)
+EXPORTER_DCGM_ERRORS = Metric(
+    "gpuattr_exporter_dcgm_errors_total",
+    Kind.COUNTER,
+    "Failed dcgm-exporter scrapes, by reason (unreachable, timeout, http, parse, too_large, no_fields).",
+    ("reason",),
+    Group.EXPORTER,
+)
+EXPORTER_DCGM_DURATION = Metric(
+    "gpuattr_exporter_dcgm_scrape_duration_seconds",
+    Kind.GAUGE,
+    "Wall time of the last dcgm-exporter scrape, in seconds.",
+    (),
+    Group.EXPORTER,
+    unit="seconds",
 )
 
 # dcgm-exporter compatible names (--dcgm-compat) ------------------------------------------------------

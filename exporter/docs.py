@@ -10,21 +10,44 @@ from exporter.settings import ExporterSettings, env_name, flag_name
 _PRECEDENCE = """\
 ## Where activity numbers come from (precedence)
 
-Several sources can measure how busy a GPU is. The exporter picks one per series and says which in the
-`source` label, so a dashboard never mixes meanings silently:
+Three sources can measure how busy a GPU is: NVML GPM (Hopper and newer, per GPU and per MIG instance),
+dcgm-exporter's profiling fields (`--dcgm-exporter-url`: DCGM_FI_PROF_SM_ACTIVE, SM_OCCUPANCY, DRAM_ACTIVE,
+PIPE_TENSOR_ACTIVE, GR_ENGINE_ACTIVE, any GPU DCGM profiles) and NVML's utilisation counters (every GPU).
+Each series says which one it used in its `source` label, so a dashboard never mixes meanings silently.
 
-| series | first choice | otherwise |
-| --- | --- | --- |
-| `gpuattr_gpu_sm_active_ratio` | `gpm`: GPM SM_UTIL, share of SMs busy (Hopper and newer, per GPU and per MIG instance) | `nvml`: kernel-time utilisation (nvidia-smi `utilization.gpu`) |
-| `gpuattr_gpu_memory_bandwidth_ratio` | `gpm`: GPM DRAM_BW_UTIL, share of peak DRAM bandwidth | `nvml`: memory-controller busy time (`utilization.memory`) |
-| `gpuattr_container_gpu_sm_active_ratio` | `gpm` on a MIG instance holding one container (the instance's SM activity) | `nvml`: per-process `smUtil`, summed per container |
-| `gpuattr_container_gpu_memory_bandwidth_ratio` | `gpm`: the GPU's DRAM_BW_UTIL split by each process's `memUtil` share (by `smUtil` share when no process shows memory activity); on a MIG instance with one container, the instance's DRAM_BW_UTIL | `nvml`: per-process `memUtil` |
+**Device and MIG-instance series** carry one value each, from the first source that has it:
+
+| series | 1st | 2nd | 3rd |
+| --- | --- | --- | --- |
+| `gpuattr_gpu_sm_active_ratio` | `gpm` SM_UTIL (share of SMs busy) | `dcgm` SM_ACTIVE | `nvml` kernel time (`utilization.gpu`) |
+| `gpuattr_gpu_memory_bandwidth_ratio` | `gpm` DRAM_BW_UTIL | `dcgm` DRAM_ACTIVE | `nvml` memory-controller time (`utilization.memory`) |
+| `gpuattr_gpu_sm_occupancy_ratio` | `gpm` SM_OCCUPANCY | `dcgm` SM_OCCUPANCY | — |
+| `gpuattr_gpu_tensor_active_ratio` | `gpm` ANY_TENSOR_UTIL | `dcgm` PIPE_TENSOR_ACTIVE | — |
+| `gpuattr_gpu_engine_active_ratio` | `dcgm` GR_ENGINE_ACTIVE | — | — |
+
+**Per-container series** carry one value per source that can attribute it (select one `source`; never sum
+over it; summing the `gpm` or `dcgm` values over containers gives the device value):
+
+| series | `nvml` | `gpm` | `dcgm` |
+| --- | --- | --- | --- |
+| `gpuattr_container_gpu_sm_active_ratio` | per-process `smUtil`, summed per container (time its kernels ran) | the instance's SM_UTIL, for the only container of a MIG instance | the GPU's SM_ACTIVE split by `smUtil` share; the instance's value for the only container of a MIG instance |
+| `gpuattr_container_gpu_memory_bandwidth_ratio` | per-process `memUtil` | the GPU's DRAM_BW_UTIL split by `memUtil` share (when NVML saw no memory activity, by `smUtil`); MIG as above | DRAM_ACTIVE split the same way |
+| `gpuattr_container_gpu_sm_occupancy_ratio`, `…_tensor_active_ratio`, `…_engine_active_ratio` | — | — | the DCGM field split by `smUtil` share; MIG as above |
 
 Per-process activity comes from `nvmlDeviceGetProcessesUtilizationInfo` (drivers R550+), falling back to
 `nvmlDeviceGetProcessUtilization`; each sample passes the newest timestamp seen before, so it covers
 exactly the interval since the previous sample. NVML has no per-process activity on MIG-enabled GPUs:
 with several containers in one MIG instance, their activity series are absent rather than guessed.
-Activity series are absent (not zero) for an interval in which the driver could not tell.
+Activity series are absent (not zero) for an interval in which the source could not tell: a dcgm-exporter
+that is down, slow (`--dcgm-timeout`) or answers garbage contributes nothing to that sample, never its
+previous values (`gpuattr_exporter_dcgm_up` says so). When NVML saw no activity on a GPU that DCGM reports
+busy, the device value stays unattributed (containers get 0) rather than being shared out by guess.
+
+dcgm-exporter pages are read with prometheus-client's parser and matched to GPUs by `UUID` (or `uuid`)
+and MIG instance by `GPU_I_ID`. Profiling fields are 0–1 ratios; older releases wrote "(in %)" in their
+HELP while serving ratios (NVIDIA/dcgm-exporter#346), so a field is read as percent only when a value
+is above 1. Release 4.9 renamed some fields and labels; `--dcgm-field-aliases NEW=OLD` reads a renamed
+field as the one it replaced.
 """
 
 

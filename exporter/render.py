@@ -17,6 +17,8 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.utils import floatToGoString
 
 from exporter import catalog as c
+from exporter.dcgm import DcgmKey
+from exporter.readings import GpmReading, GpuReading
 from exporter.snapshot import Snapshot
 
 FamilySource = Callable[[], Iterable[Family]]
@@ -43,12 +45,14 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
     info, up = family(c.GPU_INFO), family(c.GPU_UP)
     mem_total, mem_used = family(c.GPU_MEMORY_TOTAL), family(c.GPU_MEMORY_USED)
     util, mctl = family(c.GPU_UTILIZATION), family(c.GPU_MEMORY_CONTROLLER)
-    sm, occ, tensor, bw = (
+    sm, occ, tensor, engine, bw = (
         family(c.GPU_SM_ACTIVE),
         family(c.GPU_SM_OCCUPANCY),
         family(c.GPU_TENSOR_ACTIVE),
+        family(c.GPU_ENGINE_ACTIVE),
         family(c.GPU_MEMORY_BANDWIDTH),
     )
+    fams_by_name = {f.name: f for f in (sm, occ, tensor, engine, bw)}
     power, energy, temp = family(c.GPU_POWER), family(c.GPU_ENERGY), family(c.GPU_TEMPERATURE)
     for g in r.gpus:
         ids = [str(g.index), g.uuid]
@@ -64,18 +68,7 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
             util.add_metric(ids, g.utilization_ratio)
         if g.memory_controller_ratio is not None:
             mctl.add_metric(ids, g.memory_controller_ratio)
-        if g.gpm is not None and g.gpm.sm_active is not None:
-            sm.add_metric([*ids, "", "", "gpm"], g.gpm.sm_active)
-        elif g.utilization_ratio is not None:
-            sm.add_metric([*ids, "", "", "nvml"], g.utilization_ratio)
-        if g.gpm is not None and g.gpm.dram_bandwidth is not None:
-            bw.add_metric([*ids, "", "", "gpm"], g.gpm.dram_bandwidth)
-        elif g.memory_controller_ratio is not None:
-            bw.add_metric([*ids, "", "", "nvml"], g.memory_controller_ratio)
-        if g.gpm is not None and g.gpm.sm_occupancy is not None:
-            occ.add_metric([*ids, "", ""], g.gpm.sm_occupancy)
-        if g.gpm is not None and g.gpm.tensor_active is not None:
-            tensor.add_metric([*ids, "", ""], g.gpm.tensor_active)
+        _activity(fams_by_name, [*ids, "", ""], g.gpm, snap.dcgm.get(DcgmKey(g.uuid, ""), {}), g)
         if g.power_watts is not None:
             power.add_metric(ids, g.power_watts)
         if g.energy_joules is not None:
@@ -88,19 +81,23 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
                 mem_total.add_metric(mig_ids, m.memory_total_bytes)
             if m.memory_used_bytes is not None:
                 mem_used.add_metric(mig_ids, m.memory_used_bytes)
-            if m.gpm is not None:
-                if m.gpm.sm_active is not None:
-                    sm.add_metric([*mig_ids, "gpm"], m.gpm.sm_active)
-                if m.gpm.dram_bandwidth is not None:
-                    bw.add_metric([*mig_ids, "gpm"], m.gpm.dram_bandwidth)
-                if m.gpm.sm_occupancy is not None:
-                    occ.add_metric(mig_ids, m.gpm.sm_occupancy)
-                if m.gpm.tensor_active is not None:
-                    tensor.add_metric(mig_ids, m.gpm.tensor_active)
-    out += [info, up, mem_total, mem_used, util, mctl, sm, occ, tensor, bw, power, energy, temp]
+            _activity(fams_by_name, mig_ids, m.gpm, snap.dcgm.get(DcgmKey(g.uuid, str(m.gpu_instance)), {}), None)
+    out += [info, up, mem_total, mem_used, util, mctl, sm, occ, tensor, engine, bw, power, energy, temp]
 
     cmem, cproc = family(c.CONTAINER_MEMORY), family(c.CONTAINER_PROCESSES)
     csm, cbw = family(c.CONTAINER_SM_ACTIVE), family(c.CONTAINER_MEMORY_BANDWIDTH)
+    cocc, ctensor, cengine = (
+        family(c.CONTAINER_SM_OCCUPANCY),
+        family(c.CONTAINER_TENSOR_ACTIVE),
+        family(c.CONTAINER_ENGINE_ACTIVE),
+    )
+    by_field = {
+        "sm_active": csm,
+        "dram_active": cbw,
+        "sm_occupancy": cocc,
+        "tensor_active": ctensor,
+        "engine_active": cengine,
+    }
     for u in snap.usages:
         o = u.owner
         labels = [
@@ -120,12 +117,50 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
             csm.add_metric([*labels, u.sm_source], u.sm_ratio)
         if u.bandwidth_ratio is not None:
             cbw.add_metric([*labels, u.bandwidth_source], u.bandwidth_ratio)
-    out += [cmem, cproc, csm, cbw]
+        for name, value in sorted(u.dcgm.items()):
+            by_field[name].add_metric([*labels, "dcgm"], value)
+    out += [cmem, cproc, csm, cbw, cocc, ctensor, cengine]
 
     out += _exporter_families(snap, version)
     if dcgm_compat:
         out += dcgm_families(snap, hostname)
     return out
+
+
+def _activity(
+    fams: dict[str, GaugeMetricFamily | CounterMetricFamily],
+    labels: list[str],
+    gpm: GpmReading | None,
+    dcgm: dict[str, float],
+    nvml: GpuReading | None,
+) -> None:
+    """One value per activity series and scope, from the first source that has it: GPM, DCGM, NVML."""
+    candidates: list[tuple[c.Metric, list[tuple[str, float | None]]]] = [
+        (
+            c.GPU_SM_ACTIVE,
+            [
+                ("gpm", gpm.sm_active if gpm else None),
+                ("dcgm", dcgm.get("sm_active")),
+                ("nvml", nvml.utilization_ratio if nvml else None),
+            ],
+        ),
+        (
+            c.GPU_MEMORY_BANDWIDTH,
+            [
+                ("gpm", gpm.dram_bandwidth if gpm else None),
+                ("dcgm", dcgm.get("dram_active")),
+                ("nvml", nvml.memory_controller_ratio if nvml else None),
+            ],
+        ),
+        (c.GPU_SM_OCCUPANCY, [("gpm", gpm.sm_occupancy if gpm else None), ("dcgm", dcgm.get("sm_occupancy"))]),
+        (c.GPU_TENSOR_ACTIVE, [("gpm", gpm.tensor_active if gpm else None), ("dcgm", dcgm.get("tensor_active"))]),
+        (c.GPU_ENGINE_ACTIVE, [("dcgm", dcgm.get("engine_active"))]),
+    ]
+    for metric, sources in candidates:
+        for source, value in sources:
+            if value is not None:
+                fams[metric.family].add_metric([*labels, source], value)
+                break
 
 
 def _exporter_families(snap: Snapshot, version: str) -> list[Family]:

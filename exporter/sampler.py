@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import Metric as Family
 
+from exporter.dcgm import DcgmSource
 from exporter.nvml.reader import NvmlReader
 from exporter.readings import NodeReading
 from exporter.render import Exposition, Renderer, families
@@ -31,6 +32,8 @@ class SamplerOptions:
     """Called first in each sample (the simulated node updates its /proc tree here)."""
     before_families: list[Callable[[NodeReading], None]] = field(default_factory=list)
     """Called with the reading once processes are attributed (allocations are refreshed here)."""
+    dcgm: DcgmSource | None = None
+    """dcgm-exporter, read once per sample when configured."""
     extra_families: list[Callable[[], Iterable[Family]]] = field(default_factory=list)
     """Other parts (Kubernetes metadata, allocations) add their families here; called once per sample."""
 
@@ -67,12 +70,14 @@ class Sampler:
             for hook in self.options.before_sample:
                 hook()
             reading = self.reader.read()
-            usages, vanished = attribute(reading, self.resolver)
+            dcgm = self.options.dcgm.read() if self.options.dcgm is not None else None
+            dcgm_values = dcgm.values if dcgm is not None else {}
+            usages, vanished = attribute(reading, self.resolver, dcgm_values)
             for before in self.options.before_families:
                 before(reading)
             self.vanished_total += vanished
             self.samples_total += 1
-            snap = Snapshot(reading, usages, self.vanished_total)
+            snap = Snapshot(reading, usages, self.vanished_total, dcgm=dcgm_values)
             snap.stats = {
                 "samples_total": self.samples_total,
                 "sample_duration_seconds": self.last_duration_s,

@@ -45,6 +45,18 @@ class ExporterSettings:
     dcgm_compat: bool = field(
         default=False, metadata=_opt("also serve device series under dcgm-exporter's names and labels")
     )
+    dcgm_exporter_url: str | None = field(
+        default=None,
+        metadata=_opt(
+            "dcgm-exporter /metrics to read profiling fields from (e.g. http://localhost:9400/metrics); "
+            "'simulated' with --simulate; off when unset"
+        ),
+    )
+    dcgm_timeout: float = field(default=2.0, metadata=_opt("seconds to wait for dcgm-exporter each sample"))
+    dcgm_field_aliases: str = field(
+        default="",
+        metadata=_opt("NEW=OLD,…: read a renamed dcgm-exporter field as the one it replaced"),
+    )
     tls_cert: str | None = field(default=None, metadata=_opt("PEM certificate: serve /metrics over HTTPS"))
     tls_key: str | None = field(default=None, metadata=_opt("PEM private key for --tls-cert"))
     tls_client_ca: str | None = field(
@@ -92,6 +104,10 @@ class ExporterSettings:
             raise SettingsError("--tls-cert and --tls-key go together (GPUATTR_TLS_CERT, GPUATTR_TLS_KEY)")
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.dcgm_timeout <= 0:
+            raise SettingsError(f"--dcgm-timeout / {env_name('dcgm_timeout')}: must be positive")
+        if self.dcgm_exporter_url == "simulated" and not self.simulate:
+            raise SettingsError("--dcgm-exporter-url simulated needs --simulate")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"--log-level / {env_name('log_level')}: unknown level {self.log_level!r}")
         return self

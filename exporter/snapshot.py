@@ -8,11 +8,12 @@ command name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from exporter.dcgm import DcgmKey
 from exporter.readings import GpuReading, NodeReading, ProcessReading
 
 
@@ -90,6 +91,8 @@ class Usage:
     sm_source: str = "nvml"
     bandwidth_ratio: float | None = None
     bandwidth_source: str = "nvml"
+    dcgm: dict[str, float] = field(default_factory=dict)
+    """dcgm-exporter's profiling fields (``exporter.dcgm.FIELDS`` keys) attributed to this owner, 0..1."""
 
     @property
     def key(self) -> tuple[int, str, Owner]:
@@ -102,6 +105,8 @@ class Snapshot:
     usages: list[Usage]
     vanished_total: int
     stats: dict[str, float] = field(default_factory=dict)
+    dcgm: Mapping[DcgmKey, dict[str, float]] = field(default_factory=dict)
+    """This sample's dcgm-exporter values by GPU and MIG instance; empty when off or down."""
 
 
 def _add(usage: Usage, proc: ProcessReading) -> None:
@@ -111,8 +116,32 @@ def _add(usage: Usage, proc: ProcessReading) -> None:
         usage.memory_known = True
 
 
-def attribute(reading: NodeReading, resolver: OwnerResolver) -> tuple[list[Usage], int]:
-    """Sum processes per (GPU or MIG instance, owner); returns the usages and PIDs that vanished."""
+# Which NVML per-process activity each DCGM field is split by.
+DCGM_SPLIT_BY = {
+    "sm_active": "sm",
+    "sm_occupancy": "sm",
+    "tensor_active": "sm",
+    "engine_active": "sm",
+    "dram_active": "mem",
+}
+
+
+def _shares(primary: dict[Owner, float], fallback: dict[Owner, float]) -> dict[Owner, float]:
+    """Each owner's share of a device value: by ``primary`` activity, by ``fallback`` when no owner shows
+    primary activity, all zero when nothing ran (the device value then stays unattributed)."""
+    weights = primary if sum(primary.values()) > 0 else fallback
+    total = sum(weights.values())
+    return {who: (w / total if total > 0 else 0.0) for who, w in weights.items()}
+
+
+def attribute(
+    reading: NodeReading, resolver: OwnerResolver, dcgm: Mapping[DcgmKey, dict[str, float]] | None = None
+) -> tuple[list[Usage], int]:
+    """Sum processes per (GPU or MIG instance, owner); returns the usages and PIDs that vanished.
+
+    ``dcgm`` holds dcgm-exporter's device-level fields; each is split across owners by their NVML activity.
+    """
+    dcgm = dcgm or {}
     usages: dict[tuple[int, str, Owner], Usage] = {}
     vanished = 0
     live: set[int] = set()
@@ -151,8 +180,10 @@ def attribute(reading: NodeReading, resolver: OwnerResolver) -> tuple[list[Usage
                 if len(members) == 1 and inst.gpm is not None:
                     members[0].sm_ratio, members[0].sm_source = inst.gpm.sm_active, "gpm"
                     members[0].bandwidth_ratio, members[0].bandwidth_source = inst.gpm.dram_bandwidth, "gpm"
+                if len(members) == 1:
+                    members[0].dcgm = dict(dcgm.get(DcgmKey(gpu.uuid, str(inst.gpu_instance)), {}))
             continue
-        _attribute_full_gpu(gpu, usages, owner_of, live)
+        _attribute_full_gpu(gpu, usages, owner_of, live, dcgm.get(DcgmKey(gpu.uuid, ""), {}))
         vanished += sum(1 for p in gpu.processes if owners.get(p.pid, Owner()) is None)
     resolver.prune(live)
     return sorted(usages.values(), key=lambda u: (u.gpu, u.mig_instance, u.owner)), vanished
@@ -163,6 +194,7 @@ def _attribute_full_gpu(
     usages: dict[tuple[int, str, Owner], Usage],
     owner_of: Callable[[int], Owner | None],
     live: set[int],
+    dcgm: dict[str, float],
 ) -> None:
     mine: dict[Owner, Usage] = {}
     sm: dict[Owner, float] = {}
@@ -181,14 +213,13 @@ def _attribute_full_gpu(
     if not gpu.process_activity_known:
         return  # activity unknown this interval: report none rather than a wrong zero
     dram = gpu.gpm.dram_bandwidth if gpu.gpm is not None else None
-    total_mem, total_sm = sum(mem.values()), sum(sm.values())
+    # Device-level measures are split by each owner's NVML activity: SM-side fields by smUtil, DRAM by
+    # memUtil (each falling back to the other when no owner shows that kind of activity).
+    by = {"sm": _shares(sm, mem), "mem": _shares(mem, sm)}
     for who, usage in mine.items():
         usage.sm_ratio, usage.sm_source = min(1.0, sm[who]), "nvml"
         if dram is None:
             usage.bandwidth_ratio, usage.bandwidth_source = min(1.0, mem[who]), "nvml"
         else:
-            # GPM measures the GPU's DRAM bandwidth; split it by each owner's memory-controller activity
-            # (by SM activity when no process shows memory activity, 0 when nothing ran).
-            weights, total = (mem, total_mem) if total_mem > 0 else (sm, total_sm)
-            share = weights[who] / total if total > 0 else 0.0
-            usage.bandwidth_ratio, usage.bandwidth_source = dram * share, "gpm"
+            usage.bandwidth_ratio, usage.bandwidth_source = dram * by["mem"][who], "gpm"
+        usage.dcgm = {name: value * by[DCGM_SPLIT_BY[name]][who] for name, value in dcgm.items()}

@@ -28,6 +28,7 @@ class SimulatedNode:
         self.proc.sync()
         self.api: Any = None
         self.kubelet: Any = None
+        self.dcgm: Any = None
         self._socket_dir: str | None = None
 
     @classmethod
@@ -50,7 +51,17 @@ class SimulatedNode:
         self.kubelet.start()
         return str(self.api.url), socket_path
 
+    def start_dcgm_exporter(self, hostname: str | None = None) -> str:
+        """Serve a simulated dcgm-exporter page for this node; returns its URL."""
+        from exporter.sim.dcgm_exporter import SimDcgmExporter
+
+        self.dcgm = SimDcgmExporter(self.nvml, self.scenario.dcgm_exporter, hostname or self.scenario.node.name)
+        self.dcgm.start()
+        return str(self.dcgm.url)
+
     def close(self) -> None:
+        if self.dcgm is not None:
+            self.dcgm.stop()
         if self.kubelet is not None:
             self.kubelet.stop()
         if self.api is not None:

@@ -218,6 +218,16 @@ class FaultSpec(_Strict):
     )
 
 
+class DcgmExporterSpec(_Strict):
+    """A simulated dcgm-exporter beside the node (used with --dcgm-exporter-url simulated)."""
+
+    style: Literal["3.3", "4.9"] = Field(default="3.3", description="page layout of that release")
+    down_between: list[tuple[float, float]] = Field(default_factory=list, description="answers 503 then")
+    slow_between: list[tuple[float, float]] = Field(default_factory=list, description="answers late then")
+    slow_seconds: float = 5.0
+    garbage_between: list[tuple[float, float]] = Field(default_factory=list, description="answers garbage then")
+
+
 class NodeSpec(_Strict):
     name: str = "sim-gpu-node"
     driver_version: str = "570.124.06"
@@ -232,6 +242,7 @@ class Scenario(_Strict):
     processes: list[ProcessSpec] = Field(default_factory=list)
     pods: list[PodSpec] = Field(default_factory=list)
     faults: FaultSpec = Field(default_factory=FaultSpec)
+    dcgm_exporter: DcgmExporterSpec = Field(default_factory=DcgmExporterSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
