@@ -75,18 +75,27 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
         )
     usage_keys = (*c.USAGE_LABELS,)
     mem = by_key(c.CONTAINER_MEMORY.name, *usage_keys)
-    csm = by_key(c.CONTAINER_SM_ACTIVE.name, *usage_keys)
-    cbw = by_key(c.CONTAINER_MEMORY_BANDWIDTH.name, *usage_keys)
+
+    def by_source(name: str, source: str) -> dict[tuple[str, ...], float]:
+        return {
+            tuple(lbl.get(k, "") for k in usage_keys): v for lbl, v in metrics.get(name, []) if lbl["source"] == source
+        }
+
+    csm = {**by_source(c.CONTAINER_SM_ACTIVE.name, "gpm"), **by_source(c.CONTAINER_SM_ACTIVE.name, "nvml")}
+    cbw = {
+        **by_source(c.CONTAINER_MEMORY_BANDWIDTH.name, "nvml"),
+        **by_source(c.CONTAINER_MEMORY_BANDWIDTH.name, "gpm"),
+    }
+    dcgm_sm = by_source(c.CONTAINER_SM_ACTIVE.name, "dcgm")
     usage_rows = []
     for key in sorted(mem, key=lambda k: (int(k[0]), int(k[2] or -1), k[4:])):
         gpu, _uuid, mig, _profile, ns, pod, container, process = key
         who = f"{ns}/{pod}/{container}" if pod else f"(process) {process}"
-        usage_rows.append(
-            [gpu + (f"/{mig}" if mig else ""), who, _gib(mem[key]), _pct(csm.get(key)), _pct(cbw.get(key))]
-        )
+        row = [gpu + (f"/{mig}" if mig else ""), who, _gib(mem[key]), _pct(csm.get(key)), _pct(cbw.get(key))]
+        usage_rows.append([*row, _pct(dcgm_sm.get(key))] if dcgm_sm else row)
     tables = [
         _table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows),
-        _table(["GPU", "who", "memory", "SM", "DRAM bw"], usage_rows),
+        _table(["GPU", "who", "memory", "SM", "DRAM bw", *(["SM active (dcgm)"] if dcgm_sm else [])], usage_rows),
     ]
     pods = metrics.get(c.POD_INFO.name, [])
     if pods:

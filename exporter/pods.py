@@ -103,7 +103,9 @@ class KubeOwnerResolver:
         ref = ident.container
         if ref is None or ref.pod_uid is None:
             return Owner(process=ident.comm)
-        meta = self.pods.get(ref.pod_uid) if self.pods is not None else None
+        if self.pods is None:
+            return Owner(process=ident.comm)  # Kubernetes is off: a command name is all there is to say
+        meta = self.pods.get(ref.pod_uid)
         if meta is None:
             self.unattributed["pod_unknown"] = self.unattributed.get("pod_unknown", 0) + 1
             return Owner(process=ident.comm)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter import catalog as c
 from exporter import dcgm as dcgm_module
@@ -219,3 +220,35 @@ def test_the_exporter_serves_dcgm_attributed_series_and_none_stale_while_dcgm_is
         assert dcgm_samples(down, name) == []  # nothing stale served as current
     nvml = [lbl for lbl, _ in down[c.GPU_SM_ACTIVE.name] if lbl["source"] == "nvml"]
     assert len(nvml) == 4  # NVML-derived values keep being served
+
+
+def test_the_exposition_with_dcgm_series_passes_promtool(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from exporter.render import Exposition
+
+    settings = ExporterSettings(
+        simulate=str(SCENARIOS / "h100-8gpu-mig-node.yaml"),
+        listen="127.0.0.1:0",
+        sim_start=60,
+        gpm=False,
+        dcgm_exporter_url="simulated",
+    )
+    exporter = build(settings)
+    try:
+        exporter.sampler.sample_once()
+        expo: Exposition | None = exporter.sampler.exposition
+    finally:
+        exporter.stop()
+    assert expo is not None
+    assert b'source="dcgm"' in expo.text
+    engine = [s for f in parse_text(expo.text.decode()) if f.name == c.CONTAINER_ENGINE_ACTIVE.name for s in f.samples]
+    assert {s.labels["mig_instance"] for s in engine if s.labels["gpu"] == "7"} == {"1", "5", "13"}  # MIG too
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "make test installs Debian's prometheus package, which provides promtool"
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=expo.text, capture_output=True, timeout=30, check=False
+    )
+    assert result.returncode == 0
+    assert result.stdout + result.stderr == b""
