@@ -89,6 +89,12 @@ def test_deleted_pod_disappears(api_server: FakeApiServer, make_cache: Callable[
     api_server.create(pod("stays"))
     cache = started(make_cache)
     assert cache.get("uid-short-lived") is not None
+    # kmock has no resourceVersion: a DELETE between the cache's list and its watch opening is never
+    # replayed (a real API server would). A label patch is replayed by any later watch: wait for it first.
+    api_server.patch("Pod", NAMESPACE, "stays", {"metadata": {"labels": {"watch": "live"}}})
+    eventually(
+        lambda: (m := cache.get("uid-stays")) is not None and m.labels.get("watch") == "live", what="a live watch"
+    )
 
     api_server.delete("Pod", NAMESPACE, "short-lived")
 
