@@ -38,6 +38,7 @@ typecheck: $(STAMP) proto
 
 check-generated: $(STAMP)
 	$(BIN)/gpuattr docs --check
+	$(BIN)/gpuattr alerts --check
 
 # Render every kustomization and validate it offline against the Kubernetes schemas; lint the Dockerfile.
 deploy-check: $(STAMP)

@@ -24,6 +24,7 @@ class Group(enum.Enum):
     DEVICE = "GPU devices and MIG instances"
     CONTAINER = "Usage per container (or per process outside Kubernetes)"
     KUBERNETES = "Kubernetes: pods, workloads, allocations"
+    ATTRIBUTION = "The attribution job (published by it, not by the node exporter)"
     EXPORTER = "The exporter itself"
     DCGM_COMPAT = "dcgm-exporter compatible names (--dcgm-compat)"
 
@@ -274,6 +275,18 @@ CONTAINER_ALLOCATED = Metric(
     Group.KUBERNETES,
 )
 
+# Attribution job (vLLM memory split), published by `gpuattr attribute` ---------------------------------
+VLLM_MEMORY = Metric(
+    "gpuattr_vllm_memory_bytes",
+    Kind.GAUGE,
+    "A vLLM server's GPU memory on one GPU over the job's window, split by component: weights, kv_used "
+    "(peak KV cache in use), kv_idle (KV cache reserved but never used: allocated minus peak), overhead "
+    "(CUDA context, activations, graphs, NCCL: the rest of what NVML shows).",
+    ("namespace", "pod", "gpu_uuid", "model", "component"),
+    Group.ATTRIBUTION,
+    unit="bytes",
+)
+
 # The exporter itself --------------------------------------------------------------------------------
 EXPORTER_BUILD_INFO = Metric(
     "gpuattr_exporter_build_info",
@@ -492,3 +505,13 @@ def by_name(name: str) -> Metric:
         if metric.name == name:
             return metric
     raise KeyError(f"no metric named {name!r} in the catalog")
+
+
+class External:
+    """Metric names other exporters serve that our rules, dashboards and job read (not in our exposition)."""
+
+    VLLM_INTER_TOKEN_LATENCY = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")
+    """vLLM's inter-token latency histogram: the name since 0.11, then the one before."""
+    VLLM_KV_CACHE_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    """KV cache usage, a 0..1 fraction despite the name: since 0.9, then before."""
+    PROMETHEUS_UP = "up"

@@ -63,6 +63,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings.interval = 2.0
     if args.kubernetes is None and "GPUATTR_KUBERNETES" not in os.environ:
         settings.kubernetes = True  # the simulated node brings its own API server and kubelet socket
+    if args.dcgm_exporter_url is None and "GPUATTR_DCGM_EXPORTER_URL" not in os.environ:
+        settings.dcgm_exporter_url = "simulated"  # a simulated dcgm-exporter beside the simulated node
     if args.sim_start is None and "GPUATTR_SIM_START" not in os.environ:
         settings.sim_start = 60.0  # past the servers' start-up, so memory shows what they hold
     _logging(settings.log_level)
@@ -101,6 +103,27 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from alerts.config import AlertConfigError, load_config
+    from alerts.rules import stale, write
+
+    try:
+        config = load_config(args.config)
+    except AlertConfigError as exc:
+        print(f"gpuattr: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out_dir)
+    if args.check:
+        outdated = stale(out_dir, config)
+        if outdated:
+            print(f"stale in {out_dir}: {', '.join(outdated)}; run `gpuattr alerts` and commit", file=sys.stderr)
+            return 1
+        return 0
+    for path in write(out_dir, config):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuattr", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--output", default="docs/metrics.md")
     docs.add_argument("--check", action="store_true", help="fail if the file differs from what would be generated")
     docs.set_defaults(func=cmd_docs)
+    alerts = sub.add_parser("alerts", help="generate the Prometheus recording and alerting rules")
+    alerts.add_argument(
+        "--config",
+        default=os.environ.get("GPUATTR_ALERTS_CONFIG"),
+        help="YAML overriding thresholds, windows and severities [env GPUATTR_ALERTS_CONFIG]",
+    )
+    alerts.add_argument("--out-dir", default="alerts", help="where the rule files go")
+    alerts.add_argument("--check", action="store_true", help="fail if the files differ from what would be generated")
+    alerts.set_defaults(func=cmd_alerts)
     return parser
 
 

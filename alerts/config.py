@@ -1,0 +1,92 @@
+"""Thresholds, windows and severities of every rule, in one configuration with sensible defaults.
+
+``gpuattr alerts --config FILE`` overrides any field from YAML; unknown keys are refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class AlertConfigError(ValueError):
+    """A configuration that cannot be used; names the file and the key."""
+
+
+@dataclass
+class AlertConfig:
+    runbook_base_url: str = "docs/runbooks"
+    """Where ``docs/runbooks/<alert>.md`` is published (e.g. your repository's web URL); alert names are appended."""
+    exporter_job: str = "gpuattr"
+    """Prometheus job label of the exporter's targets (for the target-down alert)."""
+
+    idle_sm_threshold: float = 0.01
+    """SM activity (0..1) at or below which a container counts as idle."""
+    idle_window: str = "2h"
+    """How long a container must stay idle while holding a GPU before the alert fires."""
+    idle_memory_bytes: int = 1 * 2**30
+    """GPU memory a container must hold to count as holding a GPU when nothing was allocated to it."""
+    idle_severity: str = "warning"
+
+    kv_used_ratio_threshold: float = 0.25
+    """Peak KV cache in use as a share of what vLLM reserved, below which the reservation is bloated."""
+    kv_bloat_for: str = "6h"
+    bloat_severity: str = "info"
+
+    saturation_threshold: float = 0.9
+    """Device SM activity or memory bandwidth (0..1) above which a shared GPU counts as saturated."""
+    active_pod_threshold: float = 0.05
+    """A pod's SM activity above which it counts as active on a shared GPU."""
+    interference_for: str = "15m"
+    itl_rise_factor: float = 1.5
+    """Inter-token latency p95 against its own 6-hour average, above which it counts as rising."""
+    interference_severity: str = "warning"
+
+    memory_pressure_ratio: float = 0.95
+    """Used share of a GPU's memory above which it counts as close to full."""
+    memory_pressure_for: str = "10m"
+    memory_pressure_severity: str = "critical"
+
+    underuse_window: str = "1d"
+    underuse_ratio: float = 0.3
+    """GPUs' worth used per GPU allocated, over the window, below which an allocation is under-used."""
+    underuse_min_gpus: float = 2.0
+    """Smallest average allocation (GPUs) for which under-use is worth an alert."""
+    underuse_severity: str = "info"
+
+    exporter_for: str = "5m"
+    exporter_severity: str = "warning"
+    gpu_lost_severity: str = "critical"
+
+    rule_interval: str = "30s"
+    """Evaluation interval of the generated rule groups."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form keys kept for templates (unused by the builder)."""
+
+
+def load_config(path: str | Path | None) -> AlertConfig:
+    config = AlertConfig()
+    if path is None:
+        return config
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise AlertConfigError(f"alert config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise AlertConfigError(f"alert config {path}: expected a mapping of settings")
+    known = {f.name: f for f in dataclasses.fields(AlertConfig)}
+    for key, value in raw.items():
+        if key not in known:
+            raise AlertConfigError(f"alert config {path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        default = getattr(config, key)
+        if isinstance(default, bool) or not isinstance(
+            value, type(default) if not isinstance(default, float) else (int, float)
+        ):
+            raise AlertConfigError(f"alert config {path}: {key} must be a {type(default).__name__}, got {value!r}")
+        setattr(config, key, float(value) if isinstance(default, float) else value)
+    return config

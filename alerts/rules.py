@@ -1,0 +1,452 @@
+"""Recording and alerting rules for idle, bloated and interfering GPU workloads, built from the catalog.
+
+``gpuattr alerts`` writes ``alerts/gpuattr-rules.yaml`` (a plain Prometheus rule file) and
+``alerts/prometheusrule.yaml`` (the same groups as a prometheus-operator PrometheusRule); CI fails when
+they are stale. Every alert carries ``severity``, a static ``summary``, a templated ``description`` that
+names the pod, model, GPU and the numbers, and a ``runbook_url`` to ``docs/runbooks/<alert>.md``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alerts.config import AlertConfig
+from exporter import catalog as c
+
+RULE_FILE = "gpuattr-rules.yaml"
+OPERATOR_FILE = "prometheusrule.yaml"
+
+# Recording rules (level:metric:operations) -------------------------------------------------------------
+MEM_POD = "namespace_pod:gpuattr_container_gpu_memory_bytes:sum"
+MEM_NAMESPACE = "namespace:gpuattr_container_gpu_memory_bytes:sum"
+MEM_MODEL = "model:gpuattr_container_gpu_memory_bytes:sum"
+SM_POD = "namespace_pod:gpuattr_container_gpu_sm_active_ratio:sum"
+SM_NAMESPACE = "namespace:gpuattr_container_gpu_sm_active_ratio:sum"
+SM_MODEL = "model:gpuattr_container_gpu_sm_active_ratio:sum"
+SM_TEAM = "team:gpuattr_container_gpu_sm_active_ratio:sum"
+ALLOC_POD = "namespace_pod:gpuattr_container_gpu_allocated:sum"
+ALLOC_NAMESPACE = "namespace:gpuattr_container_gpu_allocated:sum"
+ALLOC_TEAM = "team:gpuattr_container_gpu_allocated:sum"
+HELD = "namespace_pod_container:gpuattr_gpu_held_bytes:max"
+ACTIVE_PODS = "gpu:gpuattr_active_pods:count"
+VLLM_SPLIT = "namespace_pod_component:gpuattr_vllm_memory_bytes:sum"
+VLLM_KV_USED = "namespace_pod:gpuattr_vllm_kv_used:ratio"
+ITL_P95 = "namespace_pod:vllm_inter_token_latency_seconds:p95_5m"
+
+CONTAINER_KEYS = "namespace, pod, container, gpu, gpu_uuid, mig_instance"
+# Per-container SM time that means "GPUs' worth used": NVML's per-process time on whole GPUs, GPM on MIG
+# instances (never both for one container). DCGM-split values are a different measure and stay out.
+SM_USED = f'{c.CONTAINER_SM_ACTIVE.name}{{pod!="", source=~"nvml|gpm"}}'
+
+
+@dataclass
+class Alert:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def rule(self, config: AlertConfig) -> dict[str, Any]:
+        return {
+            "alert": self.name,
+            "expr": _tidy(self.expr),
+            "for": self.for_,
+            "labels": {"severity": self.severity, **self.labels},
+            "annotations": {
+                "summary": self.summary,
+                "description": _tidy(self.description, join=" "),
+                "runbook_url": f"{config.runbook_base_url.rstrip('/')}/{self.name}.md",
+            },
+        }
+
+
+def pct(ratio: float) -> str:
+    return f"{ratio * 100:g}%"
+
+
+def _fill(template: str, values: Mapping[str, object]) -> str:
+    """A Go-template description with Python values put in at ``<<name>>`` (Go's {{ }} stay as written)."""
+    for key, value in values.items():
+        template = template.replace(f"<<{key}>>", str(value))
+    return template
+
+
+def _tidy(text: str, join: str | None = None) -> str:
+    """Expressions keep their indentation (dedented); descriptions become one line (``join=" "``)."""
+    if join is None:
+        return textwrap.dedent(text).strip("\n").rstrip()
+    return join.join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def recording_rules(config: AlertConfig) -> list[dict[str, str]]:
+    mem = f'{c.CONTAINER_MEMORY.name}{{pod!=""}}'
+    info = c.POD_INFO.name
+    alloc = c.CONTAINER_ALLOCATED.name
+    itl = " or ".join(f"rate({name}_bucket[5m])" for name in c.External.VLLM_INTER_TOKEN_LATENCY)
+    return [
+        {"record": MEM_POD, "expr": f"sum by (namespace, pod) ({mem})"},
+        {"record": MEM_NAMESPACE, "expr": f"sum by (namespace) ({mem})"},
+        {"record": MEM_MODEL, "expr": f"sum by (model) ({mem} * on (namespace, pod) group_left (model) {info})"},
+        {"record": SM_POD, "expr": f"sum by (namespace, pod) ({SM_USED})"},
+        {"record": SM_NAMESPACE, "expr": f"sum by (namespace) ({SM_USED})"},
+        {"record": SM_MODEL, "expr": f"sum by (model) ({SM_USED} * on (namespace, pod) group_left (model) {info})"},
+        {"record": SM_TEAM, "expr": f"sum by (team) ({SM_USED} * on (namespace, pod) group_left (team) {info})"},
+        {"record": ALLOC_POD, "expr": f"sum by (namespace, pod) ({alloc})"},
+        {"record": ALLOC_NAMESPACE, "expr": f"sum by (namespace) ({alloc})"},
+        {"record": ALLOC_TEAM, "expr": f"sum by (team) ({alloc} * on (namespace, pod) group_left (team) {info})"},
+        {
+            # What a container holds on a GPU: its memory when that is at least the threshold, else 0 for
+            # a device the kubelet allocated to it (held, though it holds no memory).
+            "record": HELD,
+            "expr": _tidy(
+                f"""
+                max by ({CONTAINER_KEYS}) ({mem} >= {config.idle_memory_bytes})
+                or
+                max by ({CONTAINER_KEYS}) ({alloc}) * 0
+                """
+            ),
+        },
+        {
+            "record": ACTIVE_PODS,
+            "expr": _tidy(
+                f"""
+                count by (gpu, gpu_uuid) (
+                  max by (gpu, gpu_uuid, namespace, pod) ({SM_USED}) > {config.active_pod_threshold}
+                )
+                """
+            ),
+        },
+        {"record": VLLM_SPLIT, "expr": f"sum by (namespace, pod, model, component) ({c.VLLM_MEMORY.name})"},
+        {
+            "record": VLLM_KV_USED,
+            "expr": _tidy(
+                f"""
+                sum by (namespace, pod, model) ({c.VLLM_MEMORY.name}{{component="kv_used"}})
+                /
+                sum by (namespace, pod, model) ({c.VLLM_MEMORY.name}{{component=~"kv_used|kv_idle"}})
+                """
+            ),
+        },
+        {"record": ITL_P95, "expr": f"histogram_quantile(0.95, sum by (namespace, pod, le) ({itl}))"},
+    ]
+
+
+def alerts(config: AlertConfig) -> list[Alert]:
+    gpu_place = (
+        "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}{{ if $labels.mig_instance }}, "
+        "MIG instance {{ $labels.mig_instance }}{{ end }})"
+    )
+    model_join = "* on (namespace, pod) group_left (model) max by (namespace, pod, model) (gpuattr_pod_info)"
+    idle = f"""
+        (
+          {HELD}
+          unless on (namespace, pod, container, gpu_uuid, mig_instance)
+            (max by (namespace, pod, container, gpu_uuid, mig_instance) (
+               max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m])) > {config.idle_sm_threshold})
+        )
+        {model_join}
+        or on (namespace, pod, container, gpu_uuid, mig_instance)
+        (
+          {HELD}
+          unless on (namespace, pod, container, gpu_uuid, mig_instance)
+            (max by (namespace, pod, container, gpu_uuid, mig_instance) (
+               max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m])) > {config.idle_sm_threshold})
+        )
+    """
+    saturated = f"""
+        {ACTIVE_PODS} >= 2
+        and on (gpu_uuid)
+        (
+          max by (gpu_uuid) ({c.GPU_SM_ACTIVE.name}{{mig_instance=""}}) > {config.saturation_threshold}
+          or
+          max by (gpu_uuid) ({c.GPU_MEMORY_BANDWIDTH.name}{{mig_instance=""}}) > {config.saturation_threshold}
+        )
+    """
+    neighbours = _fill(
+        '{{ range printf "max by (namespace, pod) (gpuattr_container_gpu_sm_active_ratio{gpu_uuid=%q, pod!=\\"\\"})'
+        ' > <<threshold>>" .Labels.gpu_uuid | query }}{{ .Labels.namespace }}/{{ .Labels.pod }} {{ end }}',
+        {"threshold": config.active_pod_threshold},
+    )
+    v = {
+        "gpu_place": gpu_place,
+        "idle_threshold": pct(config.idle_sm_threshold),
+        "idle_window": config.idle_window,
+        "kv_threshold": pct(config.kv_used_ratio_threshold),
+        "kv_for": config.kv_bloat_for,
+        "interference_for": config.interference_for,
+        "saturation": pct(config.saturation_threshold),
+        "neighbours": neighbours,
+        "itl_factor": f"{config.itl_rise_factor:g}",
+        "pressure": pct(config.memory_pressure_ratio),
+        "pressure_for": config.memory_pressure_for,
+        "underuse_window": config.underuse_window,
+        "underuse": pct(config.underuse_ratio),
+        "underuse_min": f"{config.underuse_min_gpus:g}",
+        "exporter_for": config.exporter_for,
+    }
+    itl_rising = f"""
+        (
+          {ITL_P95} > {config.itl_rise_factor} * avg_over_time({ITL_P95}[6h])
+        )
+        and on (namespace, pod)
+        (
+          max by (namespace, pod, gpu_uuid) ({c.CONTAINER_MEMORY.name}{{pod!=""}})
+          * on (gpu_uuid) group_left () ({ACTIVE_PODS} >= 2)
+        )
+    """
+    pressure = f"""
+        (
+          max by (gpu, gpu_uuid, mig_instance) ({c.GPU_MEMORY_USED.name})
+          / max by (gpu, gpu_uuid, mig_instance) ({c.GPU_MEMORY_TOTAL.name})
+          > {config.memory_pressure_ratio}
+        )
+        and on (gpu_uuid, mig_instance)
+        (
+          sum by (gpu_uuid, mig_instance) (deriv({c.CONTAINER_MEMORY.name}[15m])) > 0
+        )
+    """
+    underuse_text = """
+        {{ $labels.%s }} used {{ $value | humanizePercentage }} of the GPUs allocated to it over
+        <<underuse_window>> (alert below <<underuse>>, from <<underuse_min>> GPUs allocated on average).
+    """
+    return [
+        Alert(
+            "GpuAllocatedButIdle",
+            idle,
+            config.idle_window,
+            config.idle_severity,
+            "A container holds a GPU it does not use.",
+            _fill(
+                """
+                {{ $labels.namespace }}/{{ $labels.pod }} (container {{ $labels.container }}{{ if $labels.model }},
+                model {{ $labels.model }}{{ end }}) holds <<gpu_place>> with {{ $value | humanize1024 }}B of its
+                memory, and its SM activity has stayed at or below <<idle_threshold>> for <<idle_window>>.
+                """,
+                v,
+            ),
+        ),
+        Alert(
+            "VllmKvCacheOversized",
+            f"{VLLM_KV_USED} < {config.kv_used_ratio_threshold}",
+            config.kv_bloat_for,
+            config.bloat_severity,
+            "A vLLM server reserved far more KV cache than it ever uses.",
+            _fill(
+                """
+                vLLM {{ $labels.namespace }}/{{ $labels.pod }} ({{ $labels.model }}) used at most
+                {{ $value | humanizePercentage }} of the KV cache it reserved over the attribution window
+                (alert below <<kv_threshold>> for <<kv_for>>); the rest of the reservation could go back: see
+                the recommended --gpu-memory-utilization in the attribution report.
+                """,
+                v,
+            ),
+        ),
+        Alert(
+            "GpuSharedAndSaturated",
+            saturated,
+            config.interference_for,
+            config.interference_severity,
+            "Several pods are active on one saturated GPU and slow each other down.",
+            _fill(
+                """
+                GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) has had {{ $value }} active pods for
+                <<interference_for>> while its SM activity or memory bandwidth was above <<saturation>>:
+                <<neighbours>>
+                """,
+                v,
+            ),
+        ),
+        Alert(
+            "VllmLatencyRisingWithNeighbour",
+            itl_rising,
+            config.interference_for,
+            config.interference_severity,
+            "A vLLM server's inter-token latency rises while a neighbour on its GPU is active.",
+            _fill(
+                """
+                vLLM {{ $labels.namespace }}/{{ $labels.pod }} has a p95 inter-token latency of
+                {{ $value | humanizeDuration }}, over <<itl_factor>>× its 6-hour average, while another pod is
+                active on the same GPU.
+                """,
+                v,
+            ),
+        ),
+        Alert(
+            "GpuMemoryPressure",
+            pressure,
+            config.memory_pressure_for,
+            config.memory_pressure_severity,
+            "A GPU is nearly full and the memory its pods hold keeps growing.",
+            _fill(
+                """
+                <<gpu_place>> is {{ $value | humanizePercentage }} full (alert above <<pressure>>) and the
+                memory held by its processes has kept growing for <<pressure_for>>: the next allocation may
+                fail with out-of-memory.
+                """,
+                v,
+            ),
+        ),
+        Alert(
+            "GpuAllocationUnderusedByNamespace",
+            _underuse("namespace", ALLOC_NAMESPACE, SM_NAMESPACE, config),
+            "1h",
+            config.underuse_severity,
+            "A namespace uses a small share of the GPUs allocated to it.",
+            _fill("Namespace " + underuse_text % "namespace", v),
+        ),
+        Alert(
+            "GpuAllocationUnderusedByTeam",
+            _underuse("team", ALLOC_TEAM, SM_TEAM, config),
+            "1h",
+            config.underuse_severity,
+            "A team uses a small share of the GPUs allocated to it.",
+            _fill("Team " + underuse_text % "team", v),
+        ),
+        Alert(
+            "GpuAttrExporterDown",
+            f'{c.External.PROMETHEUS_UP}{{job="{config.exporter_job}"}} == 0',
+            config.exporter_for,
+            config.exporter_severity,
+            "Prometheus cannot scrape a gpu-attribution exporter.",
+            _fill(
+                "Prometheus has not scraped {{ $labels.instance }} (job {{ $labels.job }}) for <<exporter_for>>: "
+                "that node's GPU usage is unknown.",
+                v,
+            ),
+        ),
+        Alert(
+            "GpuAttrNvmlDown",
+            f"{c.EXPORTER_NVML_UP.name} == 0",
+            config.exporter_for,
+            config.exporter_severity,
+            "The exporter cannot talk to the NVIDIA driver.",
+            _fill(
+                "The exporter on {{ $labels.instance }} has had no NVML for <<exporter_for>> (driver missing or "
+                "not loaded); it keeps retrying.",
+                v,
+            ),
+        ),
+        Alert(
+            "GpuLost",
+            f"{c.GPU_UP.name} == 0",
+            "1m",
+            config.gpu_lost_severity,
+            "A GPU fell off the bus.",
+            "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) on {{ $labels.instance }} answers GpuIsLost: "
+            "its workloads are failing and the node likely needs a drain and a reset.",
+        ),
+        Alert(
+            "GpuAttrKubernetesApiUnreachable",
+            f"{c.EXPORTER_KUBERNETES_UP.name} == 0",
+            "10m",
+            config.exporter_severity,
+            "The exporter cannot watch pods; names and models may be stale.",
+            "The exporter on {{ $labels.instance }} has not reached the Kubernetes API for 10m; it serves "
+            "pods from its cache, so new pods show under their command names only.",
+        ),
+        Alert(
+            "GpuAttrKubeletUnreachable",
+            f"{c.EXPORTER_KUBELET_UP.name} == 0",
+            "10m",
+            config.exporter_severity,
+            "The exporter cannot read GPU allocations from the kubelet.",
+            "The exporter on {{ $labels.instance }} has not reached the kubelet pod-resources socket for "
+            "10m; allocation series are the last known ones.",
+        ),
+        Alert(
+            "GpuAttrHostPidsInvisible",
+            f"{c.EXPORTER_HOST_PIDS_VISIBLE.name} == 0",
+            "10m",
+            config.exporter_severity,
+            "The exporter cannot map GPU processes to containers.",
+            "The exporter on {{ $labels.instance }} does not see the host's PIDs (hostPID missing?): GPU "
+            "usage is reported by command name only.",
+        ),
+        Alert(
+            "GpuAttrDcgmExporterDown",
+            f"{c.EXPORTER_DCGM_UP.name} == 0",
+            "10m",
+            "info",
+            "The exporter cannot read dcgm-exporter's profiling fields.",
+            "The exporter on {{ $labels.instance }} has had no usable answer from dcgm-exporter for 10m; "
+            'source="dcgm" series are absent and NVML-derived ones are served.',
+        ),
+    ]
+
+
+def _underuse(by: str, alloc: str, used: str, config: AlertConfig) -> str:
+    w = config.underuse_window
+    allocated = f"avg_over_time({alloc}[{w}])"
+    # a holder whose pods never ran counts as 0 used, not as missing
+    used_avg = f"(avg_over_time({used}[{w}]) or {allocated} * 0)"
+    return f"""
+        ({used_avg} / {allocated} < {config.underuse_ratio})
+        and on ({by})
+        ({allocated} >= {config.underuse_min_gpus})
+    """
+
+
+def rule_groups(config: AlertConfig) -> list[dict[str, Any]]:
+    return [
+        {"name": "gpuattr.recording", "interval": config.rule_interval, "rules": recording_rules(config)},
+        {"name": "gpuattr.alerts", "interval": config.rule_interval, "rules": [a.rule(config) for a in alerts(config)]},
+    ]
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+HEADER = "# Generated by `gpuattr alerts` from alerts/rules.py and the metric catalog; do not edit.\n"
+
+
+def render(config: AlertConfig) -> dict[str, str]:
+    """File name -> content of every generated file."""
+    groups = rule_groups(config)
+    plain = yaml.dump({"groups": groups}, Dumper=_Dumper, sort_keys=False, width=120)
+    operator = yaml.dump(
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": "gpuattr", "labels": {"app.kubernetes.io/name": "gpuattr", "role": "alert-rules"}},
+            "spec": {"groups": groups},
+        },
+        Dumper=_Dumper,
+        sort_keys=False,
+        width=120,
+    )
+    return {RULE_FILE: HEADER + plain, OPERATOR_FILE: HEADER + operator}
+
+
+def write(out_dir: Path, config: AlertConfig) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render(config).items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+        written.append(out_dir / name)
+    return written
+
+
+def stale(out_dir: Path, config: AlertConfig) -> list[str]:
+    """Generated files that differ from what would be generated now."""
+    return [
+        name
+        for name, text in render(config).items()
+        if not (out_dir / name).exists() or (out_dir / name).read_text(encoding="utf-8") != text
+    ]
