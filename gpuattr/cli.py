@@ -40,11 +40,12 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
     settings: ExporterSettings = from_sources(ExporterSettings, args)
     _logging(settings.log_level)
+    run_for = args.run_for if args.run_for is not None else _env_float("GPUATTR_RUN_FOR")
     exporter = build(settings)
     exporter.start()
     print(f"gpuattr exporter serving {exporter.server.url}", flush=True)
     try:
-        _wait_for_signal(args.run_for)
+        _wait_for_signal(run_for)
     finally:
         exporter.stop()
     return 0
@@ -68,6 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.sim_start is None and "GPUATTR_SIM_START" not in os.environ:
         settings.sim_start = 60.0  # past the servers' start-up, so memory shows what they hold
     _logging(settings.log_level)
+    run_for = args.run_for if args.run_for is not None else _env_float("GPUATTR_RUN_FOR")
     exporter = build(settings)
     exporter.start()
     try:
@@ -75,12 +77,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"Simulated node {settings.simulate!r}: what the exporter sees\n")
         print(summary(metrics))
         print(f"\nScrape it: curl -s {exporter.server.url}")
-        if args.run_for != 0:
+        if run_for != 0:
             print(
-                "Serving until Ctrl-C." if args.run_for is None else f"Serving for {args.run_for:.0f}s.",
+                "Serving until Ctrl-C." if run_for is None else f"Serving for {run_for:.0f}s.",
                 flush=True,
             )
-            _wait_for_signal(args.run_for)
+            _wait_for_signal(run_for)
     finally:
         exporter.stop()
     return 0
@@ -124,6 +126,16 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_float(name: str) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuattr", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-for",
         type=float,
         default=None,
-        help="stop after this many seconds (default: run until signalled)",
+        help="stop after this many seconds (default: run until signalled) [env GPUATTR_RUN_FOR]",
     )
     exp.set_defaults(func=cmd_exporter)
 
@@ -146,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-for",
         type=float,
         default=None,
-        help="keep serving this many seconds after the summary (0: exit at once)",
+        help="keep serving this many seconds after the summary (0: exit at once) [env GPUATTR_RUN_FOR]",
     )
     demo.set_defaults(func=cmd_demo)
 
