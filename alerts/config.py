@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+SEVERITIES = ("critical", "warning", "info")
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 
 
 class AlertConfigError(ValueError):
@@ -21,7 +25,7 @@ class AlertConfigError(ValueError):
 class AlertConfig:
     runbook_base_url: str = "docs/runbooks"
     """Where ``docs/runbooks/<alert>.md`` is published (e.g. your repository's web URL); alert names are appended."""
-    exporter_job: str = "gpuattr"
+    exporter_job: str = "gpuattr-exporter"
     """Prometheus job label of the exporter's targets (for the target-down alert)."""
 
     idle_sm_threshold: float = 0.01
@@ -56,6 +60,7 @@ class AlertConfig:
     """GPUs' worth used per GPU allocated, over the window, below which an allocation is under-used."""
     underuse_min_gpus: float = 2.0
     """Smallest average allocation (GPUs) for which under-use is worth an alert."""
+    underuse_for: str = "1h"
     underuse_severity: str = "info"
 
     exporter_for: str = "5m"
@@ -84,9 +89,12 @@ def load_config(path: str | Path | None) -> AlertConfig:
         if key not in known:
             raise AlertConfigError(f"alert config {path}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         default = getattr(config, key)
-        if isinstance(default, bool) or not isinstance(
-            value, type(default) if not isinstance(default, float) else (int, float)
-        ):
+        wanted = (int, float) if isinstance(default, float) else type(default)
+        if isinstance(value, bool) or not isinstance(value, wanted):
             raise AlertConfigError(f"alert config {path}: {key} must be a {type(default).__name__}, got {value!r}")
+        if key.endswith(("_window", "_for", "_interval")) and not _DURATION.match(str(value)):
+            raise AlertConfigError(f"alert config {path}: {key} must be a Prometheus duration such as 30m or 1h30m")
+        if key.endswith("_severity") and value not in SEVERITIES:
+            raise AlertConfigError(f"alert config {path}: {key} must be one of {', '.join(SEVERITIES)}")
         setattr(config, key, float(value) if isinstance(default, float) else value)
     return config

@@ -43,6 +43,24 @@ CONTAINER_KEYS = "namespace, pod, container, gpu, gpu_uuid, mig_instance"
 # Per-container SM time that means "GPUs' worth used": NVML's per-process time on whole GPUs, GPM on MIG
 # instances (never both for one container). DCGM-split values are a different measure and stay out.
 SM_USED = f'{c.CONTAINER_SM_ACTIVE.name}{{pod!="", source=~"nvml|gpm"}}'
+# Neighbours share a GPU only outside MIG: MIG instances are isolated, though they share the parent's UUID.
+SM_USED_WHOLE_GPU = f'{c.CONTAINER_SM_ACTIVE.name}{{pod!="", mig_instance="", source=~"nvml|gpm"}}'
+K = "namespace, pod, container, gpu_uuid, mig_instance"
+
+
+def with_pod_labels(expr: str, labels: str, keys: str) -> str:
+    """``expr`` with ``labels`` of gpuattr_pod_info joined on (namespace, pod); kept without them when the pod
+    has no info series (Kubernetes metadata off, or not delivered yet)."""
+    return f"""
+(
+{textwrap.indent(expr, "  ")}
+)
+* on (namespace, pod) group_left ({labels}) max by (namespace, pod, {labels}) ({c.POD_INFO.name})
+or on ({keys})
+(
+{textwrap.indent(expr, "  ")}
+)
+"""
 
 
 @dataclass
@@ -120,7 +138,7 @@ def recording_rules(config: AlertConfig) -> list[dict[str, str]]:
             "expr": _tidy(
                 f"""
                 count by (gpu, gpu_uuid) (
-                  max by (gpu, gpu_uuid, namespace, pod) ({SM_USED}) > {config.active_pod_threshold}
+                  max by (gpu, gpu_uuid, namespace, pod) ({SM_USED_WHOLE_GPU}) > {config.active_pod_threshold}
                 )
                 """
             ),
@@ -145,23 +163,22 @@ def alerts(config: AlertConfig) -> list[Alert]:
         "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}{{ if $labels.mig_instance }}, "
         "MIG instance {{ $labels.mig_instance }}{{ end }})"
     )
-    model_join = "* on (namespace, pod) group_left (model) max by (namespace, pod, model) (gpuattr_pod_info)"
-    idle = f"""
-        (
-          {HELD}
-          unless on (namespace, pod, container, gpu_uuid, mig_instance)
-            (max by (namespace, pod, container, gpu_uuid, mig_instance) (
-               max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m])) > {config.idle_sm_threshold})
-        )
-        {model_join}
-        or on (namespace, pod, container, gpu_uuid, mig_instance)
-        (
-          {HELD}
-          unless on (namespace, pod, container, gpu_uuid, mig_instance)
-            (max by (namespace, pod, container, gpu_uuid, mig_instance) (
-               max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m])) > {config.idle_sm_threshold})
-        )
+    # Idle: held, no activity above the threshold, and activity known. A container that holds memory but
+    # has no activity series (several in one MIG instance, or no GPM/DCGM on it) cannot be judged idle.
+    unknown = f"""
+        max by ({K}) ({c.CONTAINER_MEMORY.name}{{pod!=""}})
+        unless on ({K}) max by ({K}) (max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m]))
     """
+    idle_core = f"""
+        {HELD}
+        unless on ({K})
+          (max by ({K}) (max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m])) > {config.idle_sm_threshold})
+        unless on ({K})
+          (
+        {textwrap.indent(_tidy(unknown), "    ")}
+          )
+    """
+    idle = with_pod_labels(_tidy(idle_core), "model, team", K)
     saturated = f"""
         {ACTIVE_PODS} >= 2
         and on (gpu_uuid)
@@ -173,7 +190,8 @@ def alerts(config: AlertConfig) -> list[Alert]:
     """
     neighbours = _fill(
         '{{ range printf "max by (namespace, pod) (gpuattr_container_gpu_sm_active_ratio{gpu_uuid=%q, pod!=\\"\\"})'
-        ' > <<threshold>>" .Labels.gpu_uuid | query }}{{ .Labels.namespace }}/{{ .Labels.pod }} {{ end }}',
+        ' > <<threshold>>" .Labels.gpu_uuid | query | sortByLabel "pod" }}{{ .Labels.namespace }}/{{ .Labels.pod }} '
+        "{{ end }}",
         {"threshold": config.active_pod_threshold},
     )
     v = {
@@ -193,16 +211,17 @@ def alerts(config: AlertConfig) -> list[Alert]:
         "underuse_min": f"{config.underuse_min_gpus:g}",
         "exporter_for": config.exporter_for,
     }
-    itl_rising = f"""
+    itl_rising_core = f"""
         (
           {ITL_P95} > {config.itl_rise_factor} * avg_over_time({ITL_P95}[6h])
         )
         and on (namespace, pod)
         (
-          max by (namespace, pod, gpu_uuid) ({c.CONTAINER_MEMORY.name}{{pod!=""}})
+          max by (namespace, pod, gpu_uuid) ({c.CONTAINER_MEMORY.name}{{pod!="", mig_instance=""}})
           * on (gpu_uuid) group_left () ({ACTIVE_PODS} >= 2)
         )
     """
+    itl_rising = with_pod_labels(_tidy(itl_rising_core), "model, team", "namespace, pod")
     pressure = f"""
         (
           max by (gpu, gpu_uuid, mig_instance) ({c.GPU_MEMORY_USED.name})
@@ -236,7 +255,7 @@ def alerts(config: AlertConfig) -> list[Alert]:
         ),
         Alert(
             "VllmKvCacheOversized",
-            f"{VLLM_KV_USED} < {config.kv_used_ratio_threshold}",
+            with_pod_labels(f"{VLLM_KV_USED} < {config.kv_used_ratio_threshold}", "team", "namespace, pod, model"),
             config.kv_bloat_for,
             config.bloat_severity,
             "A vLLM server reserved far more KV cache than it ever uses.",
@@ -298,7 +317,7 @@ def alerts(config: AlertConfig) -> list[Alert]:
         Alert(
             "GpuAllocationUnderusedByNamespace",
             _underuse("namespace", ALLOC_NAMESPACE, SM_NAMESPACE, config),
-            "1h",
+            config.underuse_for,
             config.underuse_severity,
             "A namespace uses a small share of the GPUs allocated to it.",
             _fill("Namespace " + underuse_text % "namespace", v),
@@ -306,7 +325,7 @@ def alerts(config: AlertConfig) -> list[Alert]:
         Alert(
             "GpuAllocationUnderusedByTeam",
             _underuse("team", ALLOC_TEAM, SM_TEAM, config),
-            "1h",
+            config.underuse_for,
             config.underuse_severity,
             "A team uses a small share of the GPUs allocated to it.",
             _fill("Team " + underuse_text % "team", v),
@@ -385,13 +404,14 @@ def alerts(config: AlertConfig) -> list[Alert]:
 
 def _underuse(by: str, alloc: str, used: str, config: AlertConfig) -> str:
     w = config.underuse_window
-    allocated = f"avg_over_time({alloc}[{w}])"
-    # a holder whose pods never ran counts as 0 used, not as missing
-    used_avg = f"(avg_over_time({used}[{w}]) or {allocated} * 0)"
+    # Time-weighted: a pod that ran for ten minutes and then sat idle holding its GPUs has no activity
+    # series afterwards; summing over time counts that silence as zero use (an average would skip it).
+    allocated_time = f"sum_over_time({alloc}[{w}])"
+    used_time = f"(sum_over_time({used}[{w}]) or {allocated_time} * 0)"
     return f"""
-        ({used_avg} / {allocated} < {config.underuse_ratio})
+        ({used_time} / {allocated_time} < {config.underuse_ratio})
         and on ({by})
-        ({allocated} >= {config.underuse_min_gpus})
+        (avg_over_time({alloc}[{w}]) >= {config.underuse_min_gpus})
     """
 
 

@@ -1,4 +1,4 @@
-"""Real peers started by tests on loopback: Prometheus from Debian's package."""
+"""Real peers started by tests on loopback: Prometheus and Alertmanager from Debian's packages."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+LOG_TAIL_CHARS = 4000
+"""How much of a peer's log a failure message quotes (characters, from the end)."""
 
 
 def free_port() -> int:
@@ -24,14 +27,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+
+
+@contextmanager
+def _serve(name: str, argv: list[str], url: str, log: Path) -> Iterator[None]:
+    """Run ``argv`` until ``url/-/ready`` answers (bounded), yield, then always stop it."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} did not start: " + _tail(log, 2000))
+            time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class Prometheus:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, log: Path | None = None) -> None:
         self.url = url
+        self.log = log
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         q = urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=10) as resp:
-            body = json.load(resp)
+        body = _get_json(f"{self.url}/api/v1/query?{q}")
         assert body["status"] == "success", body
         return list(body["data"]["result"])
 
@@ -44,45 +85,96 @@ class Prometheus:
                 return result
             time.sleep(0.5)
 
+    def alerts(self) -> list[dict[str, Any]]:
+        """Pending and firing alerts (``/api/v1/alerts``)."""
+        body = _get_json(f"{self.url}/api/v1/alerts")
+        assert body["status"] == "success", body
+        return list(body["data"]["alerts"])
+
+    def log_tail(self) -> str:
+        return _tail(self.log) if self.log is not None else "(no log)"
+
 
 @contextmanager
-def prometheus(tmp_path: Path, targets: list[str], *, scrape_interval: str = "1s") -> Iterator[Prometheus]:
+def prometheus(
+    tmp_path: Path,
+    targets: list[str],
+    *,
+    scrape_interval: str = "1s",
+    evaluation_interval: str | None = None,
+    rule_files: Sequence[Path] = (),
+    alertmanagers: Sequence[str] = (),
+) -> Iterator[Prometheus]:
+    """Prometheus on a free loopback port scraping ``targets`` (job ``gpuattr``); optionally evaluating
+    ``rule_files`` and sending alerts to ``alertmanagers`` (``host:port``). Stopped on exit, also on failure."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: `make test` installs Debian's prometheus package")
-    config = {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": evaluation_interval or scrape_interval,
+        },
         "scrape_configs": [{"job_name": "gpuattr", "static_configs": [{"targets": targets}]}],
     }
+    if rule_files:
+        config["rule_files"] = [str(path) for path in rule_files]
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("prometheus did not start: " + (tmp_path / "prometheus.log").read_text()[-2000:])
-            time.sleep(0.2)
-        yield Prometheus(url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "prometheus.log"
+    argv = [
+        binary,
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with _serve("prometheus", argv, url, log):
+        yield Prometheus(url, log)
+
+
+class Alertmanager:
+    def __init__(self, url: str, log: Path) -> None:
+        self.url = url
+        self.log = log
+
+    @property
+    def target(self) -> str:
+        """``host:port``, as Prometheus' ``alerting`` section wants it."""
+        return self.url.removeprefix("http://")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts it holds (``/api/v2/alerts``)."""
+        return list(_get_json(f"{self.url}/api/v2/alerts"))
+
+    def log_tail(self) -> str:
+        return _tail(self.log)
+
+
+def alertmanager_binary() -> str:
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail("prometheus-alertmanager is missing: `make test` installs Debian's prometheus-alertmanager package")
+    return binary
+
+
+@contextmanager
+def alertmanager(tmp_path: Path, config: dict[str, Any]) -> Iterator[Alertmanager]:
+    """Alertmanager on a free loopback port with ``config``, clustering off. Stopped on exit, also on failure."""
+    binary = alertmanager_binary()
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "alertmanager.log"
+    argv = [
+        binary,
+        f"--config.file={tmp_path / 'alertmanager.yml'}",
+        f"--storage.path={tmp_path / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip: one instance, nothing listens beyond the web port
+        "--log.level=debug",
+    ]
+    with _serve("alertmanager", argv, url, log):
+        yield Alertmanager(url, log)
