@@ -39,6 +39,7 @@ typecheck: $(STAMP) proto
 check-generated: $(STAMP)
 	$(BIN)/gpuattr docs --check
 	$(BIN)/gpuattr alerts --check
+	$(BIN)/gpuattr dashboards --check
 
 # Render every kustomization and validate it offline against the Kubernetes schemas; lint the Dockerfile.
 deploy-check: $(STAMP)

@@ -286,6 +286,33 @@ VLLM_MEMORY = Metric(
     Group.ATTRIBUTION,
     unit="bytes",
 )
+VLLM_GPU_MEMORY_UTILIZATION = Metric(
+    "gpuattr_vllm_gpu_memory_utilization_ratio",
+    Kind.GAUGE,
+    "The --gpu-memory-utilization a vLLM server runs with: the share of each GPU's memory it reserves "
+    "(from its arguments; vLLM's default 0.9 when they do not set it).",
+    ("namespace", "pod", "model"),
+    Group.ATTRIBUTION,
+    unit="ratio",
+)
+VLLM_RECOMMENDED_GPU_MEMORY_UTILIZATION = Metric(
+    "gpuattr_vllm_recommended_gpu_memory_utilization_ratio",
+    Kind.GAUGE,
+    "The --gpu-memory-utilization the job recommends for a vLLM server: its weights, overhead and peak KV "
+    "cache in use over the window plus headroom, as a share of the GPU's memory.",
+    ("namespace", "pod", "model"),
+    Group.ATTRIBUTION,
+    unit="ratio",
+)
+VLLM_RECLAIMABLE = Metric(
+    "gpuattr_vllm_reclaimable_bytes",
+    Kind.GAUGE,
+    "GPU memory a vLLM server would give back on one GPU if it ran with the recommended "
+    "--gpu-memory-utilization, in bytes (configured minus recommended share, times the GPU's memory).",
+    ("namespace", "pod", "gpu_uuid", "model"),
+    Group.ATTRIBUTION,
+    unit="bytes",
+)
 
 # The exporter itself --------------------------------------------------------------------------------
 EXPORTER_BUILD_INFO = Metric(
@@ -514,4 +541,8 @@ class External:
     """vLLM's inter-token latency histogram: the name since 0.11, then the one before."""
     VLLM_KV_CACHE_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
     """KV cache usage, a 0..1 fraction despite the name: since 0.9, then before."""
+    VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
+    """vLLM's counter of tokens generated (output tokens), per server."""
+    VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
+    """vLLM's counter of prompt tokens processed (prefill), per server."""
     PROMETHEUS_UP = "up"

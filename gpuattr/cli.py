@@ -136,6 +136,21 @@ def _env_float(name: str) -> float | None:
         raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
 
 
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from dashboards.build import stale, write
+
+    out_dir = Path(args.out_dir)
+    if args.check:
+        outdated = stale(out_dir)
+        if outdated:
+            print(f"stale in {out_dir}: {', '.join(outdated)}; run `gpuattr dashboards` and commit", file=sys.stderr)
+            return 1
+        return 0
+    for path in write(out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuattr", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--out-dir", default="alerts", help="where the rule files go")
     alerts.add_argument("--check", action="store_true", help="fail if the files differ from what would be generated")
     alerts.set_defaults(func=cmd_alerts)
+
+    dash = sub.add_parser("dashboards", help="generate the Grafana dashboards (grafana-foundation-sdk)")
+    dash.add_argument("--out-dir", default="dashboards/generated", help="where the dashboard JSON goes")
+    dash.add_argument("--check", action="store_true", help="fail if the files differ from what would be generated")
+    dash.set_defaults(func=cmd_dashboards)
     return parser
 
 

@@ -1,0 +1,313 @@
+"""Node and GPU: what each GPU of a node holds, who keeps it busy, who shares it, and how neighbours interfere."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as dash
+
+from alerts import rules as r
+from dashboards import panels as p
+from dashboards.promql import GPU, IN_POD, MIG_ONLY, NODE, SOURCE, WHOLE_GPU, sel
+from exporter import catalog as c
+
+UID = "gpuattr-node-gpu"
+TITLE = "GPU attribution / Node and GPU"
+
+DEVICE = "instance, gpu, gpu_uuid, mig_instance"
+"""One whole GPU or MIG instance of one node."""
+HOLDER = f"{DEVICE}, namespace, pod"
+MIG_HOLDER = "instance, gpu, gpu_uuid, mig_instance, mig_profile, namespace, pod"
+DEVICE_LEGEND = "{{instance}} GPU {{gpu}} {{mig_instance}}"
+POD_LEGEND = "{{namespace}}/{{pod}}{{process}}"
+
+
+def _holders(by: str, *matchers: str) -> str:
+    """Pods that hold memory on a device (their bytes), or were allocated it and hold none (0)."""
+    return (
+        f"(sum by ({by}) ({sel(c.CONTAINER_MEMORY, NODE, IN_POD, *matchers)})"
+        f" or sum by ({by}) ({sel(c.CONTAINER_ALLOCATED, NODE, *matchers)}) * 0)"
+    )
+
+
+SHARED = (
+    f"{_holders(HOLDER)} and on (instance, gpu_uuid, mig_instance) "
+    f"(count by (instance, gpu_uuid, mig_instance) ({_holders(HOLDER)}) > 1)"
+)
+"""Every pod on a GPU (or MIG instance) that more than one pod holds or was allocated."""
+
+
+def _node_row(d: dash.Dashboard) -> dash.Dashboard:
+    return (
+        d.with_row(p.row("Node"))
+        .with_panel(
+            p.timeseries_panel(
+                "SM activity per GPU and MIG instance",
+                "Share of SMs busy on each GPU or MIG instance of the selected nodes "
+                f"({c.GPU_SM_ACTIVE.name} from its best source: gpm, then dcgm, then nvml). Flat lines at "
+                "0% are GPUs doing nothing, whoever holds them.",
+                p.RATIO,
+                [p.Query(f"max by ({DEVICE}) ({sel(c.GPU_SM_ACTIVE, NODE)})", DEVICE_LEGEND)],
+                min_value=0,
+            )
+        )
+        .with_panel(
+            p.bargauge_panel(
+                "Memory used per GPU and MIG instance",
+                "Framebuffer used over total on each GPU and MIG instance now (nvidia-smi memory.used / "
+                "memory.total). A full GPU with idle SMs is usually a reservation (vLLM's KV cache, a "
+                "notebook), not work.",
+                p.RATIO,
+                [
+                    p.Query(
+                        f"max by ({DEVICE}) ({sel(c.GPU_MEMORY_USED, NODE)}) "
+                        f"/ max by ({DEVICE}) ({sel(c.GPU_MEMORY_TOTAL, NODE)})",
+                        DEVICE_LEGEND,
+                    )
+                ],
+                span=12,
+                max_value=1,
+            )
+        )
+        .with_panel(
+            p.table_panel(
+                "Pods sharing a GPU",
+                "Every pod on a GPU or MIG instance that more than one pod holds memory on or was allocated "
+                "(time-slicing, MPS, or a process the kubelet did not allocate): the memory each holds and its "
+                "SM activity ($source). Shared GPUs are where neighbours slow each other down.",
+                p.BYTES,
+                [
+                    p.Column(p.Query(SHARED), "memory held", p.BYTES),
+                    p.Column(
+                        p.Query(
+                            f"sum by ({HOLDER}) ({sel(c.CONTAINER_SM_ACTIVE, NODE, IN_POD, SOURCE)}) "
+                            f"and on ({HOLDER}) {SHARED}"
+                        ),
+                        "SM activity",
+                        p.RATIO,
+                    ),
+                ],
+                labels=["instance", "gpu", "gpu_uuid", "mig_instance", "namespace", "pod"],
+                span=12,
+            )
+        )
+        .with_panel(
+            p.table_panel(
+                "MIG instances",
+                "Each MIG instance of the selected nodes: its profile, memory used and size, and how busy its "
+                "SMs and memory are (GPM per instance). An instance at 0% SM activity is a slice that could go "
+                "to someone else; reshaping the MIG layout needs the GPU drained.",
+                p.RATIO,
+                [
+                    p.Column(
+                        p.Query(f"max by ({DEVICE}, mig_profile) ({sel(c.GPU_MEMORY_USED, NODE, MIG_ONLY)})"),
+                        "memory used",
+                        p.BYTES,
+                    ),
+                    p.Column(
+                        p.Query(f"max by ({DEVICE}, mig_profile) ({sel(c.GPU_MEMORY_TOTAL, NODE, MIG_ONLY)})"),
+                        "memory size",
+                        p.BYTES,
+                    ),
+                    p.Column(
+                        p.Query(f"max by ({DEVICE}, mig_profile) ({sel(c.GPU_SM_ACTIVE, NODE, MIG_ONLY)})"),
+                        "SM activity",
+                        p.RATIO,
+                    ),
+                    p.Column(
+                        p.Query(f"max by ({DEVICE}, mig_profile) ({sel(c.GPU_MEMORY_BANDWIDTH, NODE, MIG_ONLY)})"),
+                        "memory bandwidth",
+                        p.RATIO,
+                    ),
+                ],
+                labels=["instance", "gpu", "gpu_uuid", "mig_instance", "mig_profile"],
+                span=12,
+            )
+        )
+        .with_panel(
+            p.table_panel(
+                "Who holds each MIG instance",
+                "Pods holding memory on or allocated a MIG instance (0 bytes: allocated, never started CUDA), "
+                "with their SM activity ($source). A MIG slice is isolated hardware: a pod on it cannot be slowed "
+                "by its neighbours, and an idle one wastes the whole slice.",
+                p.BYTES,
+                [
+                    p.Column(p.Query(_holders(MIG_HOLDER, MIG_ONLY)), "memory held", p.BYTES),
+                    p.Column(
+                        p.Query(
+                            f"sum by ({MIG_HOLDER}) ({sel(c.CONTAINER_SM_ACTIVE, NODE, IN_POD, MIG_ONLY, SOURCE)})"
+                        ),
+                        "SM activity",
+                        p.RATIO,
+                    ),
+                ],
+                labels=["instance", "gpu", "gpu_uuid", "mig_instance", "mig_profile", "namespace", "pod"],
+                span=12,
+            )
+        )
+    )
+
+
+def _gpu_row(d: dash.Dashboard) -> dash.Dashboard:
+    whole = (NODE, GPU, WHOLE_GPU)
+    return (
+        d.with_row(p.row("GPU $gpu"))
+        .with_panel(
+            p.stat_panel(
+                "Memory used",
+                "Framebuffer used over total on the selected GPU now. Near 100% with memory still growing "
+                "fires GpuMemoryPressure: the next allocation may fail.",
+                p.RATIO,
+                p.Query(f"sum({sel(c.GPU_MEMORY_USED, *whole)}) / sum({sel(c.GPU_MEMORY_TOTAL, *whole)})"),
+                span=4,
+            )
+        )
+        .with_panel(
+            p.stat_panel(
+                "SM activity",
+                "Share of the GPU's SMs busy now (device value, best source). On a MIG GPU see the MIG table.",
+                p.RATIO,
+                p.Query(f"max({sel(c.GPU_SM_ACTIVE, *whole)})"),
+                span=4,
+            )
+        )
+        .with_panel(
+            p.stat_panel(
+                "Memory bandwidth",
+                "DRAM bandwidth used against peak now (device value, best source). Two bandwidth-bound pods on "
+                "one GPU slow each other even when SM activity looks moderate.",
+                p.RATIO,
+                p.Query(f"max({sel(c.GPU_MEMORY_BANDWIDTH, *whole)})"),
+                span=4,
+            )
+        )
+        .with_panel(
+            p.stat_panel(
+                "Power",
+                "Board power draw now (nvidia-smi power.draw). An allocated GPU idling near its floor costs "
+                "the same per hour as a busy one.",
+                p.WATTS,
+                p.Query(f"max({sel(c.GPU_POWER, NODE, GPU)})"),
+                span=4,
+            )
+        )
+        .with_panel(
+            p.stat_panel(
+                "Pods holding memory",
+                "Pods with GPU memory on this GPU now. More than one means they share it (time-slicing or "
+                "MPS) and compete for SMs and bandwidth.",
+                p.COUNT,
+                p.Query(f"count(sum by (namespace, pod) ({sel(c.CONTAINER_MEMORY, NODE, GPU, IN_POD)}))"),
+                span=4,
+            )
+        )
+        .with_panel(
+            p.stat_panel(
+                "Active pods",
+                f"Pods whose SM activity is above the active threshold on this GPU now (recording rule "
+                f"{r.ACTIVE_PODS}). Two or more active pods on a saturated GPU fire GpuSharedAndSaturated.",
+                p.COUNT,
+                p.Query(f"sum({sel(r.ACTIVE_PODS, GPU)}) or vector(0)"),
+                span=4,
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "Memory by pod",
+                "GPU memory each pod (or, outside Kubernetes, each command) holds on this GPU, stacked, under "
+                "the GPU's capacity (dashed). Memory that stays flat at its peak while SM activity is low is "
+                "a reservation others could use.",
+                p.BYTES,
+                [
+                    p.Query(f"sum by (namespace, pod, process) ({sel(c.CONTAINER_MEMORY, NODE, GPU)})", POD_LEGEND),
+                    p.Query(f"sum({sel(c.GPU_MEMORY_TOTAL, *whole)})", "capacity"),
+                ],
+                stack=True,
+                lines=["B"],
+                span=24,
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "SM activity by pod",
+                "Per-container SM activity on this GPU summed per pod, stacked, from $source (nvml: the time "
+                "its kernels ran; gpm: the MIG instance's SM share; dcgm: DCGM SM_ACTIVE split by process). "
+                "Shows which pod keeps the GPU busy and which only holds it.",
+                p.RATIO,
+                [
+                    p.Query(
+                        f"sum by (namespace, pod, process, source) ({sel(c.CONTAINER_SM_ACTIVE, NODE, GPU, SOURCE)})",
+                        POD_LEGEND + " ({{source}})",
+                    )
+                ],
+                stack=True,
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "Memory bandwidth by pod",
+                "Each pod's share of the GPU's DRAM bandwidth from $source, one line per pod and source (not "
+                "stacked: with nvml|gpm a whole GPU has both the NVML memory-controller time and the GPM "
+                "share, which measure different things and must not be added).",
+                p.RATIO,
+                [
+                    p.Query(
+                        f"sum by (namespace, pod, process, source) "
+                        f"({sel(c.CONTAINER_MEMORY_BANDWIDTH, NODE, GPU, SOURCE)})",
+                        POD_LEGEND + " ({{source}})",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "Interference: vLLM latency against the SM activity of the pods on this GPU",
+                f"p95 inter-token latency of every vLLM server on this GPU (recording rule {r.ITL_P95}, left "
+                "axis) against the SM activity of every pod on the GPU ($source, dashed, right axis). Latency "
+                "that rises when a neighbour's activity does is interference: give the server its own GPU or "
+                "a MIG slice. Fires VllmLatencyRisingWithNeighbour.",
+                p.SECONDS,
+                [
+                    p.Query(
+                        f"{r.ITL_P95} and on (namespace, pod) {sel(c.CONTAINER_MEMORY, NODE, GPU, IN_POD)}",
+                        "{{namespace}}/{{pod}} p95 inter-token latency",
+                    ),
+                    p.Query(
+                        f"sum by (namespace, pod) ({sel(c.CONTAINER_SM_ACTIVE, NODE, GPU, IN_POD, SOURCE)})",
+                        "{{namespace}}/{{pod}} SM activity",
+                    ),
+                ],
+                right_axis=[("B", p.RATIO)],
+                span=24,
+            )
+        )
+    )
+
+
+def build() -> dash.Dashboard:
+    d = (
+        p.new_dashboard(
+            UID,
+            TITLE,
+            "Per node and per GPU: memory stacked by pod, SM activity and bandwidth by pod, MIG instances, "
+            "pods that share a GPU, and vLLM latency against its neighbours' activity.",
+        )
+        .with_variable(p.datasource_variable())
+        .with_variable(
+            p.query_variable(
+                "node",
+                "Node",
+                f"label_values({c.GPU_INFO.name}, instance)",
+                "The exporter targets (one per GPU node) by their scrape address.",
+            )
+        )
+        .with_variable(
+            p.query_variable(
+                "gpu",
+                "GPU",
+                f"label_values({sel(c.GPU_INFO, NODE)}, gpu_uuid)",
+                "One GPU of the selected nodes, by UUID (nvidia-smi -L).",
+                multi=False,
+            )
+        )
+        .with_variable(p.source_variable())
+    )
+    return _gpu_row(_node_row(d))

@@ -1,0 +1,615 @@
+"""Every query of every dashboard, with its variables substituted as Grafana would, against a real Prometheus.
+
+Prometheus (Debian's package) scrapes every second: the exporter on the inference scenario (in this process,
+built like ``gpuattr exporter``), the exporter on the MIG scenario (a subprocess: the fake NVML library is
+process-global), and a small HTTP server of this module that stands in for what is not simulated yet: the
+vLLM pods' own /metrics and the attribution job's output. It evaluates the generated recording rules
+(``alerts/gpuattr-rules.yaml``) every second. Each query must parse and return something: no panel of any
+dashboard is empty on these two nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from alerts import rules as r
+from dashboards import build
+from exporter import catalog as c
+from exporter.app import Exporter
+from exporter.app import build as build_exporter
+from exporter.demo import scrape
+from exporter.settings import ExporterSettings
+from tests.conftest import ROOT, SCENARIOS
+
+pytestmark = pytest.mark.slow
+
+GiB = 2**30
+GENERATED = ROOT / "dashboards" / "generated"
+RULES = ROOT / "alerts" / r.RULE_FILE
+INFERENCE = SCENARIOS / "h100-inference-node.yaml"
+MIG = SCENARIOS / "h100-8gpu-mig-node.yaml"
+READY_TIMEOUT_S = 40.0
+
+# Grafana's built-in variables, at values that fit a Prometheus that has scraped every second for a few
+# seconds ($__rate_interval: Grafana's 4 × the scrape interval).
+BUILTINS = {
+    "__rate_interval": "4s",
+    "__range": "1h",
+    "__range_s": "3600",
+    "__range_ms": "3600000",
+    "__interval": "1s",
+    "__interval_ms": "1000",
+}
+
+
+# Stand-ins -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VllmServer:
+    """A vLLM pod of the two scenarios, as its /metrics and the attribution job would describe it."""
+
+    namespace: str
+    pod: str
+    utilization: float
+    """The --gpu-memory-utilization it runs with."""
+    weights_gib: float
+    """Per GPU (tensor parallelism splits the weights)."""
+    overhead_gib: float
+    kv_used_gib: float
+    """Peak KV cache in use per GPU over the job's window; KV idle is what NVML shows minus the rest."""
+    generated_per_s: float
+    prompt_per_s: float
+    legacy_names: bool = False
+    """Serves the metric names vLLM used before 0.9 (KV cache) and 0.11 (inter-token latency)."""
+
+
+SERVERS = (
+    VllmServer("llm", "vllm-llama-8b-6d9f7c5b8-x2k4p", 0.9, 15.0, 3.3, 12.0, 850.0, 2400.0),
+    VllmServer("llm", "vllm-qwen-1-5b-7b8c9d6f5-m7qzt", 0.4, 3.0, 2.2, 2.0, 1900.0, 5200.0),
+    VllmServer("llm", "vllm-llama-70b-0", 0.9, 65.0, 4.0, 3.0, 300.0, 900.0, legacy_names=True),
+    VllmServer("llm", "vllm-qwen-7b-mig-0", 0.85, 14.2, 2.5, 6.0, 600.0, 1500.0),
+)
+LLAMA_8B, QWEN_1_5B = SERVERS[0], SERVERS[1]
+ITL_CDF = ((0.01, 0.05), (0.025, 0.4), (0.05, 0.8), (0.075, 0.9), (0.1, 0.97), (0.25, 0.99), (0.5, 1.0))
+"""Cumulative share of inter-token gaps at or below each bucket bound, in seconds."""
+KV_HEADROOM = 1.25
+"""The stand-in job's recommendation: weights + overhead + peak KV cache times this, rounded up to 5%."""
+
+
+@dataclass
+class Placement:
+    """Where a server runs, as the exporter sees it: per GPU (or MIG instance) its memory and the device size."""
+
+    model: str
+    gpus: list[tuple[str, float, float]] = field(default_factory=list)
+    """(gpu_uuid, bytes the server holds there, bytes the GPU or MIG instance has)."""
+
+
+def _placements(exporter_urls: list[str]) -> dict[str, Placement]:
+    found: dict[str, Placement] = {}
+    for url in exporter_urls:
+        metrics = scrape(url)
+        models = {(lb["namespace"], lb["pod"]): lb["model"] for lb, _ in metrics[c.POD_INFO.name]}
+        totals = {(lb["gpu_uuid"], lb["mig_instance"]): v for lb, v in metrics[c.GPU_MEMORY_TOTAL.name]}
+        for labels, value in metrics[c.CONTAINER_MEMORY.name]:
+            server = next((s for s in SERVERS if (s.namespace, s.pod) == (labels["namespace"], labels["pod"])), None)
+            if server is None:
+                continue
+            place = found.setdefault(server.pod, Placement(models[(server.namespace, server.pod)]))
+            place.gpus.append((labels["gpu_uuid"], value, totals[(labels["gpu_uuid"], labels["mig_instance"])]))
+    assert sorted(found) == sorted(s.pod for s in SERVERS), "a vLLM pod of the scenarios is missing"
+    return found
+
+
+@dataclass(frozen=True)
+class Split:
+    weights: float
+    kv_used: float
+    kv_idle: float
+    overhead: float
+    recommended: float
+    reclaimable: float
+
+
+def split(server: VllmServer, held: float, total: float) -> Split:
+    """The attribution job's answer for one GPU of one server, consistent with what NVML shows."""
+    weights, overhead, kv_used = (x * GiB for x in (server.weights_gib, server.overhead_gib, server.kv_used_gib))
+    kv_idle = held - weights - overhead - kv_used
+    assert kv_idle >= 0, f"{server.pod}: the stand-in split exceeds what the scenario holds"
+    recommended = math.ceil((weights + overhead + KV_HEADROOM * kv_used) / total * 20) / 20
+    reclaimable = max(0.0, server.utilization - recommended) * total
+    return Split(weights, kv_used, kv_idle, overhead, recommended, reclaimable)
+
+
+def _line(name: str, labels: dict[str, str], value: float) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{name}{{{inner}}} {value!r}"
+
+
+def attribution_page(places: dict[str, Placement]) -> str:
+    """Stands in for the attribution job's output (``gpuattr attribute``, not written yet)."""
+    lines = []
+    for server in SERVERS:
+        place = places[server.pod]
+        pod = {"namespace": server.namespace, "pod": server.pod}
+        for gpu_uuid, held, total in place.gpus:
+            s = split(server, held, total)
+            on_gpu = {**pod, "gpu_uuid": gpu_uuid, "model": place.model}
+            for component in ("weights", "kv_used", "kv_idle", "overhead"):
+                lines.append(_line(c.VLLM_MEMORY.name, {**on_gpu, "component": component}, getattr(s, component)))
+            lines.append(_line(c.VLLM_RECLAIMABLE.name, on_gpu, s.reclaimable))
+        first = split(server, place.gpus[0][1], place.gpus[0][2])
+        lines.append(_line(c.VLLM_GPU_MEMORY_UTILIZATION.name, {**pod, "model": place.model}, server.utilization))
+        lines.append(
+            _line(c.VLLM_RECOMMENDED_GPU_MEMORY_UTILIZATION.name, {**pod, "model": place.model}, first.recommended)
+        )
+    return "\n".join(lines) + "\n"
+
+
+def vllm_page(places: dict[str, Placement], elapsed_s: float) -> str:
+    """Stands in for the vLLM pods' /metrics, with the namespace and pod labels a Kubernetes scrape attaches.
+    Counters grow at the servers' token rates from when this module started."""
+    lines = []
+    for server in SERVERS:
+        place = places[server.pod]
+        labels = {"namespace": server.namespace, "pod": server.pod, "model_name": place.model}
+        new = 1 if server.legacy_names else 0
+        _, held, total = place.gpus[0]
+        s = split(server, held, total)
+        peak = s.kv_used / (s.kv_used + s.kv_idle)
+        generated = server.generated_per_s * elapsed_s
+        lines.append(_line(c.External.VLLM_GENERATION_TOKENS, labels, generated))
+        lines.append(_line(c.External.VLLM_PROMPT_TOKENS, labels, server.prompt_per_s * elapsed_s))
+        kv = peak * (0.5 + 0.5 * abs(math.sin(elapsed_s / 7)))
+        lines.append(_line(c.External.VLLM_KV_CACHE_USAGE[new], labels, kv))
+        itl = c.External.VLLM_INTER_TOKEN_LATENCY[new]
+        for bound, share in ITL_CDF:
+            lines.append(_line(f"{itl}_bucket", {**labels, "le": str(bound)}, share * generated))
+        lines.append(_line(f"{itl}_bucket", {**labels, "le": "+Inf"}, generated))
+        lines.append(_line(f"{itl}_count", labels, generated))
+        lines.append(_line(f"{itl}_sum", labels, 0.03 * generated))
+    return "\n".join(lines) + "\n"
+
+
+class StandIn:
+    """One HTTP server: /vllm (the vLLM pods) and /attribution (the attribution job)."""
+
+    def __init__(self, places: dict[str, Placement]) -> None:
+        started = time.monotonic()
+        attribution = attribution_page(places).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/vllm":
+                    body = vllm_page(places, time.monotonic() - started).encode()
+                elif self.path == "/attribution":
+                    body = attribution
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Prometheus ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Prom:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def ask(self, expr: str) -> dict[str, Any]:
+        """POST /api/v1/query; the JSON answer, also for a query Prometheus refuses (HTTP 400/422)."""
+        data = urllib.parse.urlencode({"query": expr}).encode()
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/query", data=data, timeout=10) as resp:
+                answer: dict[str, Any] = json.load(resp)
+        except urllib.error.HTTPError as err:
+            answer = json.loads(err.read() or b"{}")
+        return answer
+
+    def result(self, expr: str) -> list[dict[str, Any]]:
+        answer = self.ask(expr)
+        assert answer.get("status") == "success", (expr, answer)
+        return list(answer["data"]["result"])
+
+
+def _wait_http(url: str, deadline: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not come up at {url}")
+        time.sleep(0.2)
+
+
+def start_prometheus(tmp_path: Path, jobs: dict[str, tuple[str, list[str]]]) -> tuple[subprocess.Popen[bytes], str]:
+    """Prometheus on loopback scraping ``jobs`` (name -> (metrics path, targets)) every second, with the
+    generated rule file evaluated every second (its groups' own interval replaced)."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is missing: `make test` installs Debian's prometheus package")
+    rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "rules.yaml")],
+        "scrape_configs": [
+            {"job_name": name, "metrics_path": path, "static_configs": [{"targets": targets}]}
+            for name, (path, targets) in jobs.items()
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# The cluster ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    prom: Prom
+    inference: str
+    """The inference node's exporter target (its ``instance``)."""
+    mig: str
+    places: dict[str, Placement]
+
+    def gpu_of(self, server: VllmServer) -> str:
+        return self.places[server.pod].gpus[0][0]
+
+
+READY = (
+    'count(up{job=~"gpuattr|vllm|attribution"} == 1) == 4',
+    f"count(count by (instance) ({c.POD_INFO.name})) == 2",
+    f"{r.ALLOC_POD}",
+    f"{r.SM_POD}",
+    f"{r.VLLM_KV_USED}",
+    f"count({r.ITL_P95}) == {len(SERVERS)}",
+    # enough history for rate() over $__rate_interval (4s) to see the whole window
+    f"min(count_over_time({c.External.VLLM_GENERATION_TOKENS}[1m])) >= 7",
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("dashboards")
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    mig_port = _free_port()
+    mig_log = (tmp / "mig-exporter.log").open("wb")
+    mig_args = ["--simulate", str(MIG), "--kubernetes", "--listen", f"127.0.0.1:{mig_port}", "--interval", "0.5"]
+    mig_args += ["--sim-start", "60", "--dcgm-exporter-url", "simulated"]
+    mig_proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuattr", "exporter", *mig_args],
+        cwd=ROOT,
+        stdout=mig_log,
+        stderr=subprocess.STDOUT,
+    )
+    exporter: Exporter | None = None
+    stand_in: StandIn | None = None
+    prom_proc: subprocess.Popen[bytes] | None = None
+    try:
+        exporter = build_exporter(
+            ExporterSettings(
+                simulate=str(INFERENCE),
+                kubernetes=True,
+                listen="127.0.0.1:0",
+                interval=0.5,
+                sim_start=60,
+                dcgm_exporter_url="simulated",
+            )
+        )
+        exporter.start()
+        mig_url = f"http://127.0.0.1:{mig_port}/metrics"
+        _wait_http(mig_url, deadline, "the MIG node's exporter", mig_proc)
+        while not scrape(mig_url).get(c.POD_INFO.name) or not scrape(exporter.server.url).get(c.POD_INFO.name):
+            if time.monotonic() > deadline:
+                pytest.fail("the simulated nodes never resolved their pods")
+            time.sleep(0.2)
+        places = _placements([exporter.server.url, mig_url])
+        stand_in = StandIn(places)
+        inference = exporter.server.url.removeprefix("http://").removesuffix("/metrics")
+        mig = f"127.0.0.1:{mig_port}"
+        prom_proc, url = start_prometheus(
+            tmp,
+            {
+                "gpuattr": ("/metrics", [inference, mig]),
+                "vllm": ("/vllm", [stand_in.address]),
+                "attribution": ("/attribution", [stand_in.address]),
+            },
+        )
+        _wait_http(f"{url}/-/ready", deadline, "prometheus", prom_proc)
+        prom = Prom(url)
+        for expr in READY:
+            while not prom.result(expr):
+                if time.monotonic() > deadline:
+                    log = (tmp / "prometheus.log").read_text()[-2000:]
+                    pytest.fail(f"never true within {READY_TIMEOUT_S}s: {expr}\n{log}")
+                time.sleep(0.25)
+        time.sleep(1.5)  # one more rule evaluation and scrape, so every 1s-step subquery has a point
+        yield Cluster(prom, inference, mig, places)
+    finally:
+        if prom_proc is not None:
+            _stop(prom_proc)
+        if stand_in is not None:
+            stand_in.close()
+        if exporter is not None:
+            exporter.stop()
+        _stop(mig_proc)
+        mig_log.close()
+
+
+# Grafana's substitution ------------------------------------------------------------------------------------
+
+
+def boards() -> dict[str, dict[str, Any]]:
+    return {name: json.loads((GENERATED / name).read_text(encoding="utf-8")) for name in sorted(build.render_all())}
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def regex_escape(value: str) -> str:
+    """Grafana's prometheusSpecialRegexEscape: a selected value of a multi-value variable, inside "…"."""
+    value = value.replace("\\", "\\\\\\\\")
+    return re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\\\" + m.group(0), value)
+
+
+def plain_escape(value: str) -> str:
+    """Grafana's prometheusRegularEscape: the value of a single-value variable."""
+    return value.replace("\\", "\\\\").replace("'", "\\\\'")
+
+
+def values_for(board: dict[str, Any], chosen: dict[str, list[str] | str]) -> dict[str, str]:
+    """What Grafana puts in for each variable: ``chosen`` values (a list: selected in a multi-value variable),
+    else "All" (the variable's allValue) or a custom variable's default."""
+    values = dict(BUILTINS)
+    for var in board["templating"]["list"]:
+        name = var["name"]
+        if var["type"] == "datasource":
+            continue
+        pick = chosen.get(name)
+        if isinstance(pick, list):
+            assert var.get("multi"), name
+            escaped = [regex_escape(v) for v in pick]
+            values[name] = escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+        elif pick is not None:
+            values[name] = regex_escape(pick) if var.get("multi") or var.get("includeAll") else plain_escape(pick)
+        elif var.get("includeAll") and var.get("allValue"):
+            values[name] = var["allValue"]
+        elif var["type"] == "custom":
+            values[name] = var["current"]["value"]
+        else:
+            raise AssertionError(f"no value for variable {name}")
+    return values
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        assert name in values, f"undefined variable ${name} in {text}"
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", one, text)
+
+
+def variable_expr(query: str) -> tuple[str, str]:
+    """``label_values(expr, label)`` -> (expr, label)."""
+    m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query.strip())
+    assert m, f"unsupported variable query {query}"
+    return m.group(1), m.group(2)
+
+
+def all_queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for panel in panels(board):
+        for target in panel["targets"]:
+            yield f"{panel['title']} / {target['refId']}", target["expr"]
+
+
+def check_every_query(prom: Prom, board: dict[str, Any], chosen: dict[str, list[str] | str]) -> list[str]:
+    values = values_for(board, chosen)
+    problems = []
+    for where, expr in all_queries(board):
+        query = substitute(expr, values)
+        answer = prom.ask(query)
+        if answer.get("status") != "success":
+            problems.append(f"{where}: {answer.get('error')}\n    {query}")
+        elif not answer["data"]["result"]:
+            problems.append(f"{where}: empty\n    {query}")
+    for var in board["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        expr, label = variable_expr(substitute(var["query"], values))
+        found = {s["metric"].get(label) for s in prom.result(expr)} - {None}
+        if not found:
+            problems.append(f"variable {var['name']}: no values\n    {expr}")
+    return problems
+
+
+# Tests -----------------------------------------------------------------------------------------------------
+
+BOARDS = boards()
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_every_query_returns_data_with_every_variable_at_all(cluster: Cluster, name: str) -> None:
+    board = BOARDS[name]
+    problems = check_every_query(cluster.prom, board, {"gpu": cluster.gpu_of(QWEN_1_5B)})
+    assert not problems, "\n".join(problems)
+    assert sum(1 for _ in all_queries(board)) >= 8
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_every_query_returns_data_with_selected_values_escaped_as_grafana_does(cluster: Cluster, name: str) -> None:
+    llama = cluster.places[LLAMA_8B.pod]
+    chosen: dict[str, list[str] | str] = {
+        "node": [cluster.inference, cluster.mig],
+        "namespace": [LLAMA_8B.namespace],
+        "model": [llama.model],  # "meta-llama/Llama-3.1-8B-Instruct": the dots get escaped
+        "pod": [LLAMA_8B.pod],
+        "gpu": cluster.gpu_of(LLAMA_8B),
+        "source": "dcgm",  # nvml has no per-container activity on MIG instances
+        "gpu_hour_price": "3.1",
+    }
+    problems = check_every_query(cluster.prom, BOARDS[name], chosen)
+    assert not problems, "\n".join(problems)
+
+
+def _panel(name: str, title: str) -> dict[str, Any]:
+    return next(p for p in panels(BOARDS[name]) if p["title"] == title)
+
+
+def _ask(cluster: Cluster, name: str, title: str, ref: str = "A", **chosen: list[str] | str) -> list[dict[str, Any]]:
+    board = BOARDS[name]
+    expr = next(t["expr"] for t in _panel(name, title)["targets"] if t["refId"] == ref)
+    defaults: dict[str, list[str] | str] = {"gpu": cluster.gpu_of(QWEN_1_5B)}
+    return cluster.prom.result(substitute(expr, values_for(board, {**defaults, **chosen})))
+
+
+def test_variables_chain_node_to_namespace_to_model_and_node_to_gpu(cluster: Cluster) -> None:
+    board = BOARDS["gpuattr-workload-model.json"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    values = values_for(board, {"node": [cluster.inference], "namespace": ["llm"]})
+
+    def options(var: str) -> set[str]:
+        expr, label = variable_expr(substitute(variables[var]["query"], values))
+        return {s["metric"][label] for s in cluster.prom.result(expr)}
+
+    assert options("namespace") == {"llm", "ml-training", "notebooks"}
+    assert options("model") == {
+        cluster.places[LLAMA_8B.pod].model,
+        cluster.places[QWEN_1_5B.pod].model,
+        "microsoft/Phi-3-mini-4k-instruct",
+    }
+    node_board = BOARDS["gpuattr-node-gpu.json"]
+    gpu = next(v for v in node_board["templating"]["list"] if v["name"] == "gpu")
+    expr, label = variable_expr(substitute(gpu["query"], values_for(node_board, {"node": [cluster.mig], "gpu": "x"})))
+    assert len({s["metric"][label] for s in cluster.prom.result(expr)}) == 8
+
+
+def test_the_cluster_counts_every_allocation_of_both_nodes(cluster: Cluster) -> None:
+    (allocated,) = _ask(cluster, "gpuattr-cluster-efficiency.json", "GPUs allocated")
+    assert float(allocated["value"][1]) == 5 + 10  # 4 GPUs + a time-sliced replica; 7 GPUs + 3 MIG instances
+
+
+def test_shares_of_the_allocation_used_are_fractions_and_training_uses_most_of_its_gpus(cluster: Cluster) -> None:
+    name = "gpuattr-cluster-efficiency.json"
+    (share,) = _ask(cluster, name, "Share of the allocation used")
+    assert 0.2 < float(share["value"][1]) < 1
+    by_class = {
+        s["metric"].get("workload_class", ""): float(s["value"][1])
+        for s in _ask(cluster, name, "Share of the allocation used, by workload class")
+    }
+    assert by_class["training"] > 0.8  # torchrun at 91-96% on every GPU it holds
+    assert by_class["experimentation"] == 0  # idle notebooks
+    assert all(0 <= v <= 1 for v in by_class.values())
+    teams = _ask(cluster, name, "Allocation and use by team", "C")
+    assert {s["metric"]["team"] for s in teams} == {"search", "research", "support-bot", "data"}
+    assert all(0 <= float(s["value"][1]) <= 1 for s in teams)
+
+
+def test_the_shared_gpu_table_lists_the_two_time_sliced_pods(cluster: Cluster) -> None:
+    rows = _ask(cluster, "gpuattr-node-gpu.json", "Pods sharing a GPU")
+    assert {(s["metric"]["instance"], s["metric"]["pod"]) for s in rows} == {
+        (cluster.inference, QWEN_1_5B.pod),
+        (cluster.inference, "tgi-phi3-mini-5f6d7c8b9-q9wrt"),
+    }
+
+
+def test_the_interference_panel_shows_the_vllm_server_on_the_gpu_and_every_pod_there(cluster: Cluster) -> None:
+    title = "Interference: vLLM latency against the SM activity of the pods on this GPU"
+    latency = _ask(cluster, "gpuattr-node-gpu.json", title, "A")
+    activity = _ask(cluster, "gpuattr-node-gpu.json", title, "B")
+    assert [s["metric"]["pod"] for s in latency] == [QWEN_1_5B.pod]
+    assert 0.075 < float(latency[0]["value"][1]) < 0.1  # p95 of the stand-in's distribution
+    assert {s["metric"]["pod"] for s in activity} == {QWEN_1_5B.pod, "tgi-phi3-mini-5f6d7c8b9-q9wrt"}
+
+
+def test_vllm_memory_totals_are_the_attribution_jobs_numbers(cluster: Cluster) -> None:
+    splits = [split(server, held, total) for server in SERVERS for _, held, total in cluster.places[server.pod].gpus]
+    name = "gpuattr-vllm-memory.json"
+    (reclaimable,) = _ask(cluster, name, "Reclaimable GPU memory")
+    (kv_idle,) = _ask(cluster, name, "KV cache reserved, never used")
+    (servers,) = _ask(cluster, name, "vLLM servers")
+    assert float(reclaimable["value"][1]) == pytest.approx(sum(s.reclaimable for s in splits))
+    assert float(kv_idle["value"][1]) == pytest.approx(sum(s.kv_idle for s in splits))
+    assert float(servers["value"][1]) == len(SERVERS)
+
+
+def test_cost_per_million_tokens_is_gpus_times_price_over_tokens(cluster: Cluster) -> None:
+    model = cluster.places[LLAMA_8B.pod].model
+    series = _ask(cluster, "gpuattr-workload-model.json", "Cost per million generated tokens", model=[model])
+    (cost,) = [s for s in series if s["metric"]["model"] == model]
+    expected = 1 * 2.5 / (LLAMA_8B.generated_per_s * 3600) * 1e6  # one GPU at the default price
+    assert float(cost["value"][1]) == pytest.approx(expected, rel=0.05)
