@@ -1,0 +1,150 @@
+"""What to change: per server a KV budget that holds the observed peak plus headroom; across servers a
+packing of the right-sized footprints onto GPUs; and what the idle part costs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+GiB = 2**30
+
+
+def recommend(split: pd.DataFrame, *, headroom: float = 0.2, min_kv_bytes: int = 0) -> pd.DataFrame:
+    """Per server and GPU: the KV budget to keep (peak used × (1 + headroom)), the reclaimable bytes, and
+    the ``--gpu-memory-utilization`` that gives that budget (``--kv-cache-memory`` for recent vLLM).
+
+    The utilisation is today's minus what is given back, over the GPU's memory: vLLM's budget is
+    total × utilisation − (weights + activations + non-torch), so lowering it by the reclaimed share
+    shrinks exactly the KV cache.
+    """
+    out = split[["namespace", "pod", "model", "gpu_uuid"]].copy()
+    keep: list[int | None] = []
+    give_back: list[int | None] = []
+    new_util: list[float | None] = []
+    notes: list[str] = []
+    for row in split.to_dict("records"):
+        alloc, peak = _int(row["kv_allocated_bytes"]), _int(row["kv_used_max_bytes"])
+        if alloc is None or peak is None:
+            keep.append(None)
+            give_back.append(None)
+            new_util.append(None)
+            notes.append("no recommendation: KV allocation or usage unknown")
+            continue
+        target = min(alloc, max(int(min_kv_bytes), math.ceil(peak * (1 + headroom))))
+        keep.append(target)
+        give_back.append(alloc - target)
+        util, gpu = _float(row["gpu_memory_utilization"]), _int(row["gpu_memory_bytes"])
+        if util is None or not gpu:
+            new_util.append(None)
+            notes.append(f"set --kv-cache-memory {target} (current utilisation unknown)")
+        else:
+            proposed = round(util - (alloc - target) / gpu, 3)
+            new_util.append(proposed)
+            notes.append(
+                f"--gpu-memory-utilization {proposed:.3f} (or --kv-cache-memory {target}): keeps the peak KV "
+                f"plus {headroom:.0%} headroom"
+            )
+    out["kv_keep_bytes"] = pd.array(keep, dtype="Int64")
+    out["reclaimable_bytes"] = pd.array(give_back, dtype="Int64")
+    out["recommended_gpu_memory_utilization"] = pd.array(new_util, dtype="Float64")
+    out["recommendation"] = notes
+    return out
+
+
+def _int(value: object) -> int | None:
+    """A nullable frame cell as an int (pandas gives NA, NaN or a numpy scalar)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)  # type: ignore[call-overload,no-any-return]
+
+
+def _float(value: object) -> float | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One server to place: ``ranks`` slices of ``bytes_per_gpu`` that must land on distinct GPUs."""
+
+    name: str
+    bytes_per_gpu: int
+    ranks: int = 1
+
+
+@dataclass(frozen=True)
+class Packing:
+    gpus_today: int
+    gpus_needed: int
+    placement: dict[str, list[int]]  # server -> GPU indexes in the plan
+    refused: dict[str, str]  # server -> why it could not be placed (bigger than a GPU)
+
+
+def pack(items: Sequence[Item], gpu_bytes: int, gpus_today: int) -> Packing:
+    """First-fit decreasing: largest footprint first, tensor-parallel servers as a whole (each rank on a
+    different GPU). The result is an upper bound on the GPUs needed: FFD is within 11/9 of optimal."""
+    free: list[int] = []
+    placement: dict[str, list[int]] = {}
+    refused: dict[str, str] = {}
+    for item in sorted(items, key=lambda i: (i.bytes_per_gpu * i.ranks, i.ranks), reverse=True):
+        if item.bytes_per_gpu > gpu_bytes:
+            refused[item.name] = (
+                f"needs {item.bytes_per_gpu / GiB:.1f} GiB per GPU, more than a GPU's {gpu_bytes / GiB:.1f}"
+            )
+            continue
+        chosen: list[int] = []
+        for index, space in enumerate(free):
+            if len(chosen) == item.ranks:
+                break
+            if space >= item.bytes_per_gpu:
+                chosen.append(index)
+        while len(chosen) < item.ranks:
+            free.append(gpu_bytes)
+            chosen.append(len(free) - 1)
+        for index in chosen:
+            free[index] -= item.bytes_per_gpu
+        placement[item.name] = chosen
+    return Packing(gpus_today, len(free), placement, refused)
+
+
+def costs(
+    split: pd.DataFrame,
+    recommendations: pd.DataFrame,
+    *,
+    price_per_gpu_hour: float,
+    window_hours: float,
+    teams: dict[tuple[str, str], str] | None = None,
+    tokens: dict[tuple[str, str], float] | None = None,
+) -> pd.DataFrame:
+    """Money per server: the share of each GPU that sat in idle KV and that could be reclaimed, priced per
+    GPU-hour over the window; with token counts, the cost per million tokens of the GPUs held."""
+    merged = split.merge(
+        recommendations[["namespace", "pod", "gpu_uuid", "reclaimable_bytes"]], on=["namespace", "pod", "gpu_uuid"]
+    )
+    rows = []
+    for (namespace, pod, model), group in merged.groupby(["namespace", "pod", "model"], sort=True):
+        gpu_bytes = group["gpu_memory_bytes"].astype("Float64")
+        idle_share = (group["kv_idle_bytes"].astype("Float64") / gpu_bytes).sum(skipna=True)
+        reclaim_share = (group["reclaimable_bytes"].astype("Float64") / gpu_bytes).sum(skipna=True)
+        gpus_held = float(len(group))
+        held_cost = gpus_held * price_per_gpu_hour * window_hours
+        token_count = (tokens or {}).get((str(namespace), str(pod)))
+        rows.append(
+            {
+                "namespace": namespace,
+                "pod": pod,
+                "model": model,
+                "team": (teams or {}).get((str(namespace), str(pod)), ""),
+                "gpus_held": gpus_held,
+                "cost_held": held_cost,
+                "cost_idle_kv": float(idle_share) * price_per_gpu_hour * window_hours,
+                "cost_reclaimable": float(reclaim_share) * price_per_gpu_hour * window_hours,
+                "tokens": token_count,
+                "cost_per_million_tokens": (held_cost / (token_count / 1e6)) if token_count else None,
+            }
+        )
+    return pd.DataFrame(rows)
