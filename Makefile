@@ -11,7 +11,7 @@ SRC := gpuattr exporter attribution dashboards alerts tests bench
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[kubernetes,otlp,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[kubernetes,otlp,attribution,dev]'
 	$(BIN)/python -m exporter.resolve.proto.generate
 	touch $(STAMP)
 
