@@ -545,4 +545,9 @@ class External:
     """vLLM's counter of tokens generated (output tokens), per server."""
     VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
     """vLLM's counter of prompt tokens processed (prefill), per server."""
+    VLLM_CACHE_CONFIG_INFO = "vllm:cache_config_info"
+    """A gauge fixed at 1 whose labels are vLLM's cache config (every field, varying by version)."""
+    VLLM_REQUESTS_RUNNING = ("vllm:num_requests_running",)
+    VLLM_REQUESTS_WAITING = ("vllm:num_requests_waiting",)
+    VLLM_PREEMPTIONS = ("vllm:num_preemptions_total",)
     PROMETHEUS_UP = "up"
