@@ -29,6 +29,7 @@ class SimulatedNode:
         self.api: Any = None
         self.kubelet: Any = None
         self.dcgm: Any = None
+        self.vllm: list[Any] = []
         self._socket_dir: str | None = None
 
     @classmethod
@@ -59,7 +60,23 @@ class SimulatedNode:
         self.dcgm.start()
         return str(self.dcgm.url)
 
+    def start_vllm_servers(self) -> list[Any]:
+        """Serve each vLLM server of the scenario (its /metrics and /logs); none when it has no vllm blocks.
+
+        Returns the started :class:`exporter.sim.vllm.SimVllmServer` objects (``url``, ``namespace``, ``pod``,
+        ``model``)."""
+        from exporter.sim.vllm import vllm_servers
+
+        servers = vllm_servers(self.scenario, self.nvml)
+        for server in servers:
+            server.start()
+        self.vllm.extend(servers)
+        return servers
+
     def close(self) -> None:
+        for server in self.vllm:
+            server.stop()
+        self.vllm.clear()
         if self.dcgm is not None:
             self.dcgm.stop()
         if self.kubelet is not None:

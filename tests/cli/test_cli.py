@@ -16,7 +16,7 @@ def test_the_demo_shows_each_pods_memory_activity_model_and_the_url(
     assert main(["demo", "--listen", "127.0.0.1:0", "--interval", "0.3", "--run-for", "0"]) == 0
     out = capsys.readouterr().out
     usage = {tuple(line.split()[:2]): line for line in out.splitlines() if line[:2] in ("0 ", "2 ", "3 ")}
-    assert "72.3 GiB" in usage[("0", "llm/vllm-llama-8b-6d9f7c5b8-x2k4p/vllm")]  # the vLLM server's reservation
+    assert "73.1 GiB" in usage[("0", "llm/vllm-llama-8b-6d9f7c5b8-x2k4p/vllm")]  # the vLLM server's reservation
     assert " 0.0%" in usage[("2", "notebooks/jupyter-alice-0/notebook")]  # the idle notebook
     assert ("3", "llm/tgi-phi3-mini-5f6d7c8b9-q9wrt/tgi") in usage  # both time-sliced pods on GPU 3
     assert ("3", "llm/vllm-qwen-1-5b-7b8c9d6f5-m7qzt/vllm") in usage

@@ -46,10 +46,10 @@ def test_every_gpu_process_lands_on_its_container(inference_node: Exporter) -> N
     metrics = scrape(inference_node.server.url)
     memory = _by(metrics[c.CONTAINER_MEMORY.name], "gpu", "namespace", "pod", "container", "process")
     assert memory == {
-        ("0", "llm", "vllm-llama-8b-6d9f7c5b8-x2k4p", "vllm", ""): 72.3 * GiB // 2**20 * 2**20,
+        ("0", "llm", "vllm-llama-8b-6d9f7c5b8-x2k4p", "vllm", ""): 74854 * 2**20,  # its vLLM budget
         ("1", "ml-training", "finetune-mistral-7b-0", "trainer", ""): 61 * GiB,
         ("2", "notebooks", "jupyter-alice-0", "notebook", ""): 22 * GiB,
-        ("3", "llm", "vllm-qwen-1-5b-7b8c9d6f5-m7qzt", "vllm", ""): 31.2 * GiB // 2**20 * 2**20,
+        ("3", "llm", "vllm-qwen-1-5b-7b8c9d6f5-m7qzt", "vllm", ""): 33690 * 2**20,  # its vLLM budget
         ("3", "llm", "tgi-phi3-mini-5f6d7c8b9-q9wrt", "tgi", ""): 29.8 * GiB // 2**20 * 2**20,
     }
     assert _by(metrics[c.EXPORTER_KUBERNETES_UP.name]) == {(): 1}
