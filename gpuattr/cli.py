@@ -154,6 +154,8 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuattr", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, summary) in PASSTHROUGH.items():
+        sub.add_parser(name, help=summary + f" (gpuattr {name} --help)", add_help=False)
 
     exp = sub.add_parser("exporter", help="run the node exporter (real NVML, or --simulate a scenario)")
     add_arguments(exp, ExporterSettings)
@@ -198,7 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands of the attribution package: their own parsers, imported only when asked for (so the
+# exporter never loads pandas).
+PASSTHROUGH = {
+    "attribute": ("attribution.job", "split each vLLM server's GPU memory and recommend what to give back"),
+    "model-memory": ("attribution.model_memory", "KV bytes per token and weights of a model, and how many tokens fit"),
+    "vllm-log": ("attribution.vllm_log", "read what a vLLM start-up log says about memory"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        module = importlib.import_module(PASSTHROUGH[argv[0]][0])
+        return int(module.main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

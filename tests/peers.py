@@ -104,9 +104,11 @@ def prometheus(
     evaluation_interval: str | None = None,
     rule_files: Sequence[Path] = (),
     alertmanagers: Sequence[str] = (),
+    storage: Path | None = None,
 ) -> Iterator[Prometheus]:
     """Prometheus on a free loopback port scraping ``targets`` (job ``gpuattr``); optionally evaluating
-    ``rule_files`` and sending alerts to ``alertmanagers`` (``host:port``). Stopped on exit, also on failure."""
+    ``rule_files`` and sending alerts to ``alertmanagers`` (``host:port``); ``storage`` may hold backfilled
+    blocks. Stopped on exit, also on failure."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: `make test` installs Debian's prometheus package")
@@ -128,8 +130,9 @@ def prometheus(
     argv = [
         binary,
         f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--storage.tsdb.path={storage or tmp_path / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=30d",
     ]
     with _serve("prometheus", argv, url, log):
         yield Prometheus(url, log)

@@ -1,0 +1,202 @@
+"""Gather what the split needs, per vLLM server and GPU: from Prometheus (aggregated in PromQL over the
+window), from vLLM's start-up logs, and from model configs. What is missing is named, never invented."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attribution.prometheus import PrometheusClient, PrometheusError, Sample
+from attribution.split import ServerGpu
+from exporter import catalog as c
+
+log = logging.getLogger("gpuattr.attribution")
+
+KV_USAGE = "|".join(c.External.VLLM_KV_CACHE_USAGE)
+TOKENS = "vllm:generation_tokens_total|vllm:prompt_tokens_total"
+CACHE_CONFIG = c.External.VLLM_CACHE_CONFIG_INFO
+
+
+@dataclass
+class Collected:
+    servers: list[ServerGpu]
+    teams: dict[tuple[str, str], str] = field(default_factory=dict)
+    tokens: dict[tuple[str, str], float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # what is missing, for the report
+
+
+def _key(labels: Mapping[str, str]) -> tuple[str, str]:
+    return labels.get("namespace", ""), labels.get("pod", "")
+
+
+def _int(value: str | None) -> int | None:
+    if value in (None, "", "None"):
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _float(value: str | None) -> float | None:
+    if value in (None, "", "None"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def queries(window: str) -> dict[str, str]:
+    """The PromQL the job sends: one aggregate per input, whatever the number of samples."""
+    usage = f'{{__name__=~"{KV_USAGE}"}}'
+    return {
+        "memory": (
+            "max by (namespace, pod, gpu_uuid, mig_instance) "
+            f'(max_over_time({c.CONTAINER_MEMORY.name}{{pod!=""}}[{window}]))'
+        ),
+        "gpu_total": f"max by (gpu_uuid, mig_instance) (max_over_time({c.GPU_MEMORY_TOTAL.name}[{window}]))",
+        "pod_info": f"max by (namespace, pod, model, team) (last_over_time({c.POD_INFO.name}[{window}]))",
+        "kv_p50": f"max by (namespace, pod) (quantile_over_time(0.5, {usage}[{window}]))",
+        "kv_p95": f"max by (namespace, pod) (quantile_over_time(0.95, {usage}[{window}]))",
+        "kv_max": f"max by (namespace, pod) (max_over_time({usage}[{window}]))",
+        "cache_config": f"last_over_time({CACHE_CONFIG}[{window}])",
+        "tokens": f'sum by (namespace, pod) (increase({{__name__=~"{TOKENS}"}}[{window}]))',
+    }
+
+
+def from_prometheus(client: PrometheusClient, window: str, at: float | None = None) -> Collected:
+    """One row per vLLM server (a pod with vLLM's KV metrics or cache config) and GPU it holds memory on."""
+    results: dict[str, list[Sample]] = {}
+    problems: list[str] = []
+    for name, expr in queries(window).items():
+        try:
+            results[name] = client.query(expr, at)
+        except PrometheusError as exc:
+            results[name] = []
+            problems.append(f"{name}: {exc}")
+            log.warning("%s", exc)
+    memory: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for s in results["memory"]:
+        memory[_key(s.labels)].append(s)
+    gpu_total = {
+        (s.labels.get("gpu_uuid", ""), s.labels.get("mig_instance", "")): int(s.value) for s in results["gpu_total"]
+    }
+    info = {_key(s.labels): s.labels for s in results["pod_info"]}
+    kv = {name: {_key(s.labels): s.value for s in results[name]} for name in ("kv_p50", "kv_p95", "kv_max")}
+    config = {_key(s.labels): s.labels for s in results["cache_config"]}
+    tokens = {_key(s.labels): s.value for s in results["tokens"]}
+    vllm_pods = sorted(set(kv["kv_max"]) | set(config))
+    servers: list[ServerGpu] = []
+    for key in vllm_pods:
+        namespace, pod = key
+        if not namespace or not pod:
+            problems.append(
+                "vLLM series without namespace/pod labels: scrape vLLM pods with Kubernetes service discovery"
+            )
+            continue
+        placed = memory.get(key, [])
+        if not placed:
+            problems.append(f"{namespace}/{pod}: vLLM metrics but no GPU memory series from the exporter")
+        cfg = config.get(key, {})
+        model = info.get(key, {}).get("model") or ""
+        for s in placed or [Sample({"gpu_uuid": "", "mig_instance": ""}, float("nan"))]:
+            gpu = (s.labels.get("gpu_uuid", ""), s.labels.get("mig_instance", ""))
+            servers.append(
+                ServerGpu(
+                    namespace=namespace,
+                    pod=pod,
+                    model=model,
+                    gpu_uuid=gpu[0] + (f"/{gpu[1]}" if gpu[1] else ""),
+                    gpu_memory_bytes=gpu_total.get(gpu),
+                    total_bytes=None if s.value != s.value else int(s.value),
+                    kv_usage_p50=kv["kv_p50"].get(key),
+                    kv_usage_p95=kv["kv_p95"].get(key),
+                    kv_usage_max=kv["kv_max"].get(key),
+                    kv_allocated_bytes=_int(cfg.get("kv_cache_memory_bytes")),
+                    num_gpu_blocks=_int(cfg.get("num_gpu_blocks")),
+                    block_size=_int(cfg.get("block_size")),
+                    gpu_memory_utilization=_float(cfg.get("gpu_memory_utilization")),
+                    tensor_parallel=max(1, len(placed)),
+                )
+            )
+    teams = {k: v.get("team", "") for k, v in info.items()}
+    return Collected(servers, teams, tokens, problems)
+
+
+def _log_file(logs_dir: Path, namespace: str, pod: str) -> Path | None:
+    for name in (f"{namespace}_{pod}.log", f"{namespace}/{pod}.log", f"{pod}.log"):
+        path = logs_dir / name
+        if path.is_file():
+            return path
+    return None
+
+
+def add_logs(collected: Collected, logs_dir: Path | None, read: Callable[[str, str], str | None] | None = None) -> None:
+    """Weights and the KV budget from each server's start-up log: a file ``<namespace>_<pod>.log`` in
+    ``logs_dir``, or ``read(namespace, pod)`` (e.g. the Kubernetes API's pod logs)."""
+    from attribution.vllm_log import VllmLogError, parse_log
+
+    seen: dict[tuple[str, str], object] = {}
+    for server in collected.servers:
+        key = (server.namespace, server.pod)
+        if key not in seen:
+            text: str | None = None
+            source = f"{server.namespace}/{server.pod}"
+            if logs_dir is not None:
+                path = _log_file(logs_dir, *key)
+                if path is not None:
+                    text, source = path.read_text(encoding="utf-8", errors="replace"), str(path)
+            if text is None and read is not None:
+                text = read(*key)
+            if text is None:
+                seen[key] = None
+                collected.problems.append(f"{source}: no start-up log; weights from the model config or an estimate")
+                continue
+            try:
+                seen[key] = parse_log(text, source)
+            except VllmLogError as exc:
+                seen[key] = None
+                collected.problems.append(str(exc))
+        facts = seen[key]
+        if facts is None:
+            continue
+        server.weights_bytes_log = getattr(facts, "weights_bytes", None)
+        if server.kv_allocated_bytes is None:
+            server.kv_allocated_bytes = getattr(facts, "kv_cache_bytes", None)
+        if server.gpu_memory_utilization is None:
+            server.gpu_memory_utilization = getattr(facts, "gpu_memory_utilization", None)
+        if server.num_gpu_blocks is None:
+            server.num_gpu_blocks = getattr(facts, "num_gpu_blocks", None)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def add_model_configs(collected: Collected, configs_dir: Path | None) -> None:
+    """KV bytes per token and weights from each model's ``config.json`` (``<dir>/<org>/<name>/`` or
+    ``<dir>/<org>__<name>/``), and exact weights from safetensors headers found beside it."""
+    if configs_dir is None:
+        return
+    from attribution.model_memory import UnsupportedModel, kv_sizing, load_config, weight_sizing
+
+    for server in collected.servers:
+        if not server.model:
+            continue
+        candidates = [configs_dir / server.model, configs_dir / _SAFE.sub("__", server.model)]
+        model_dir = next((p for p in candidates if (p / "config.json").is_file()), None)
+        if model_dir is None:
+            collected.problems.append(f"{server.model}: no config.json under {configs_dir}")
+            continue
+        try:
+            config = load_config(model_dir)
+            sizing = kv_sizing(config, tensor_parallel=server.tensor_parallel, source=str(model_dir / "config.json"))
+            server.kv_bytes_per_token = sizing.kv_bytes_per_token
+            weights = weight_sizing(config, model_dir)
+            server.weights_bytes_model, server.weights_model_method = weights.weight_bytes, weights.method
+        except (UnsupportedModel, ValueError, OSError) as exc:
+            collected.problems.append(f"{server.model}: {exc}")

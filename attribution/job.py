@@ -1,0 +1,166 @@
+"""``gpuattr attribute``: the attribution job, from inputs to the split, recommendations and outputs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+from prometheus_client.metrics_core import Metric as Family
+
+from attribution.collect import Collected, add_logs, add_model_configs, from_prometheus
+from attribution.prometheus import PrometheusClient
+from attribution.recommend import Item, Packing, costs, pack, recommend
+from attribution.report import Result, families, terminal, to_json, write_files
+from attribution.split import split
+
+log = logging.getLogger("gpuattr.attribution")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def window_hours(window: str) -> float:
+    """Hours in a Prometheus duration such as ``7d`` or ``1h30m``."""
+    import re
+
+    parts = re.findall(r"(\d+)([smhdw])", window)
+    if not parts or "".join(n + u for n, u in parts) != window:
+        raise ValueError(f"--window: expected a Prometheus duration such as 7d or 6h, got {window!r}")
+    return sum(int(n) * _UNITS[u] for n, u in parts) / 3600
+
+
+def plan(frame_split: pd.DataFrame, recommendations: pd.DataFrame) -> Packing | None:
+    """Packing of right-sized footprints (what NVML shows minus what can be given back) onto GPUs like
+    today's; a tensor-parallel server moves as a whole."""
+    merged = frame_split.merge(recommendations, on=["namespace", "pod", "model", "gpu_uuid"])
+    merged = merged.dropna(subset=["total_bytes", "gpu_memory_bytes"])
+    if merged.empty:
+        return None
+    items: list[Item] = []
+    for (namespace, pod), group in merged.groupby(["namespace", "pod"]):
+        reclaim = group["reclaimable_bytes"].fillna(0)
+        per_gpu = int((group["total_bytes"] - reclaim).max())
+        items.append(Item(f"{namespace}/{pod}", per_gpu, ranks=len(group)))
+    gpu_bytes = int(merged["gpu_memory_bytes"].min())
+    return pack(items, gpu_bytes, gpus_today=merged["gpu_uuid"].nunique())
+
+
+def run(collected: Collected, *, window: str, headroom: float, price: float) -> Result:
+    frame = split(collected.servers)
+    recs = recommend(frame, headroom=headroom)
+    money = costs(
+        frame,
+        recs,
+        price_per_gpu_hour=price,
+        window_hours=window_hours(window),
+        teams=collected.teams,
+        tokens=collected.tokens,
+    )
+    return Result(frame, recs, money, plan(frame, recs), collected.problems, window)
+
+
+def collect(args: argparse.Namespace) -> Collected:
+    if args.prometheus:
+        client = PrometheusClient(args.prometheus, timeout_s=args.timeout)
+        collected = from_prometheus(client, args.window, args.at)
+        log.info("Prometheus: %d queries, %.1fs waiting", client.queries, client.waited_s)
+    else:
+        from attribution.oneshot import from_endpoints
+
+        collected = from_endpoints(args.vllm, args.exporter_url, timeout_s=args.timeout)
+    add_logs(collected, Path(args.logs) if args.logs else None)
+    add_model_configs(collected, Path(args.model_configs) if args.model_configs else None)
+    return collected
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.fams: list[Family] = []
+
+    def collect(self) -> Iterator[Family]:
+        return iter(self.fams)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpuattr attribute", description="Split each vLLM server's GPU memory and recommend what to give back."
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prometheus", help="Prometheus (or compatible) base URL; aggregation runs there")
+    src.add_argument(
+        "--vllm", action="append", default=[], metavar="NS/POD=URL", help="one-shot: a vLLM /metrics URL (repeatable)"
+    )
+    p.add_argument("--exporter-url", help="one-shot: the gpuattr exporter's /metrics on the servers' node")
+    p.add_argument("--window", default="7d", help="time window (Prometheus duration)")
+    p.add_argument("--at", type=float, default=None, help="evaluation time, unix seconds (default: now)")
+    p.add_argument("--logs", help="directory of vLLM start-up logs named <namespace>_<pod>.log")
+    p.add_argument("--model-configs", help="directory of model configs: <org>/<name>/config.json (and safetensors)")
+    p.add_argument("--headroom", type=float, default=0.2, help="KV kept above the observed peak (0.2 = 20%%)")
+    p.add_argument("--price-per-gpu-hour", type=float, default=2.5, help="price of one GPU-hour")
+    p.add_argument("--out", help="directory for the report files")
+    p.add_argument("--format", default="csv,json,html", help="comma list of csv, parquet, json, html")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument(
+        "--serve", metavar="HOST:PORT", help="serve the split as Prometheus series, re-running every --every"
+    )
+    p.add_argument("--every", type=float, default=300.0, help="seconds between runs with --serve")
+    p.add_argument("--pushgateway", help="push the split to this Pushgateway (for a CronJob)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per Prometheus query or scrape")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.vllm and not args.exporter_url:
+        print("gpuattr attribute: --vllm needs --exporter-url (the node's exporter, for GPU memory)", file=sys.stderr)
+        return 2
+    try:
+        window_hours(args.window)
+        result = run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
+    except ValueError as exc:
+        print(f"gpuattr attribute: {exc}", file=sys.stderr)
+        return 2
+    print(to_json(result) if args.json else terminal(result))
+    if args.out:
+        for path in write_files(result, Path(args.out), [f.strip() for f in args.format.split(",") if f.strip()]):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.pushgateway:
+        from prometheus_client import CollectorRegistry, push_to_gateway
+
+        registry = CollectorRegistry()
+        collector = _Collector()
+        collector.fams = families(result)
+        registry.register(collector)
+        push_to_gateway(args.pushgateway, job="gpuattr-attribution", registry=registry)
+    if args.serve:
+        return _serve(args, result)
+    return 0
+
+
+def _serve(args: argparse.Namespace, first: Result) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from exporter.settings import host_port
+
+    registry = CollectorRegistry()
+    collector = _Collector()
+    collector.fams = families(first)
+    registry.register(collector)
+    host, port = host_port(args.serve)
+    start_http_server(port, host, registry=registry)
+    stop = threading.Event()
+    while not stop.wait(args.every):
+        try:
+            collector.fams = families(
+                run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
+            )
+        except Exception:
+            log.exception("attribution run failed; serving the previous result")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
