@@ -75,6 +75,7 @@ def build(settings: ExporterSettings) -> Exporter:
         options.before_sample.append(simulation.proc.sync)
         if settings.dcgm_exporter_url == "simulated":
             settings.dcgm_exporter_url = simulation.start_dcgm_exporter()
+        simulation.start_vllm_servers()  # the scenario's vLLM servers serve their /metrics and logs
     if settings.dcgm_exporter_url:
         from exporter.dcgm import DcgmSource, parse_aliases
 

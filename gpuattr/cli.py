@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from exporter.settings import ExporterSettings, SettingsError, add_arguments, from_sources
 
@@ -76,6 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         metrics = wait_for_samples(exporter.server.url, samples=3, timeout_s=30)
         print(f"Simulated node {settings.simulate!r}: what the exporter sees\n")
         print(summary(metrics))
+        if exporter.simulation is not None and exporter.simulation.vllm:
+            print("\n" + _attribution_of(exporter.simulation.vllm, exporter.server.url))
         print(f"\nScrape it: curl -s {exporter.server.url}")
         if run_for != 0:
             print(
@@ -86,6 +89,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         exporter.stop()
     return 0
+
+
+def _attribution_of(servers: list[Any], exporter_url: str) -> str:
+    """The attribution job in one-shot mode on the simulated vLLM servers (their /metrics and start-up logs)."""
+    import urllib.request
+
+    from attribution.collect import add_logs
+    from attribution.job import run
+    from attribution.oneshot import from_endpoints
+    from attribution.report import terminal
+
+    by_pod = {(s.namespace, s.pod): s for s in servers}
+
+    def read_log(namespace: str, pod: str) -> str | None:
+        server = by_pod.get((namespace, pod))
+        if server is None:
+            return None
+        with urllib.request.urlopen(server.logs_url, timeout=5) as resp:  # noqa: S310 - the simulated server
+            return str(resp.read().decode())
+
+    specs = [f"{s.namespace}/{s.pod}={s.metrics_url}" for s in servers if getattr(s, "rank", 0) == 0]
+    collected = from_endpoints(specs, exporter_url)
+    add_logs(collected, None, read=read_log)
+    return terminal(run(collected, window="5m", headroom=0.2, price=2.5))
 
 
 def cmd_docs(args: argparse.Namespace) -> int:

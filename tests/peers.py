@@ -105,6 +105,7 @@ def prometheus(
     rule_files: Sequence[Path] = (),
     alertmanagers: Sequence[str] = (),
     storage: Path | None = None,
+    extra_scrape_configs: Sequence[dict[str, Any]] = (),
 ) -> Iterator[Prometheus]:
     """Prometheus on a free loopback port scraping ``targets`` (job ``gpuattr``); optionally evaluating
     ``rule_files`` and sending alerts to ``alertmanagers`` (``host:port``); ``storage`` may hold backfilled
@@ -117,7 +118,10 @@ def prometheus(
             "scrape_interval": scrape_interval,
             "evaluation_interval": evaluation_interval or scrape_interval,
         },
-        "scrape_configs": [{"job_name": "gpuattr", "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [
+            {"job_name": "gpuattr", "static_configs": [{"targets": targets}]},
+            *extra_scrape_configs,
+        ],
     }
     if rule_files:
         config["rule_files"] = [str(path) for path in rule_files]
