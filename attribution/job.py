@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -62,10 +64,14 @@ def run(collected: Collected, *, window: str, headroom: float, price: float) -> 
     return Result(frame, recs, money, plan(frame, recs), collected.problems, window)
 
 
+STATS: dict[str, float] = {}
+
+
 def collect(args: argparse.Namespace) -> Collected:
     if args.prometheus:
         client = PrometheusClient(args.prometheus, timeout_s=args.timeout)
         collected = from_prometheus(client, args.window, args.at)
+        STATS.update(prometheus_queries=client.queries, prometheus_wait_s=client.waited_s)
         log.info("Prometheus: %d queries, %.1fs waiting", client.queries, client.waited_s)
     else:
         from attribution.oneshot import from_endpoints
@@ -109,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=float, default=300.0, help="seconds between runs with --serve")
     p.add_argument("--pushgateway", help="push the split to this Pushgateway (for a CronJob)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per Prometheus query or scrape")
+    p.add_argument("--stats", action="store_true", help="print timings (JSON) to standard error")
     return p
 
 
@@ -117,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.vllm and not args.exporter_url:
         print("gpuattr attribute: --vllm needs --exporter-url (the node's exporter, for GPU memory)", file=sys.stderr)
         return 2
+    started = time.perf_counter()
     try:
         window_hours(args.window)
         result = run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
@@ -124,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpuattr attribute: {exc}", file=sys.stderr)
         return 2
     print(to_json(result) if args.json else terminal(result))
+    if args.stats:
+        STATS.update(wall_s=time.perf_counter() - started, servers=len(result.split))
+        print(json.dumps({"stats": STATS}), file=sys.stderr)
     if args.out:
         for path in write_files(result, Path(args.out), [f.strip() for f in args.format.split(",") if f.strip()]):
             print(f"wrote {path}", file=sys.stderr)

@@ -130,7 +130,7 @@ def write_openmetrics(
             out.write(f"vllm:cache_config_info{{{labels}}} 1 {t:.3f}\n")
     family("vllm:generation_tokens", "counter")
     for s in servers:
-        for t in _times(start, end, step):
+        for t in _times(start, end, sparse):  # a counter's increase over the window needs no dense samples
             out.write(
                 f'vllm:generation_tokens_total{{engine="0",model_name="{s.model}",namespace="{s.namespace}",pod="{s.pod}"}} {s.tokens_per_s * (t - start):.1f} {t:.3f}\n'
             )
