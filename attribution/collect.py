@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
 from attribution.split import ServerGpu
@@ -16,6 +18,7 @@ from exporter import catalog as c
 
 log = logging.getLogger("gpuattr.attribution")
 
+T = TypeVar("T")
 KV_USAGE = "|".join(c.External.VLLM_KV_CACHE_USAGE)
 TOKENS = "vllm:generation_tokens_total|vllm:prompt_tokens_total"
 CACHE_CONFIG = c.External.VLLM_CACHE_CONFIG_INFO
@@ -128,6 +131,34 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     return Collected(servers, teams, tokens, problems)
 
 
+def progress(items: list[T], what: str, every: int = 50) -> Iterator[T]:
+    """Yield ``items``, reporting progress on standard error when the run is long and a person watches."""
+    show = len(items) >= every and sys.stderr.isatty()
+    for i, item in enumerate(items, 1):
+        if show and (i % every == 0 or i == len(items)):
+            print(f"\r{what}: {i}/{len(items)}", end="" if i < len(items) else "\n", file=sys.stderr, flush=True)
+        yield item
+
+
+def kubernetes_logs(api_host: str | None = None, *, limit_bytes: int = 4 * 2**20) -> Callable[[str, str], str | None]:
+    """Start-up logs from the Kubernetes API (pod logs), for ``add_logs(read=...)``. The first part of the log
+    is what matters (vLLM prints its memory lines at start-up); ``limit_bytes`` bounds what is read."""
+    from kubernetes import client
+
+    from exporter.resolve.kube import make_api_client
+
+    core = client.CoreV1Api(make_api_client(api_host))
+
+    def read(namespace: str, pod: str) -> str | None:
+        try:
+            return str(core.read_namespaced_pod_log(pod, namespace, limit_bytes=limit_bytes, _request_timeout=30))
+        except Exception as exc:  # the client raises ApiException, urllib3 and socket errors alike
+            log.warning("cannot read the log of %s/%s from the Kubernetes API: %s", namespace, pod, exc)
+            return None
+
+    return read
+
+
 def _log_file(logs_dir: Path, namespace: str, pod: str) -> Path | None:
     for name in (f"{namespace}_{pod}.log", f"{namespace}/{pod}.log", f"{pod}.log"):
         path = logs_dir / name
@@ -142,7 +173,7 @@ def add_logs(collected: Collected, logs_dir: Path | None, read: Callable[[str, s
     from attribution.vllm_log import VllmLogError, parse_log
 
     seen: dict[tuple[str, str], object] = {}
-    for server in collected.servers:
+    for server in progress(collected.servers, "reading start-up logs"):
         key = (server.namespace, server.pod)
         if key not in seen:
             text: str | None = None
@@ -172,6 +203,9 @@ def add_logs(collected: Collected, logs_dir: Path | None, read: Callable[[str, s
             server.gpu_memory_utilization = getattr(facts, "gpu_memory_utilization", None)
         if server.num_gpu_blocks is None:
             server.num_gpu_blocks = getattr(facts, "num_gpu_blocks", None)
+        server.activation_peak_bytes = getattr(facts, "activation_peak_bytes", None)
+        server.non_torch_bytes = getattr(facts, "non_torch_bytes", None)
+        server.cuda_graph_bytes = getattr(facts, "cuda_graph_bytes", None)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -184,7 +218,7 @@ def add_model_configs(collected: Collected, configs_dir: Path | None) -> None:
         return
     from attribution.model_memory import UnsupportedModel, kv_sizing, load_config, weight_sizing
 
-    for server in collected.servers:
+    for server in progress(collected.servers, "sizing models"):
         if not server.model:
             continue
         candidates = [configs_dir / server.model, configs_dir / _SAFE.sub("__", server.model)]

@@ -41,13 +41,21 @@ def plan(frame_split: pd.DataFrame, recommendations: pd.DataFrame) -> Packing | 
     merged = merged.dropna(subset=["total_bytes", "gpu_memory_bytes"])
     if merged.empty:
         return None
-    items: list[Item] = []
-    for (namespace, pod), group in merged.groupby(["namespace", "pod"]):
-        reclaim = group["reclaimable_bytes"].fillna(0)
-        per_gpu = int((group["total_bytes"] - reclaim).max())
-        items.append(Item(f"{namespace}/{pod}", per_gpu, ranks=len(group)))
-    gpu_bytes = int(merged["gpu_memory_bytes"].min())
-    return pack(items, gpu_bytes, gpus_today=merged["gpu_uuid"].nunique())
+    # Servers move only onto GPUs of their own kind (same memory size): one plan per kind, added up.
+    today = needed = 0
+    placement: dict[str, list[int]] = {}
+    refused: dict[str, str] = {}
+    for kind_bytes, kind in merged.groupby("gpu_memory_bytes"):
+        items: list[Item] = []
+        for (namespace, pod), group in kind.groupby(["namespace", "pod"]):
+            reclaim = group["reclaimable_bytes"].fillna(0)
+            per_gpu = int((group["total_bytes"] - reclaim).max())
+            items.append(Item(f"{namespace}/{pod}", per_gpu, ranks=len(group)))
+        part = pack(items, int(str(kind_bytes)), gpus_today=kind["gpu_uuid"].nunique())
+        placement.update({name: [needed + i for i in gpus] for name, gpus in part.placement.items()})
+        refused.update(part.refused)
+        today, needed = today + part.gpus_today, needed + part.gpus_needed
+    return Packing(today, needed, placement, refused)
 
 
 def run(collected: Collected, *, window: str, headroom: float, price: float) -> Result:
@@ -77,7 +85,12 @@ def collect(args: argparse.Namespace) -> Collected:
         from attribution.oneshot import from_endpoints
 
         collected = from_endpoints(args.vllm, args.exporter_url, timeout_s=args.timeout)
-    add_logs(collected, Path(args.logs) if args.logs else None)
+    reader = None
+    if args.logs_from_kubernetes:
+        from attribution.collect import kubernetes_logs
+
+        reader = kubernetes_logs(args.kube_api)
+    add_logs(collected, Path(args.logs) if args.logs else None, read=reader)
     add_model_configs(collected, Path(args.model_configs) if args.model_configs else None)
     return collected
 
@@ -103,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", default="7d", help="time window (Prometheus duration)")
     p.add_argument("--at", type=float, default=None, help="evaluation time, unix seconds (default: now)")
     p.add_argument("--logs", help="directory of vLLM start-up logs named <namespace>_<pod>.log")
+    p.add_argument("--logs-from-kubernetes", action="store_true", help="read start-up logs as pod logs from the API")
+    p.add_argument("--kube-api", help="API server URL for --logs-from-kubernetes (default: in-cluster)")
     p.add_argument("--model-configs", help="directory of model configs: <org>/<name>/config.json (and safetensors)")
     p.add_argument("--headroom", type=float, default=0.2, help="KV kept above the observed peak (0.2 = 20%%)")
     p.add_argument("--price-per-gpu-hour", type=float, default=2.5, help="price of one GPU-hour")

@@ -60,6 +60,13 @@ def terminal(result: Result) -> str:
         lines += ["", f"Right-sized, these servers fit on {p.gpus_needed} GPU(s) instead of {p.gpus_today}."]
         lines += [f"  not moved: {name}: {why}" for name, why in p.refused.items()]
     if not result.costs.empty:
+        for by in ("namespace", "team", "model"):
+            summary = cost_summary(result.costs, by)
+            lines += [
+                "",
+                f"Cost by {by} over the window:",
+                summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"),
+            ]
         total = result.costs[["cost_held", "cost_idle_kv", "cost_reclaimable"]].sum()
         lines += [
             "",
@@ -73,9 +80,18 @@ def terminal(result: Result) -> str:
     return "\n".join(lines)
 
 
+def cost_summary(costs: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Held, idle-KV and reclaimable cost summed per namespace, team or model, largest waste first."""
+    columns = ["cost_held", "cost_idle_kv", "cost_reclaimable", "gpus_held"]
+    out = costs.groupby(by, as_index=False)[columns].sum()
+    return out.sort_values("cost_idle_kv", ascending=False, ignore_index=True)
+
+
 def write_files(result: Result, out_dir: Path, formats: Sequence[str]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = {"split": result.split, "recommendations": result.recommendations, "costs": result.costs}
+    if not result.costs.empty:
+        frames.update({f"costs_by_{by}": cost_summary(result.costs, by) for by in ("namespace", "team", "model")})
     written: list[Path] = []
     for fmt in formats:
         for name, frame in frames.items():

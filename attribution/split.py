@@ -30,6 +30,9 @@ COLUMNS = (
     "kv_used_max_bytes",
     "kv_idle_bytes",
     "overhead_bytes",
+    "overhead_activation_bytes",
+    "overhead_non_torch_bytes",
+    "overhead_cuda_graph_bytes",
     "gpu_memory_utilization",
     "tensor_parallel",
     "assumptions",
@@ -59,6 +62,9 @@ class ServerGpu:
     gpu_memory_utilization: float | None = None
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
+    activation_peak_bytes: int | None = None  # parts of the overhead vLLM logged, when it did
+    non_torch_bytes: int | None = None
+    cuda_graph_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -122,6 +128,9 @@ def split_one(s: ServerGpu) -> dict[str, object]:
         "kv_used_max_bytes": used_max,
         "kv_idle_bytes": kv_idle,
         "overhead_bytes": overhead,
+        "overhead_activation_bytes": s.activation_peak_bytes,
+        "overhead_non_torch_bytes": s.non_torch_bytes,
+        "overhead_cuda_graph_bytes": s.cuda_graph_bytes,
         "gpu_memory_utilization": s.gpu_memory_utilization,
         "tensor_parallel": s.tensor_parallel,
         "assumptions": "; ".join(notes),

@@ -80,7 +80,7 @@ def test_the_split_from_a_week_in_prometheus_matches_what_the_servers_were_built
         low.kv_bytes - low.kv_bytes * low.kv_peak * 1.2, rel=1e-3
     )
     assert result["gpus_today"] == 6
-    for name in ("split.csv", "split.parquet", "recommendations.json", "costs.csv", "report.html"):
+    for name in ("split.csv", "split.parquet", "recommendations.json", "costs.csv", "costs_by_team.csv", "report.html"):
         assert (tmp_path / name).stat().st_size > 0
     assert "<svg" in (tmp_path / "report.html").read_text()
 

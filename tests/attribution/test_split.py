@@ -114,3 +114,45 @@ def test_costs_price_the_idle_and_reclaimable_share_and_tokens() -> None:
     assert out["cost_idle_kv"] == pytest.approx(idle_share * 48.0)
     assert out["cost_per_million_tokens"] == pytest.approx(1.0)
     assert out["team"] == "search"
+
+
+def test_servers_are_packed_only_onto_gpus_of_their_own_kind() -> None:
+    from attribution.job import plan
+
+    h100 = [
+        _llama8b(
+            pod=f"h100-{i}",
+            gpu_uuid=f"GPU-h{i}",
+            total_bytes=30 * GiB,
+            kv_allocated_bytes=12 * GiB,
+            weights_bytes_log=15 * GiB,
+            kv_usage_max=1.0,
+        )
+        for i in range(4)
+    ]
+    l4 = [
+        _llama8b(
+            pod=f"l4-{i}",
+            gpu_uuid=f"GPU-l{i}",
+            gpu_memory_bytes=24 * GiB,
+            total_bytes=20 * GiB,
+            kv_allocated_bytes=4 * GiB,
+            weights_bytes_log=15 * GiB,
+            kv_usage_max=1.0,
+        )
+        for i in range(2)
+    ]
+    frame = split(h100 + l4)
+    packing = plan(frame, recommend(frame))
+    assert packing is not None
+    # two 30 GiB servers per 80 GiB H100; each 20 GiB server needs its own 24 GiB L4 (never an H100 slot)
+    assert (packing.gpus_today, packing.gpus_needed) == (6, 4)
+
+
+def test_logged_parts_of_the_overhead_are_shown() -> None:
+    row = split([_llama8b(activation_peak_bytes=GiB, non_torch_bytes=GiB // 2, cuda_graph_bytes=GiB // 4)]).iloc[0]
+    assert (row["overhead_activation_bytes"], row["overhead_non_torch_bytes"], row["overhead_cuda_graph_bytes"]) == (
+        GiB,
+        GiB // 2,
+        GiB // 4,
+    )
