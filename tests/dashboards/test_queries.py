@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from exporter.app import build as build_exporter
 from exporter.demo import scrape
 from exporter.settings import ExporterSettings
 from tests.conftest import ROOT, SCENARIOS
+from tests.peers import prometheus
 
 pytestmark = pytest.mark.slow
 
@@ -268,37 +268,14 @@ def _wait_http(url: str, deadline: float, what: str, proc: subprocess.Popen[byte
         time.sleep(0.2)
 
 
-def start_prometheus(tmp_path: Path, jobs: dict[str, tuple[str, list[str]]]) -> tuple[subprocess.Popen[bytes], str]:
-    """Prometheus on loopback scraping ``jobs`` (name -> (metrics path, targets)) every second, with the
-    generated rule file evaluated every second (its groups' own interval replaced)."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is missing: `make test` installs Debian's prometheus package")
+def rules_every_second(tmp_path: Path) -> Path:
+    """The generated rule file with its groups' interval replaced by 1s, so recording rules fill quickly."""
     rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     for group in rules["groups"]:
         group["interval"] = "1s"
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / "rules.yaml")],
-        "scrape_configs": [
-            {"job_name": name, "metrics_path": path, "static_configs": [{"targets": targets}]}
-            for name, (path, targets) in jobs.items()
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    return proc, f"http://127.0.0.1:{port}"
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -353,7 +330,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     )
     exporter: Exporter | None = None
     stand_in: StandIn | None = None
-    prom_proc: subprocess.Popen[bytes] | None = None
     try:
         exporter = build_exporter(
             ExporterSettings(
@@ -376,27 +352,27 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stand_in = StandIn(places)
         inference = exporter.server.url.removeprefix("http://").removesuffix("/metrics")
         mig = f"127.0.0.1:{mig_port}"
-        prom_proc, url = start_prometheus(
+        stand_in_jobs = [
+            {"job_name": name, "metrics_path": f"/{name}", "static_configs": [{"targets": [stand_in.address]}]}
+            for name in ("vllm", "attribution")
+        ]
+        with prometheus(
             tmp,
-            {
-                "gpuattr": ("/metrics", [inference, mig]),
-                "vllm": ("/vllm", [stand_in.address]),
-                "attribution": ("/attribution", [stand_in.address]),
-            },
-        )
-        _wait_http(f"{url}/-/ready", deadline, "prometheus", prom_proc)
-        prom = Prom(url)
-        for expr in READY:
-            while not prom.result(expr):
-                if time.monotonic() > deadline:
-                    log = (tmp / "prometheus.log").read_text()[-2000:]
-                    pytest.fail(f"never true within {READY_TIMEOUT_S}s: {expr}\n{log}")
-                time.sleep(0.25)
-        time.sleep(1.5)  # one more rule evaluation and scrape, so every 1s-step subquery has a point
-        yield Cluster(prom, inference, mig, places)
+            [inference, mig],
+            evaluation_interval="1s",
+            rule_files=[rules_every_second(tmp)],
+            extra_scrape_configs=stand_in_jobs,
+        ) as peer:
+            prom = Prom(peer.url)
+            for expr in READY:
+                while not prom.result(expr):
+                    if time.monotonic() > deadline:
+                        log = (tmp / "prometheus.log").read_text()[-2000:]
+                        pytest.fail(f"never true within {READY_TIMEOUT_S}s: {expr}\n{log}")
+                    time.sleep(0.25)
+            time.sleep(1.5)  # one more rule evaluation and scrape, so every 1s-step subquery has a point
+            yield Cluster(prom, inference, mig, places)
     finally:
-        if prom_proc is not None:
-            _stop(prom_proc)
         if stand_in is not None:
             stand_in.close()
         if exporter is not None:
