@@ -50,7 +50,30 @@ RUN python -m venv /opt/gpuattr \
  && /opt/gpuattr/bin/gpuattr exporter --help >/dev/null \
  && /opt/gpuattr/bin/pip uninstall --yes pip setuptools
 
-# ---------------------------------------------------------------------------------------------------------
+# ---- the attribution job's image: `docker build --target attribution .` (pandas and pyarrow stay out of
+# the exporter's image) ----------------------------------------------------------------------------------
+FROM builder AS attribution-builder
+COPY attribution/ attribution/
+RUN python -m venv /opt/gpuattr-job \
+ && /opt/gpuattr-job/bin/pip install ".[kubernetes,attribution]" \
+ && rm -rf /opt/gpuattr-job/lib/python3.*/site-packages/kubernetes/aio \
+ && /opt/gpuattr-job/bin/gpuattr attribute --help >/dev/null \
+ && /opt/gpuattr-job/bin/pip uninstall --yes pip setuptools
+
+FROM ${PYTHON_IMAGE} AS attribution
+LABEL org.opencontainers.image.title="gpu-attribution job" \
+      org.opencontainers.image.description="Splits each vLLM server's GPU memory and recommends what to give back" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
+COPY --from=attribution-builder /opt/gpuattr-job /opt/gpuattr-job
+ENV PATH=/opt/gpuattr-job/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["gpuattr", "attribute"]
+
+# ---- the exporter's image (the default target, so it comes last) ----------------------------------------
 FROM ${PYTHON_IMAGE}
 
 LABEL org.opencontainers.image.title="gpu-attribution exporter" \

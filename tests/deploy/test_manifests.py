@@ -338,7 +338,13 @@ def test_image_base_is_pinned_by_tag_and_digest() -> None:
     match = re.search(r"(?m)^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE)
     assert match is not None
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", match.group(1))
-    assert all(line.split()[1].startswith("${PYTHON_IMAGE}") for line in re.findall(r"(?m)^FROM .*$", DOCKERFILE))
+    stages: set[str] = set()
+    for line in re.findall(r"(?m)^FROM .*$", DOCKERFILE):
+        words = line.split()
+        # every stage starts from the pinned image, or from an earlier stage that did
+        assert words[1].startswith("${PYTHON_IMAGE}") or words[1] in stages, line
+        if len(words) == 4 and words[2].upper() == "AS":
+            stages.add(words[3])
 
 
 def test_image_runs_the_exporter_as_a_numeric_non_root_user() -> None:
