@@ -171,7 +171,12 @@ def families(result: Result) -> list[Family]:
             if value is not None and not pd.isna(value):
                 fam.add_metric([row["namespace"], row["pod"], row["gpu_uuid"], row["model"], name], float(value))
     out: list[Family] = [fam]
-    extra = {m.name: m for m in c.all_metrics() if m.group is c.Group.ATTRIBUTION and m is not c.VLLM_MEMORY}
+    # the job's advice series (the capacity review publishes its own)
+    extra = {
+        m.name: m
+        for m in c.all_metrics()
+        if m.group is c.Group.ATTRIBUTION and m.name.startswith("gpuattr_vllm_") and m is not c.VLLM_MEMORY
+    }
     merged = result.split.merge(result.recommendations, on=["namespace", "pod", "model", "gpu_uuid"], how="left")
     for metric in extra.values():
         f = GaugeMetricFamily(metric.family, metric.help, labels=list(metric.labels), unit=metric.unit)

@@ -314,6 +314,36 @@ VLLM_RECLAIMABLE = Metric(
     unit="bytes",
 )
 
+REVIEW_GPUS_ALLOCATED = Metric(
+    "gpuattr_review_gpus_allocated",
+    Kind.GAUGE,
+    "GPUs allocated on average over the capacity review's window, per team, namespace, workload, model or "
+    "workload class (published by `gpuattr review --pushgateway`).",
+    ("dimension", "name", "window"),
+    Group.ATTRIBUTION,
+)
+REVIEW_GPUS_USED = Metric(
+    "gpuattr_review_gpus_used",
+    Kind.GAUGE,
+    "GPUs' worth of SM activity used on average over the review's window, same dimensions.",
+    ("dimension", "name", "window"),
+    Group.ATTRIBUTION,
+)
+REVIEW_IDLE_GPU_HOURS = Metric(
+    "gpuattr_review_idle_gpu_hours",
+    Kind.GAUGE,
+    "GPU-hours allocated while idle over the review's window, same dimensions.",
+    ("dimension", "name", "window"),
+    Group.ATTRIBUTION,
+)
+REVIEW_GPUS_FREEABLE = Metric(
+    "gpuattr_review_gpus_freeable",
+    Kind.GAUGE,
+    "GPUs the review's consolidation plan would free (right-sized, shared where the classes allow).",
+    ("window",),
+    Group.ATTRIBUTION,
+)
+
 # The exporter itself --------------------------------------------------------------------------------
 EXPORTER_BUILD_INFO = Metric(
     "gpuattr_exporter_build_info",
@@ -550,4 +580,6 @@ class External:
     VLLM_REQUESTS_RUNNING = ("vllm:num_requests_running",)
     VLLM_REQUESTS_WAITING = ("vllm:num_requests_waiting",)
     VLLM_PREEMPTIONS = ("vllm:num_preemptions_total",)
+    VLLM_TTFT = "vllm:time_to_first_token_seconds"
+    """vLLM's time-to-first-token histogram."""
     PROMETHEUS_UP = "up"

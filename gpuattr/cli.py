@@ -233,6 +233,7 @@ PASSTHROUGH = {
     "attribute": ("attribution.job", "split each vLLM server's GPU memory and recommend what to give back"),
     "model-memory": ("attribution.model_memory", "KV bytes per token and weights of a model, and how many tokens fit"),
     "vllm-log": ("attribution.vllm_log", "read what a vLLM start-up log says about memory"),
+    "review": ("attribution.review", "the capacity review: allocation against use, waste, SLOs, consolidation"),
 }
 
 
