@@ -295,6 +295,47 @@ def _classes_row(d: dash.Dashboard) -> dash.Dashboard:
     )
 
 
+def _review_row(d: dash.Dashboard) -> dash.Dashboard:
+    """The last capacity review's headline figures (``gpuattr review --pushgateway``)."""
+
+    team = 'dimension="team"'
+
+    def latest(metric: str) -> str:
+        return f"max by (name) ({sel(metric, team)})"
+
+    return (
+        d.with_row(p.row("Capacity review (last `gpuattr review`)"))
+        .with_panel(
+            p.stat_panel(
+                "GPUs the consolidation plan would free",
+                "From the last capacity review: right-sized footprints (peak memory plus headroom, peak SM) packed "
+                "with time-slicing where the workload classes allow it, training left on its GPUs. The GPUs that "
+                "plan would give back; the review's report says which workloads move and which it refused.",
+                p.COUNT,
+                p.Query(f"max({c.REVIEW_GPUS_FREEABLE.name})"),
+                span=6,
+            )
+        )
+        .with_panel(
+            p.table_panel(
+                "Teams: allocated against used over the review's window",
+                "From the last capacity review, per team: GPUs allocated on average, GPUs' worth of SM activity used "
+                "on average, and GPU-hours allocated while idle, over the review's window (not this dashboard's "
+                "time range). A team holding many GPUs and using few is the first conversation to have.",
+                p.COUNT,
+                [
+                    p.Column(p.Query(latest(c.REVIEW_GPUS_ALLOCATED.name)), "GPUs allocated", p.COUNT),
+                    p.Column(p.Query(latest(c.REVIEW_GPUS_USED.name)), "GPUs' worth used", p.COUNT),
+                    p.Column(p.Query(latest(c.REVIEW_IDLE_GPU_HOURS.name)), "idle GPU-hours", p.COUNT),
+                ],
+                labels=["name"],
+                span=18,
+                sort_by="GPUs allocated",
+            )
+        )
+    )
+
+
 def build() -> dash.Dashboard:
     d = (
         p.new_dashboard(
@@ -314,6 +355,6 @@ def build() -> dash.Dashboard:
         )
         .with_variable(p.price_variable())
     )
-    for add in (_summary_row, _busy_row, _owners_row, _classes_row):
+    for add in (_summary_row, _busy_row, _owners_row, _classes_row, _review_row):
         d = add(d)
     return d

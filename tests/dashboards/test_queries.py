@@ -147,7 +147,7 @@ def _line(name: str, labels: dict[str, str], value: float) -> str:
 
 
 def attribution_page(places: dict[str, Placement]) -> str:
-    """Stands in for the attribution job's output (``gpuattr attribute``, not written yet)."""
+    """Stands in for the attribution job's and the capacity review's published series."""
     lines = []
     for server in SERVERS:
         place = places[server.pod]
@@ -163,6 +163,13 @@ def attribution_page(places: dict[str, Placement]) -> str:
         lines.append(
             _line(c.VLLM_RECOMMENDED_GPU_MEMORY_UTILIZATION.name, {**pod, "model": place.model}, first.recommended)
         )
+    # ... and for the capacity review's headline series (`gpuattr review --pushgateway`)
+    for team, allocated, used, idle in (("search", 4.0, 2.1, 30.0), ("research", 64.0, 20.0, 900.0)):
+        labels = {"dimension": "team", "name": team, "window": "7d"}
+        lines.append(_line(c.REVIEW_GPUS_ALLOCATED.name, labels, allocated))
+        lines.append(_line(c.REVIEW_GPUS_USED.name, labels, used))
+        lines.append(_line(c.REVIEW_IDLE_GPU_HOURS.name, labels, idle))
+    lines.append(_line(c.REVIEW_GPUS_FREEABLE.name, {"window": "7d"}, 37.0))
     return "\n".join(lines) + "\n"
 
 
