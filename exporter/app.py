@@ -70,6 +70,7 @@ def build(settings: ExporterSettings) -> Exporter:
         dcgm_compat=settings.dcgm_compat,
         version=__version__,
         mode=mode,
+        max_usages=settings.max_usages,
     )
     if simulation is not None:
         options.before_sample.append(simulation.proc.sync)

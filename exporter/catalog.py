@@ -412,6 +412,14 @@ EXPORTER_VANISHED = Metric(
     (),
     Group.EXPORTER,
 )
+EXPORTER_USAGES_DROPPED = Metric(
+    "gpuattr_exporter_usages_dropped_total",
+    Kind.COUNTER,
+    "Per-container usage rows left out of a sample because the node had more (GPU, owner) pairs than "
+    "--max-usages allows (the smallest memory holders go first).",
+    (),
+    Group.EXPORTER,
+)
 EXPORTER_OTLP_EXPORTS = Metric(
     "gpuattr_exporter_otlp_exports_total",
     Kind.COUNTER,

@@ -182,6 +182,7 @@ def _exporter_families(snap: Snapshot, version: str) -> list[Family]:
         errors,
         _one(c.EXPORTER_CLAMPED, r.clamped_total),
         _one(c.EXPORTER_VANISHED, snap.vanished_total),
+        _one(c.EXPORTER_USAGES_DROPPED, st.get("usages_dropped_total", 0)),
     ]
 
 

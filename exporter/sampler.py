@@ -28,6 +28,8 @@ class SamplerOptions:
     dcgm_compat: bool = False
     version: str = ""
     mode: str = "nvml"  # "nvml" or "simulated", shown in the build-info series
+    max_usages: int = 4096
+    """Cardinality cap: most usage rows (GPU or MIG instance × owner) per sample."""
     before_sample: list[Callable[[], None]] = field(default_factory=list)
     """Called first in each sample (the simulated node updates its /proc tree here)."""
     before_families: list[Callable[[NodeReading], None]] = field(default_factory=list)
@@ -47,6 +49,7 @@ class Sampler:
         self.samples_total = 0
         self.cpu_seconds_total = 0.0
         self.vanished_total = 0
+        self.usages_dropped_total = 0
         self.last_duration_s = 0.0
         self._exposition: Exposition | None = None
         self._renderer = Renderer()
@@ -73,6 +76,11 @@ class Sampler:
             dcgm = self.options.dcgm.read() if self.options.dcgm is not None else None
             dcgm_values = dcgm.values if dcgm is not None else {}
             usages, vanished = attribute(reading, self.resolver, dcgm_values)
+            if len(usages) > self.options.max_usages:
+                # keep the biggest holders: a runaway of tiny processes must not drown the ones that matter
+                kept = sorted(usages, key=lambda u: u.memory_bytes, reverse=True)[: self.options.max_usages]
+                self.usages_dropped_total += len(usages) - len(kept)
+                usages = sorted(kept, key=lambda u: (u.gpu, u.mig_instance, u.owner))
             for before in self.options.before_families:
                 before(reading)
             self.vanished_total += vanished
@@ -82,6 +90,7 @@ class Sampler:
                 "samples_total": self.samples_total,
                 "sample_duration_seconds": self.last_duration_s,
                 "sample_cpu_seconds_total": self.cpu_seconds_total,
+                "usages_dropped_total": self.usages_dropped_total,
                 "mode": self.options.mode,  # type: ignore[dict-item]
             }
             fams = families(

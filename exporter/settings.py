@@ -57,6 +57,13 @@ class ExporterSettings:
         default="",
         metadata=_opt("NEW=OLD,…: read a renamed dcgm-exporter field as the one it replaced"),
     )
+    max_usages: int = field(
+        default=4096,
+        metadata=_opt(
+            "most (GPU or MIG instance, owner) usage rows per sample; "
+            "the smallest holders beyond it are dropped and counted"
+        ),
+    )
     tls_cert: str | None = field(default=None, metadata=_opt("PEM certificate: serve /metrics over HTTPS"))
     tls_key: str | None = field(default=None, metadata=_opt("PEM private key for --tls-cert"))
     tls_client_ca: str | None = field(
@@ -104,6 +111,8 @@ class ExporterSettings:
             raise SettingsError("--tls-cert and --tls-key go together (GPUATTR_TLS_CERT, GPUATTR_TLS_KEY)")
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.max_usages < 1:
+            raise SettingsError(f"--max-usages / {env_name('max_usages')}: must be at least 1")
         if self.dcgm_timeout <= 0:
             raise SettingsError(f"--dcgm-timeout / {env_name('dcgm_timeout')}: must be positive")
         if self.dcgm_exporter_url == "simulated" and not self.simulate:

@@ -88,3 +88,19 @@ def test_one_container_in_a_mig_instance_gets_the_instance_activity(simulate: Ca
     assert solo.bandwidth_ratio == pytest.approx(0.25)
     # Two owners share instance 2: NVML cannot split the instance's activity, so none is reported.
     assert by[Owner(process="x")].sm_ratio is None and by[Owner(process="y")].sm_ratio is None
+
+
+def test_the_usage_cap_keeps_the_biggest_holders_and_counts_what_it_drops(simulate: Callable[..., Sim]) -> None:
+    from exporter.render import families, render
+    from exporter.sampler import Sampler, SamplerOptions
+
+    procs = [{"pid": 100 + i, "name": f"p{i}", "gpus": [0], "memory": f"{i + 1}GiB"} for i in range(10)]
+    sim = simulate({"name": "many", "gpus": [{"index": 0}], "processes": procs})
+    sampler = Sampler(
+        sim.reader, CommandNameResolver("/nonexistent", sim.reader.process_name), SamplerOptions(max_usages=3)
+    )
+    snap = sampler.sample_once()
+    assert sorted(u.owner.process for u in snap.usages) == ["p7", "p8", "p9"]  # the three largest
+    snap = sampler.sample_once()
+    assert sampler.usages_dropped_total == 14  # seven per sample, counted cumulatively
+    assert b"gpuattr_exporter_usages_dropped_total 14.0" in render(families(snap), 0).text
