@@ -17,14 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from attribution.synthetic import fleet, write_openmetrics  # noqa: E402
-from tests.peers import free_port  # noqa: E402
+from tests.peers import prometheus  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=float, default=15.0)
     parser.add_argument("--keep", help="keep the TSDB in this directory")
     args = parser.parse_args(argv)
-    promtool, prometheus = shutil.which("promtool"), shutil.which("prometheus")
-    if not promtool or not prometheus:
+    promtool = shutil.which("promtool")
+    if not promtool or not shutil.which("prometheus"):
         print("needs Debian's prometheus package (promtool, prometheus)", file=sys.stderr)
         return 2
     work = Path(args.keep or tempfile.mkdtemp(prefix="gpuattr-bench-"))
@@ -62,32 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"day {day + 1}/{args.days} backfilled ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
     figures["samples"] = samples
     figures["backfill_s"] = round(time.perf_counter() - t0, 1)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    (work / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n")
-    prom = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={data}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=60d",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "prometheus.log").open("wb"),
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("prometheus did not become ready")
-            time.sleep(0.5)
+    with prometheus(work, [], storage=data, ready_timeout_s=300, retention=f"{args.days + 30}d") as prom:
         # A fresh wrapper process runs the job, so its peak RSS is the job's alone (not promtool's).
         wrapper = (
             "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]);"
@@ -102,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(ROOT / ".venv" / "bin" / "gpuattr"),
                 "attribute",
                 "--prometheus",
-                url,
+                prom.url,
                 "--window",
                 f"{args.days}d",
                 "--at",
@@ -131,11 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             servers_found=int(stats["servers"]),
             job_peak_rss_mib=round(peak_kib / 1024, 1),
         )
-    finally:
-        prom.terminate()
-        prom.wait(30)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures, indent=1))
     return 0 if figures.get("job_exit") == 0 else 1
 

@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT))
 from attribution.model_memory import kv_capacity_tokens, kv_sizing, load_config  # noqa: E402
 from attribution.vllm_log import parse_log  # noqa: E402
 from attribution.vllm_metrics import parse_metrics  # noqa: E402
+from tests.conftest import VLLM_FIXTURES  # noqa: E402
 from tests.peers import free_port  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "vllm-0.32-cpu"
+FIXTURES = VLLM_FIXTURES
 
 
 def _get(url: str, timeout: float = 5.0) -> str:

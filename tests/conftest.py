@@ -16,6 +16,15 @@ from exporter.sim.scenario import Scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
+VLLM_FIXTURES = (
+    next(
+        (p for p in (ROOT / "shared", ROOT.parent / "shared") if (p / "fixtures" / "vllm-0.32-cpu").is_dir()),
+        ROOT.parent / "shared",
+    )
+    / "fixtures"
+    / "vllm-0.32-cpu"
+)
+"""Real vLLM 0.32 output, in the shared/ folder beside the checkout (or inside it)."""
 
 
 @dataclass

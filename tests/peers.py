@@ -39,12 +39,22 @@ def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
         return f"(cannot read {path}: {exc})"
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; waits for the process either way."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace_s)
+
+
 @contextmanager
-def _serve(name: str, argv: list[str], url: str, log: Path) -> Iterator[None]:
+def _serve(name: str, argv: list[str], url: str, log: Path, ready_timeout_s: float = 30.0) -> Iterator[None]:
     """Run ``argv`` until ``url/-/ready`` answers (bounded), yield, then always stop it."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout_s
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
@@ -57,12 +67,7 @@ def _serve(name: str, argv: list[str], url: str, log: Path) -> Iterator[None]:
             time.sleep(0.2)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 class Prometheus:
@@ -106,6 +111,8 @@ def prometheus(
     alertmanagers: Sequence[str] = (),
     storage: Path | None = None,
     extra_scrape_configs: Sequence[dict[str, Any]] = (),
+    ready_timeout_s: float = 30.0,
+    retention: str = "30d",
 ) -> Iterator[Prometheus]:
     """Prometheus on a free loopback port scraping ``targets`` (job ``gpuattr``); optionally evaluating
     ``rule_files`` and sending alerts to ``alertmanagers`` (``host:port``); ``storage`` may hold backfilled
@@ -136,9 +143,9 @@ def prometheus(
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={storage or tmp_path / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--storage.tsdb.retention.time=30d",
+        f"--storage.tsdb.retention.time={retention}",
     ]
-    with _serve("prometheus", argv, url, log):
+    with _serve("prometheus", argv, url, log, ready_timeout_s):
         yield Prometheus(url, log)
 
 

@@ -30,9 +30,10 @@ from tests.attribution.test_safetensors_header import (
     write_raw,
     write_safetensors,
 )
+from tests.conftest import VLLM_FIXTURES
 
 GiB = 2**30
-VLLM_FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "vllm-0.32-cpu"
+VLLM_FIXTURE = VLLM_FIXTURES
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
 
 

@@ -12,19 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attribution.vllm_log import LINE_CAP, VllmLogError, VllmLogFacts, main, parse_file, parse_log
+from tests.conftest import VLLM_FIXTURES
 
 GiB = 2**30
 MiB = 2**20
-ROOT = Path(__file__).resolve().parents[2]
 LOGS = Path(__file__).resolve().parent / "fixtures" / "logs"
-REAL = (
-    next(
-        (p for p in (ROOT / "shared", ROOT.parent / "shared") if (p / "fixtures" / "vllm-0.32-cpu").is_dir()),
-        ROOT.parent / "shared",
-    )
-    / "fixtures"
-    / "vllm-0.32-cpu"
-)
+REAL = VLLM_FIXTURES
 
 
 def gib(value: float) -> int:

@@ -6,21 +6,13 @@ import http.server
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from attribution.vllm_metrics import VllmMetricsError, fetch, parse_metrics
+from tests.conftest import VLLM_FIXTURES
 
-ROOT = Path(__file__).resolve().parents[2]
-REAL = (
-    next(
-        (p for p in (ROOT / "shared", ROOT.parent / "shared") if (p / "fixtures" / "vllm-0.32-cpu").is_dir()),
-        ROOT.parent / "shared",
-    )
-    / "fixtures"
-    / "vllm-0.32-cpu"
-)
+REAL = VLLM_FIXTURES
 MiB = 2**20
 
 

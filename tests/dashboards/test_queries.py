@@ -38,7 +38,7 @@ from exporter.app import build as build_exporter
 from exporter.demo import scrape
 from exporter.settings import ExporterSettings
 from tests.conftest import ROOT, SCENARIOS
-from tests.peers import prometheus
+from tests.peers import prometheus, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -285,15 +285,6 @@ def rules_every_second(tmp_path: Path) -> Path:
     return path
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 # The cluster ---------------------------------------------------------------------------------------------
 
 
@@ -384,7 +375,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             stand_in.close()
         if exporter is not None:
             exporter.stop()
-        _stop(mig_proc)
+        stop_process(mig_proc)
         mig_log.close()
 
 
