@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import yaml
 
 SEVERITIES = ("critical", "warning", "info")
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+_SHORT = reprlib.Repr()  # quotes a bad value without expanding aliased YAML (Python 3.11: no keyword arguments)
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 40
 
 
 class AlertConfigError(ValueError):
@@ -73,6 +77,13 @@ class AlertConfig:
     """Free-form keys kept for templates (unused by the builder)."""
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
 def load_config(path: str | Path | None) -> AlertConfig:
     config = AlertConfig()
     if path is None:
@@ -80,8 +91,10 @@ def load_config(path: str | Path | None) -> AlertConfig:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise AlertConfigError(f"alert config {path}: {exc}") from exc
+    except RecursionError:
+        raise AlertConfigError(f"alert config {path}: nested too deeply to read") from None
     if not isinstance(raw, dict):
         raise AlertConfigError(f"alert config {path}: expected a mapping of settings")
     known = {f.name: f for f in dataclasses.fields(AlertConfig)}
@@ -91,7 +104,11 @@ def load_config(path: str | Path | None) -> AlertConfig:
         default = getattr(config, key)
         wanted = (int, float) if isinstance(default, float) else type(default)
         if isinstance(value, bool) or not isinstance(value, wanted):
-            raise AlertConfigError(f"alert config {path}: {key} must be a {type(default).__name__}, got {value!r}")
+            raise AlertConfigError(
+                f"alert config {path}: {key} must be a {type(default).__name__}, got {_SHORT.repr(value)}"
+            )
+        if isinstance(default, float) and not _finite(value):
+            raise AlertConfigError(f"alert config {path}: {key} must be a finite number, got {_SHORT.repr(value)}")
         if key.endswith(("_window", "_for", "_interval")) and not _DURATION.match(str(value)):
             raise AlertConfigError(f"alert config {path}: {key} must be a Prometheus duration such as 30m or 1h30m")
         if key.endswith("_severity") and value not in SEVERITIES:

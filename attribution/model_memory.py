@@ -39,6 +39,7 @@ DEFAULT_NON_TORCH_TP1 = "0.5GiB"  # non-torch memory at TP 1 (cuBLAS workspaces,
 DEFAULT_NON_TORCH_TP = "2GiB"  # non-torch memory at TP > 1 (NCCL buffers)
 DEFAULT_BLOCK_SIZE = 16  # tokens per KV block, vLLM's CUDA default
 MAX_LAYERS = 10_000  # layers; more is not a real model, and per-layer lists must stay small
+MAX_CONFIG_INT = 2**53  # a size or count beyond this is no real model's, and products of such overflow floats
 
 
 class UnsupportedModel(ValueError):  # noqa: N818 (the name the callers use)
@@ -91,7 +92,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{target}: cannot read: {exc}") from exc
     try:
         config = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer past Python's digits limit
         raise ConfigError(f"{target}: not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise ConfigError(f"{target}: not a JSON object")
@@ -168,6 +169,8 @@ def _opt_int(view: _View, *keys: str, minimum: int = 1) -> int | None:
             raise UnsupportedModel(f"{view.where(key)} is {value!r}, not an integer")
         if value < minimum:
             raise UnsupportedModel(f"{view.where(key)} is {value}, must be at least {minimum}")
+        if value > MAX_CONFIG_INT:
+            raise UnsupportedModel(f"{view.where(key)} is {value}, more than any real model's ({MAX_CONFIG_INT})")
         return value
     return None
 
@@ -790,7 +793,9 @@ def _estimate(config: Mapping[str, Any]) -> WeightSizing:
     view = _view(config, "<config>")
     _refuse_unsupported(view)
     layer_types = view.cfg.get("layer_types")
-    if isinstance(layer_types, list) and any(t not in _ATTENTION_LAYER_TYPES for t in layer_types):
+    if isinstance(layer_types, list) and any(
+        not isinstance(t, str) or t not in _ATTENTION_LAYER_TYPES for t in layer_types
+    ):
         raise UnsupportedModel(
             f"{view.where('layer_types')} holds non-attention layers, whose weights are not sized here"
         )

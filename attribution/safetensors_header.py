@@ -116,8 +116,9 @@ def _entry(path: Path, name: str, raw: Any) -> TensorEntry:
         raise SafetensorsHeaderError(f"{where}: data_offsets {offsets!r} are negative, non-integer or reversed")
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits % 8 or end - begin != bits // 8:
+        needed = f"{bits / 8:g}" if bits.bit_length() < 1000 else str(bits // 8)  # bits / 8 overflows a float
         raise SafetensorsHeaderError(
-            f"{where}: data_offsets {offsets!r} span {end - begin} bytes but {dtype}{shape} needs {bits / 8:g}"
+            f"{where}: data_offsets {offsets!r} span {end - begin} bytes but {dtype}{shape} needs {needed}"
         )
     return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
 
@@ -152,7 +153,7 @@ def read_header(path: str | Path, *, max_header_bytes: int = MAX_HEADER_BYTES) -
         raise SafetensorsHeaderError(f"{path}: header truncated: read {len(raw)} of {length} bytes")
     try:
         parsed = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, an int past the digits limit
         raise SafetensorsHeaderError(f"{path}: header is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(parsed, dict):
         raise SafetensorsHeaderError(f"{path}: header is not a JSON object")
@@ -194,17 +195,22 @@ def _shard_from_index(model_dir: Path, index_path: Path) -> list[Path]:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SafetensorsHeaderError(f"{index_path}: cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, an int past the digits limit
         raise SafetensorsHeaderError(f"{index_path}: not valid JSON: {exc}") from exc
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise SafetensorsHeaderError(f"{index_path}: no weight_map object")
-    shards: list[Path] = []
-    for name in dict.fromkeys(weight_map.values()):
-        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    names = list(weight_map.values())
+    for name in names:  # checked before dict.fromkeys below, which cannot hash a list
+        if (
+            not isinstance(name, str)
+            or not name
+            or "\0" in name
+            or Path(name).is_absolute()
+            or ".." in Path(name).parts
+        ):
             raise SafetensorsHeaderError(f"{index_path}: weight_map names {name!r}, not a file inside {model_dir}")
-        shards.append(model_dir / name)
-    return shards
+    return [model_dir / name for name in dict.fromkeys(names)]
 
 
 @dataclass(frozen=True)

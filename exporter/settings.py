@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,13 @@ class ExporterSettings:
         default="0.0.0.0:9835", metadata=_opt("address:port to serve /metrics, /healthz and /readyz on")
     )
     interval: float = field(default=5.0, metadata=_opt("seconds between samples; a scrape serves the latest one"))
+    nvml_timeout: float = field(
+        default=2.0,
+        metadata=_opt(
+            "seconds a sample waits for NVML; a GPU whose call has not returned by then is reported down "
+            "and skipped until the call returns, while the other GPUs are read"
+        ),
+    )
     simulate: str | None = field(
         default=None,
         metadata=_opt("scenario YAML: run a simulated GPU node instead of reading the real driver"),
@@ -63,6 +71,14 @@ class ExporterSettings:
             "most (GPU or MIG instance, owner) usage rows per sample; "
             "the smallest holders beyond it are dropped and counted"
         ),
+    )
+    max_connections: int = field(
+        default=8,
+        metadata=_opt("most scrape connections served at once; more get 503 with Retry-After and are counted"),
+    )
+    max_request_rate: float = field(
+        default=100.0,
+        metadata=_opt("HTTP requests served per second, in bursts of as many; more wait, then get 503 (counted)"),
     )
     tls_cert: str | None = field(default=None, metadata=_opt("PEM certificate: serve /metrics over HTTPS"))
     tls_key: str | None = field(default=None, metadata=_opt("PEM private key for --tls-cert"))
@@ -102,8 +118,16 @@ class ExporterSettings:
     log_level: str = field(default="info", metadata=_opt("debug, info, warning or error"))
 
     def validate(self) -> ExporterSettings:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{flag_name(f.name)} / {env_name(f.name)}: must be a finite number, got {value}")
         if self.interval <= 0:
             raise SettingsError(f"--interval / {env_name('interval')}: must be positive, got {self.interval}")
+        if not self.nvml_timeout > 0:
+            raise SettingsError(
+                f"--nvml-timeout / {env_name('nvml_timeout')}: must be positive, got {self.nvml_timeout}"
+            )
         if self.sim_speed <= 0:
             raise SettingsError(f"--sim-speed / {env_name('sim_speed')}: must be positive, got {self.sim_speed}")
         host_port(self.listen)
@@ -111,6 +135,10 @@ class ExporterSettings:
             raise SettingsError("--tls-cert and --tls-key go together (GPUATTR_TLS_CERT, GPUATTR_TLS_KEY)")
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key")
+        if not self.max_request_rate >= 1:
+            raise SettingsError(f"--max-request-rate / {env_name('max_request_rate')}: must be at least 1")
+        if self.max_connections < 1:
+            raise SettingsError(f"--max-connections / {env_name('max_connections')}: must be at least 1")
         if self.max_usages < 1:
             raise SettingsError(f"--max-usages / {env_name('max_usages')}: must be at least 1")
         if self.dcgm_timeout <= 0:
@@ -124,7 +152,7 @@ class ExporterSettings:
 
 def host_port(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise SettingsError(f"--listen / {env_name('listen')}: expected host:port, got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -11,6 +11,7 @@ import hashlib
 import math
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from exporter.sim.signals import Burst, Constant, Points, Signal, parse_size, signal_from_spec
+from exporter.sim.signals import Burst, Constant, Points, Signal, parse_size, short_repr, signal_from_spec
 
 
 class ScenarioError(ValueError):
@@ -44,7 +45,7 @@ def _optional_size_signal(spec: object) -> Signal | None:
 def _size(spec: object) -> float:
     if isinstance(spec, str | int | float):
         return parse_size(spec)
-    raise ValueError(f"expected a size such as '80GiB', got {spec!r}")
+    raise ValueError(f"expected a size such as '80GiB', got {short_repr(spec)}")
 
 
 MIB = 2**20  # bytes
@@ -112,6 +113,22 @@ class MigSpec(_Strict):
         return int(match.group(1))
 
 
+class HangSpec(_Strict):
+    """An NVML function that does not return on one GPU: a call made in [at, until) blocks until ``until``."""
+
+    function: str
+    at: float = Field(default=0.0, ge=0, description="scenario second from which calls block")
+    until: float | None = Field(
+        default=None, description="scenario second at which blocked calls return; never (until the simulation stops)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HangSpec:
+        if self.until is not None and self.until <= self.at:
+            raise ValueError(f"hang of {self.function}: until ({self.until}) must be after at ({self.at})")
+        return self
+
+
 class GpuSpec(_Strict):
     index: int = Field(ge=0)
     model: str = "NVIDIA H100 80GB HBM3"
@@ -128,6 +145,7 @@ class GpuSpec(_Strict):
         default_factory=dict,
         description="NVML function -> error it answers on this GPU, by NVML_ERROR_ name (UNKNOWN, TIMEOUT…)",
     )
+    hangs: list[HangSpec] = Field(default_factory=list, description="NVML functions that block on this GPU")
     lost_at: float | None = Field(default=None, description="scenario second at which the GPU falls off the bus")
     recovers_at: float | None = None
 
@@ -391,11 +409,25 @@ class PodSpec(_Strict):
     annotations: dict[str, str] = Field(default_factory=dict)
     owner: OwnerSpec | None = None
     containers: list[ContainerSpec] = Field(min_length=1)
+    start: float = Field(default=0.0, description="scenario second the pod is created at")
+    stop: float | None = Field(default=None, description="scenario second the pod is deleted at; never when absent")
+
+    @model_validator(mode="after")
+    def _lifetime(self) -> PodSpec:
+        if self.stop is not None and self.stop <= self.start:
+            raise ValueError(f"pod {self.namespace}/{self.name}: stop ({self.stop}) must be after start ({self.start})")
+        return self
+
+    def alive(self, t: float) -> bool:
+        return self.start <= t and (self.stop is None or t < self.stop)
 
 
 class FaultSpec(_Strict):
     driver_missing_until: float | None = Field(
         default=None, description="NVML init answers DRIVER_NOT_LOADED until this scenario second"
+    )
+    init_hangs_until: float | None = Field(
+        default=None, description="NVML init made before this scenario second blocks until it (a wedged driver)"
     )
     missing_functions: list[str] = Field(
         default_factory=list, description="NVML functions the simulated driver does not export"
@@ -442,8 +474,8 @@ class Scenario(_Strict):
         indexes = [g.index for g in self.gpus]
         if sorted(indexes) != list(range(len(indexes))):
             raise ValueError(f"gpus must have indexes 0..{len(indexes) - 1} once each, got {indexes}")
-        pids = [p.pid for p in self.processes]
-        dupes = sorted({p for p in pids if pids.count(p) > 1})
+        pids = Counter(p.pid for p in self.processes)
+        dupes = sorted(pid for pid, n in pids.items() if n > 1)
         if dupes:
             raise ValueError(f"process PIDs must be unique, repeated: {dupes}")
         by_index = {g.index: g for g in self.gpus}
@@ -489,7 +521,7 @@ class Scenario(_Strict):
             first = procs[0].vllm
             assert first is not None
             ranks = sorted(p.vllm.rank for p in procs if p.vllm is not None)
-            if ranks != list(range(first.tensor_parallel)):
+            if len(ranks) != first.tensor_parallel or ranks != list(range(len(ranks))):  # no range(10**400)
                 raise ValueError(
                     f"process {procs[0].pid}: vLLM server {first.model!r} in {procs[0].container!r} has "
                     f"tensor_parallel {first.tensor_parallel} but worker ranks {ranks}: give each rank once"
@@ -515,7 +547,8 @@ class Scenario(_Strict):
                 assert spec is not None
                 total = self._device_memory(proc)
                 requested = total * spec.gpu_memory_utilization
-                kv = requested - (spec.weights + spec.activation_peak + spec.non_torch)
+                # floats: whole-MiB sizes near the float range sum past it as ints, which float() refuses
+                kv = requested - (float(spec.weights) + float(spec.activation_peak) + float(spec.non_torch))
                 if kv <= 0:
                     raise ValueError(
                         f"process {proc.pid}: vLLM budget leaves no room for the KV cache: total_gpu_memory "
@@ -525,7 +558,8 @@ class Scenario(_Strict):
                         f"{kv / GIB:.2f} GiB"
                     )
                 budgets.append((proc, spec, total, requested, kv))
-            blocks = min(int(kv // spec.page_bytes) for _, spec, _, _, kv in budgets)
+            # a block larger than the budget fits none (and float // an int past the float range overflows)
+            blocks = min(int(kv // spec.page_bytes) if spec.page_bytes <= kv else 0 for _, spec, _, _, kv in budgets)
             first = budgets[0][1]
             if blocks * first.block_size < first.max_model_len:
                 raise ValueError(
@@ -581,15 +615,44 @@ class Scenario(_Strict):
         return hashlib.sha256(seed.encode()).hexdigest()
 
 
+ALIAS_NODES = 100_000
+"""YAML nodes that aliases may add to a scenario file beyond its own: bounds "billion laughs" files, which
+PyYAML shares rather than copies but validation would walk copy by copy."""
+MAX_PROBLEMS = 20
+"""Problems a ScenarioError lists; the rest are counted."""
+
+
+def _expanded_nodes(raw: object, limit: int) -> int:
+    """Nodes of a loaded YAML document with every alias expanded (each visit counts); stops past ``limit``."""
+    count, stack = 0, [raw]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; ScenarioError names the file and each bad field."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise ScenarioError(f"scenario {path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"scenario {path}: not UTF-8: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ScenarioError(f"scenario {path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ScenarioError(f"scenario {path}: nested too deeply to read") from None
+    limit = 2 * len(text) + ALIAS_NODES  # a file without aliases holds fewer nodes than twice its characters
+    if _expanded_nodes(raw, limit) > limit:
+        raise ScenarioError(f"scenario {path}: its YAML aliases expand to more than {limit} nodes")
     return parse_scenario(raw, source=str(path))
 
 
@@ -599,5 +662,10 @@ def parse_scenario(raw: object, source: str = "<scenario>") -> Scenario:
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors())
+        errors = exc.errors()
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in errors[:MAX_PROBLEMS]
+        )
+        if len(errors) > MAX_PROBLEMS:
+            problems += f"; and {len(errors) - MAX_PROBLEMS} more"
         raise ScenarioError(f"scenario {source}: {problems}") from exc

@@ -11,9 +11,10 @@ import bisect
 import itertools
 import math
 import re
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 _TINY_S = 1e-6  # intervals shorter than a microsecond are read as a point
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -28,6 +29,24 @@ _UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 40
+
+
+def short_repr(value: object) -> str:
+    """``repr`` cut to a few lines: an error message quotes bad input without expanding aliased YAML."""
+    return _SHORT.repr(value)
+
+
+def _finite(value: float | int, what: object) -> float:
+    """``value`` as a float; ValueError (naming ``what``) when it is infinite, NaN or too large for a float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {short_repr(what)}")
+    return number
 
 
 def parse_size(value: str | float | int) -> float:
@@ -36,13 +55,13 @@ def parse_size(value: str | float | int) -> float:
         raise ValueError(f"not a size: {value!r}")
     if isinstance(value, int | float):
         if value < 0:
-            raise ValueError(f"a size cannot be negative: {value!r}")
-        return float(value)
+            raise ValueError(f"a size cannot be negative: {short_repr(value)}")
+        return _finite(value, value)
     match = _SIZE.match(value)
     if not match:
-        raise ValueError(f"not a size: {value!r} (expected e.g. '40GiB', '512MiB', '1.5GB' or bytes)")
+        raise ValueError(f"not a size: {short_repr(value)} (expected e.g. '40GiB', '512MiB', '1.5GB' or bytes)")
     number, unit = match.groups()
-    return float(number) * _UNITS[(unit or "b").lower()]
+    return _finite(float(number) * _UNITS[(unit or "b").lower()], value)
 
 
 @runtime_checkable
@@ -166,8 +185,22 @@ def signal_from_spec(spec: object, *, size: bool = False, where: str = "signal")
         if size and isinstance(v, str | int | float):
             return parse_size(v)
         if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
-        raise ValueError(f"{where}: expected a number, got {v!r}")
+            return _finite(v, v)
+        raise ValueError(f"{where}: expected a number, got {short_repr(v)}")
+
+    def number(body: dict[Any, Any], key: str, default: float | None = None) -> float:
+        """A time or shape field of a ramp or burst (a number, or a string float() reads)."""
+        if key not in body:
+            if default is None:
+                raise ValueError(f"{where}: {kind} needs {key!r}, got {short_repr(body)}")
+            return default
+        v = body[key]
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise ValueError(f"{where}: {kind} {key} must be a number, got {short_repr(v)}")
+        try:
+            return _finite(float(v), v)
+        except (ValueError, OverflowError):
+            raise ValueError(f"{where}: {kind} {key} must be a finite number, got {short_repr(v)}") from None
 
     if spec == "idle":
         return Constant(0.0)
@@ -179,27 +212,31 @@ def signal_from_spec(spec: object, *, size: bool = False, where: str = "signal")
             pairs: list[tuple[float, float]] = []
             for item in body:
                 if not (isinstance(item, list | tuple) and len(item) == 2):
-                    raise ValueError(f"{where}: each point must be [t, value], got {item!r}")
-                pairs.append((scalar(item[0]) if not size else float(item[0]), scalar(item[1])))
+                    raise ValueError(f"{where}: each point must be [t, value], got {short_repr(item)}")
+                pairs.append((number({"t": item[0]}, "t"), scalar(item[1])))
             return Points.of(pairs)
         if kind == "ramp" and isinstance(body, dict):
             unknown = set(body) - {"from", "to", "start", "end"}
             if unknown:
                 raise ValueError(f"{where}: unknown ramp keys {sorted(unknown)}")
-            start, end = float(body.get("start", 0)), float(body["end"])
+            start, end = number(body, "start", 0.0), number(body, "end")
+            if "to" not in body:
+                raise ValueError(f"{where}: ramp needs 'to', got {short_repr(body)}")
             return Points.of([(start, scalar(body.get("from", 0))), (end, scalar(body["to"]))])
         if kind == "burst" and isinstance(body, dict):
             unknown = set(body) - {"period", "duty", "high", "low", "phase"}
             if unknown:
                 raise ValueError(f"{where}: unknown burst keys {sorted(unknown)}")
+            if "high" not in body:
+                raise ValueError(f"{where}: burst needs 'high', got {short_repr(body)}")
             return Burst(
-                period=float(body["period"]),
-                duty=float(body["duty"]),
+                period=number(body, "period"),
+                duty=number(body, "duty"),
                 high=scalar(body["high"]),
                 low=scalar(body.get("low", 0)),
-                phase=float(body.get("phase", 0)),
+                phase=number(body, "phase", 0.0),
             )
     raise ValueError(
-        f"{where}: cannot read {spec!r}; use a number, 'idle', {{points: [[t, v], ...]}}, "
+        f"{where}: cannot read {short_repr(spec)}; use a number, 'idle', {{points: [[t, v], ...]}}, "
         "{ramp: {from, to, start, end}} or {burst: {period, duty, high, low}}"
     )
