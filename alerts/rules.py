@@ -355,8 +355,22 @@ def alerts(config: AlertConfig) -> list[Alert]:
             ),
         ),
         Alert(
+            "GpuAttrNvmlCallHung",
+            f"max by (job, instance, gpu, gpu_uuid, call) ({c.EXPORTER_NVML_HUNG.name}) == 1",
+            config.exporter_for,
+            config.exporter_severity,
+            "An NVML call has not returned; that GPU is not being read.",
+            _fill(
+                "NVML {{ $labels.call }} on GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) of {{ $labels.instance }} "
+                "has not returned for <<exporter_for>>: the driver is stuck on that GPU. The exporter reads the "
+                "other GPUs and serves nothing for this one until the call returns (an empty gpu means a "
+                "node-level call such as nvmlInit).",
+                v,
+            ),
+        ),
+        Alert(
             "GpuLost",
-            f"{c.GPU_UP.name} == 0",
+            f"{c.GPU_UP.name} == 0 unless on (job, instance, gpu_uuid) {c.EXPORTER_NVML_HUNG.name} == 1",
             "1m",
             config.gpu_lost_severity,
             "A GPU fell off the bus.",

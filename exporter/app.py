@@ -45,15 +45,17 @@ class Exporter:
             self.simulation.close()
 
 
-def build(settings: ExporterSettings) -> Exporter:
+def build(settings: ExporterSettings, simulation: Any = None) -> Exporter:
+    """``simulation``: a :class:`exporter.sim.node.SimulatedNode` to run on (a soak drives its clock by
+    hand); else one is made from ``--simulate`` when set."""
     settings.validate()
-    simulation = None
     mode = "nvml"
     closers: list[Any] = []
-    if settings.simulate:
+    if simulation is None and settings.simulate:
         from exporter.sim.node import SimulatedNode
 
         simulation = SimulatedNode.from_file(settings.simulate, speed=settings.sim_speed, start=settings.sim_start)
+    if simulation is not None:
         mode = "simulated"
         settings.proc_root = str(simulation.proc.root)
         if settings.kubernetes:
@@ -63,6 +65,7 @@ def build(settings: ExporterSettings) -> Exporter:
         wall_clock=simulation.clock.wall if simulation is not None else time.time,
         use_gpm=settings.gpm,
         interval_s=settings.interval,
+        call_timeout_s=settings.nvml_timeout,
     )
     options = SamplerOptions(
         interval_s=settings.interval,
@@ -73,7 +76,7 @@ def build(settings: ExporterSettings) -> Exporter:
         max_usages=settings.max_usages,
     )
     if simulation is not None:
-        options.before_sample.append(simulation.proc.sync)
+        options.before_sample.append(simulation.sync)
         if settings.dcgm_exporter_url == "simulated":
             settings.dcgm_exporter_url = simulation.start_dcgm_exporter()
         simulation.start_vllm_servers()  # the scenario's vLLM servers serve their /metrics and logs
@@ -107,7 +110,10 @@ def build(settings: ExporterSettings) -> Exporter:
         tls_cert=settings.tls_cert,
         tls_key=settings.tls_key,
         tls_client_ca=settings.tls_client_ca,
+        max_connections=settings.max_connections,
+        max_rate=settings.max_request_rate,
     )
+    options.extra_families.append(lambda: [_rejected(server)])
     exporter = Exporter(settings, reader, sampler, server, simulation, closers)
     if settings.otlp_endpoint:
         from exporter.otlp import OtlpPusher
@@ -123,6 +129,15 @@ def build(settings: ExporterSettings) -> Exporter:
         options.extra_families.append(pusher.families)
         closers.append(pusher.close)
     return exporter
+
+
+def _rejected(server: MetricsServer) -> Any:
+    from exporter import catalog as c
+    from exporter.render import family
+
+    fam = family(c.EXPORTER_HTTP_REJECTED)
+    fam.add_metric([], server.rejected_total)
+    return fam
 
 
 def _kubernetes(

@@ -78,7 +78,8 @@ GPU_INFO = Metric(
 GPU_UP = Metric(
     "gpuattr_gpu_up",
     Kind.GAUGE,
-    "1 when the last sample read this GPU, 0 when it was lost (GpuIsLost) or unreadable.",
+    "1 when the last sample read this GPU, 0 when it was lost (GpuIsLost), unreadable, or an NVML call on it "
+    "has not returned (see gpuattr_exporter_nvml_call_hung).",
     GPU,
     Group.DEVICE,
 )
@@ -377,7 +378,7 @@ EXPORTER_SAMPLE_DURATION = Metric(
 EXPORTER_SAMPLE_CPU = Metric(
     "gpuattr_exporter_sample_cpu_seconds_total",
     Kind.COUNTER,
-    "CPU time the sampler thread spent sampling and rendering, in seconds.",
+    "CPU time the sampler thread and its NVML threads spent sampling and rendering, in seconds.",
     (),
     Group.EXPORTER,
     unit="seconds",
@@ -394,9 +395,20 @@ EXPORTER_NVML_ERRORS = Metric(
     "gpuattr_exporter_nvml_errors_total",
     Kind.COUNTER,
     "NVML calls that failed, by call and NVML error code (NotSupported is counted once and the call "
-    "is not retried on that GPU).",
+    "is not retried on that GPU; ExporterTimeout counts a call that did not return within --nvml-timeout).",
     ("call", "code"),
     Group.EXPORTER,
+)
+EXPORTER_NVML_HUNG = Metric(
+    "gpuattr_exporter_nvml_call_hung",
+    Kind.GAUGE,
+    "1 while an NVML call has not returned within --nvml-timeout: on that GPU (its gpu_up is 0 and it is "
+    "skipped until the call returns; the other GPUs are read), or on the node when gpu is empty.",
+    (*GPU, "call"),
+    Group.EXPORTER,
+    notes="A call into the driver cannot be interrupted: the thread that made it waits inside it, and the exporter "
+    "sends that GPU nothing more until it returns. A call that hangs for minutes usually means a wedged driver or "
+    "a GPU about to fall off the bus; the series names the call so the driver's log can be matched to it.",
 )
 EXPORTER_CLAMPED = Metric(
     "gpuattr_exporter_utilization_clamped_total",
@@ -419,6 +431,17 @@ EXPORTER_USAGES_DROPPED = Metric(
     "--max-usages allows (the smallest memory holders go first).",
     (),
     Group.EXPORTER,
+)
+EXPORTER_HTTP_REJECTED = Metric(
+    "gpuattr_exporter_http_rejected_total",
+    Kind.COUNTER,
+    "HTTP requests answered 503 (Retry-After: 1): more than --max-connections at once, or more than "
+    "--max-request-rate a second for over a second.",
+    (),
+    Group.EXPORTER,
+    notes="Each connection is served on a thread and each request is Python work; a crowd of connections or "
+    "thousands of requests a second starve the sampler thread of the interpreter lock and samples slip "
+    "(bench/scrape_load.py). Prometheus scrapes a node a few times a minute and retries at its next interval.",
 )
 EXPORTER_OTLP_EXPORTS = Metric(
     "gpuattr_exporter_otlp_exports_total",

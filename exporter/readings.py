@@ -54,6 +54,7 @@ class GpuReading:
     mig: tuple[MigReading, ...] = ()
     processes: tuple[ProcessReading, ...] = ()  # on a MIG GPU: empty; processes live in each MigReading
     process_activity_known: bool = False  # per-process sm/mem came from NVML this interval
+    hung_call: str | None = None  # the NVML function this GPU's read is stuck in (then up is False)
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,4 @@ class NodeReading:
     gpus: tuple[GpuReading, ...] = ()
     errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (call, code) -> count
     clamped_total: int = 0
+    hung_call: str | None = None  # a node-level NVML call (nvmlInit…) that has not returned

@@ -172,6 +172,12 @@ def _exporter_families(snap: Snapshot, version: str) -> list[Family]:
     errors = family(c.EXPORTER_NVML_ERRORS)
     for (call, code), n in sorted(r.errors.items()):
         errors.add_metric([call, code], n)
+    hung = family(c.EXPORTER_NVML_HUNG)
+    if r.hung_call is not None:
+        hung.add_metric(["", "", r.hung_call], 1)
+    for g in r.gpus:
+        if g.hung_call is not None:
+            hung.add_metric([str(g.index), g.uuid, g.hung_call], 1)
     return [
         build,
         _one(c.EXPORTER_NVML_UP, 1 if r.nvml_up else 0),
@@ -180,6 +186,7 @@ def _exporter_families(snap: Snapshot, version: str) -> list[Family]:
         _one(c.EXPORTER_SAMPLE_CPU, st.get("sample_cpu_seconds_total", 0.0)),
         _one(c.EXPORTER_LAST_SAMPLE, r.timestamp),
         errors,
+        hung,
         _one(c.EXPORTER_CLAMPED, r.clamped_total),
         _one(c.EXPORTER_VANISHED, snap.vanished_total),
         _one(c.EXPORTER_USAGES_DROPPED, st.get("usages_dropped_total", 0)),

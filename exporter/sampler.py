@@ -70,6 +70,7 @@ class Sampler:
         """Take one sample and publish it; never raises for a GPU or driver fault."""
         with self._lock:
             wall0, cpu0 = time.perf_counter(), time.thread_time()
+            workers0 = self.reader.worker_cpu_seconds_total
             for hook in self.options.before_sample:
                 hook()
             reading = self.reader.read()
@@ -107,7 +108,9 @@ class Sampler:
             self._exposition = self._renderer.render(fams, reading.timestamp)
             self._snapshot = snap
             self.last_duration_s = time.perf_counter() - wall0
-            self.cpu_seconds_total += time.thread_time() - cpu0
+            # NVML is read on one thread per GPU: their CPU time belongs to the sample too
+            workers = self.reader.worker_cpu_seconds_total - workers0
+            self.cpu_seconds_total += time.thread_time() - cpu0 + workers
         for listener in self.listeners:
             try:
                 listener(snap, fams)

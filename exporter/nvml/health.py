@@ -11,6 +11,8 @@ log = logging.getLogger("gpuattr.nvml")
 
 # Codes that mean "this GPU or driver will never answer this call": stop asking.
 _PERMANENT = {pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}
+TIMED_OUT = "ExporterTimeout"
+"""The code counted when a call did not return within ``--nvml-timeout`` (NVML's own is ``Timeout``)."""
 
 
 def error_code_name(exc: pynvml.NVMLError) -> str:
@@ -60,6 +62,11 @@ class CallHealth:
                 log.info("NVML %s is not available on %s (%s); not asking again", call, scope, code)
             else:
                 log.warning("NVML %s failed on %s: %s", call, scope, code)
+
+    def timed_out(self, call: str, scope: str) -> None:
+        """Count a call that did not return within the exporter's deadline (the caller logs it)."""
+        with self._lock:
+            self.errors[(call, TIMED_OUT)] = self.errors.get((call, TIMED_OUT), 0) + 1
 
     def forget_scope(self, scope: str) -> None:
         """Forget "not supported" verdicts for a GPU (after it comes back from being lost)."""

@@ -3,15 +3,26 @@
 Every NVML call goes through ``_call``, so a call that is not supported, or fails on one GPU, degrades
 that one value (None) and is counted; a GPU that falls off the bus is marked down and the others are
 still read; a missing driver leaves ``nvml_up`` false and initialisation is retried on each sample.
+
+Each GPU is read on a thread of its own, and the node-level calls on another, under one deadline per
+sample (``call_timeout_s``). A call that does not return in time is not waited for again: that GPU is
+reported down with the call that hangs named (``GpuReading.hung_call``), the other GPUs are read as usual,
+and the GPU is read again once the call returns. A C call cannot be interrupted, so the thread stays parked
+in it; nothing more is sent to that thread until it comes back.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import pynvml
@@ -46,6 +57,58 @@ class NvmlDownError(Exception):
     """NVML answered Uninitialized/DriverNotLoaded mid-run; re-initialise on the next sample."""
 
 
+class _Worker:
+    """One daemon thread that runs the NVML work of one GPU (or of the node), a job at a time.
+
+    ``current_call`` names the NVML function the thread is inside, so a call that hangs can be named.
+    """
+
+    def __init__(self, name: str, local: threading.local, on_cpu: Callable[[float], None]) -> None:
+        self.name = name
+        self._on_cpu = on_cpu
+        self.current_call = ""
+        self.pending: Future[Any] | None = None
+        self.hung_reported = False
+        self._local = local
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """A job was handed over and has not finished (it may be stuck in a C call)."""
+        return self.pending is not None and not self.pending.done()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self.pending = future
+        self._jobs.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        self._local.worker = self
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            cpu0 = time.thread_time()
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the sampler thread, which decides
+                self._finish(cpu0)
+                future.set_exception(exc)
+            else:
+                self._finish(cpu0)
+                future.set_result(result)
+
+    def _finish(self, cpu0: float) -> None:
+        self.current_call = ""
+        self._on_cpu(time.thread_time() - cpu0)
+
+
 @dataclass
 class _GpmState:
     sample: Any = None  # c_nvmlGpmSample_t of the previous sample
@@ -64,6 +127,7 @@ class _Device:
     process_call: str | None = None  # which running-processes call this driver answers
     gpm: dict[int | None, _GpmState] = field(default_factory=dict)  # by GPU-instance id (None = device)
     was_lost: bool = False
+    worker: _Worker | None = None
 
 
 def _text(value: object) -> str:
@@ -81,8 +145,10 @@ class NvmlReader:
         monotonic: Callable[[], float] = time.monotonic,
         use_gpm: bool = True,
         interval_s: float = 5.0,
+        call_timeout_s: float = 2.0,
     ) -> None:
         self.health = health or CallHealth()
+        self.call_timeout_s = call_timeout_s
         self.wall_clock = wall_clock
         self.monotonic = monotonic
         self.use_gpm = use_gpm
@@ -92,11 +158,18 @@ class NvmlReader:
         self.clamped_total = 0
         self._devices: list[_Device] = []
         self._init_logged: str | None = None
+        self._local = threading.local()
+        self._node_worker: _Worker | None = None
+        self._count_lock = threading.Lock()
+        self.node_hung_call: str | None = None
+        self.worker_cpu_seconds_total = 0.0
+        """CPU time the NVML worker threads spent; the sampler adds it to its own."""
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def ensure_initialized(self) -> bool:
         if self.initialized:
             return True
+        self._entering("nvmlInit")
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
@@ -115,16 +188,29 @@ class NvmlReader:
         return True
 
     def shutdown(self) -> None:
+        parked = [dev.uuid for dev in self._devices if dev.worker is not None and dev.worker.busy]
         for dev in self._devices:
+            if dev.worker is not None and dev.worker.busy:
+                continue  # its thread is inside a call that hangs: leave its state alone
             try:
                 self._free_gpm(dev)
             except NvmlDownError:  # the library is already gone: nothing left to free
                 dev.gpm.clear()
-        if self.initialized:
+            if dev.worker is not None:
+                dev.worker.stop()
+        node = self._node_worker
+        if node is not None and node.busy:
+            parked.append("node")
+        if self.initialized and not parked:
             try:
                 pynvml.nvmlShutdown()
             except pynvml.NVMLError as exc:  # pragma: no cover - best effort on exit
                 log.debug("nvmlShutdown: %s", exc)
+        elif parked:
+            log.warning("leaving NVML initialised: a call on %s has not returned", ", ".join(parked))
+        if node is not None:
+            node.stop()
+            self._node_worker = None
         self.initialized = False
         self._devices = []
 
@@ -155,6 +241,7 @@ class NvmlReader:
         """Run one NVML call; None when it failed or is not supported. GpuIsLost raises GpuLostError."""
         if self.health.unsupported(call, scope):
             return None
+        self._entering(call)
         try:
             result = fn(*args)
         except pynvml.NVMLError_GpuIsLost as exc:
@@ -177,28 +264,124 @@ class NvmlReader:
 
     # -- sampling -------------------------------------------------------------------------------------------
     def read(self) -> NodeReading:
-        """One sample of the whole node."""
+        """One sample of the whole node, never waiting on NVML longer than ``call_timeout_s``."""
         now = self.wall_clock()
-        if not self.ensure_initialized():
-            return NodeReading(False, "", now, errors=self.health.snapshot(), clamped_total=self.clamped_total)
-        gpus: list[GpuReading] = []
-        try:
-            for dev in self._devices:
-                gpus.append(self._read_device(dev))
-        except NvmlDownError:
+        deadline = time.monotonic() + self.call_timeout_s
+        node = self._worker_for(None)
+        if not self.initialized:
+            if node.busy:  # nvmlInit from an earlier sample has not returned
+                self._hung(node, "node", None)
+                return self._down(now)
+            self._came_back(node, "node")
+            started = node.submit(self.ensure_initialized)
+            try:
+                if not started.result(timeout=max(0.0, deadline - time.monotonic())):
+                    return self._down(now)
+            except FuturesTimeout:
+                self._hung(node, "node", None)
+                return self._down(now)
+        self.node_hung_call = (node.current_call or "unknown") if node.busy else None
+
+        futures: dict[int, Future[GpuReading]] = {}
+        readings: dict[int, GpuReading] = {}
+        for dev in self._devices:
+            worker = self._worker_for(dev)
+            if worker.busy:  # still inside the call that hung at an earlier sample
+                readings[dev.index] = self._hung_reading(dev, worker)
+                continue
+            self._came_back(worker, dev.uuid)
+            futures[dev.index] = worker.submit(partial(self._read_device, dev))
+        driver_gone = False
+        for dev in self._devices:
+            if (future := futures.get(dev.index)) is None:
+                continue
+            try:
+                readings[dev.index] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FuturesTimeout:
+                assert dev.worker is not None
+                readings[dev.index] = self._hung_reading(dev, dev.worker)
+            except NvmlDownError:
+                driver_gone = True
+        if driver_gone:
             log.warning("NVML stopped answering; re-initialising on the next sample")
             self.initialized = False
             for dev in self._devices:
                 dev.gpm.clear()
+                if dev.worker is not None:
+                    dev.worker.stop()  # a parked thread ends once its call returns
             self._devices = []
-            return NodeReading(
-                False,
-                self.driver_version,
-                now,
-                errors=self.health.snapshot(),
-                clamped_total=self.clamped_total,
+            return self._down(now)
+        gpus = tuple(readings[dev.index] for dev in self._devices)
+        return NodeReading(
+            True,
+            self.driver_version,
+            now,
+            gpus,
+            self.health.snapshot(),
+            self.clamped_total,
+            hung_call=self.node_hung_call,
+        )
+
+    def _down(self, now: float) -> NodeReading:
+        node = self._node_worker
+        hung = (node.current_call or "unknown") if node is not None and node.busy else None
+        return NodeReading(
+            False,
+            self.driver_version,
+            now,
+            errors=self.health.snapshot(),
+            clamped_total=self.clamped_total,
+            hung_call=hung,
+        )
+
+    # -- calls that hang -----------------------------------------------------------------------------------
+    def _worker_for(self, dev: _Device | None) -> _Worker:
+        if dev is None:
+            if self._node_worker is None:
+                self._node_worker = _Worker("nvml-node", self._local, self._add_cpu)
+            return self._node_worker
+        if dev.worker is None:
+            dev.worker = _Worker(f"nvml-gpu{dev.index}", self._local, self._add_cpu)
+        return dev.worker
+
+    def _workers(self) -> list[_Worker]:
+        """Every live worker thread (for tests and shutdown)."""
+        found = [dev.worker for dev in self._devices if dev.worker is not None]
+        return found + ([self._node_worker] if self._node_worker is not None else [])
+
+    def _add_cpu(self, seconds: float) -> None:
+        with self._count_lock:
+            self.worker_cpu_seconds_total += seconds
+
+    def _entering(self, call: str) -> None:
+        """Note which NVML function this worker thread is about to be inside."""
+        worker: _Worker | None = getattr(self._local, "worker", None)
+        if worker is not None:
+            worker.current_call = call
+
+    def _hung(self, worker: _Worker, scope: str, dev: _Device | None) -> str:
+        call = worker.current_call or "unknown"
+        if not worker.hung_reported:
+            worker.hung_reported = True
+            self.health.timed_out(call, scope)
+            where = f"GPU {dev.index} ({dev.uuid})" if dev is not None else "the node"
+            log.error(
+                "NVML %s on %s has not returned within %.1f s; %s until it does",
+                call,
+                where,
+                self.call_timeout_s,
+                "reading the other GPUs and skipping this one" if dev is not None else "serving without NVML",
             )
-        return NodeReading(True, self.driver_version, now, tuple(gpus), self.health.snapshot(), self.clamped_total)
+        return call
+
+    def _came_back(self, worker: _Worker, scope: str) -> None:
+        if worker.hung_reported:
+            worker.hung_reported = False
+            log.info("the NVML call that hung on %s has returned; reading it again", scope)
+
+    def _hung_reading(self, dev: _Device, worker: _Worker) -> GpuReading:
+        call = self._hung(worker, dev.uuid, dev)
+        return GpuReading(dev.index, dev.uuid, dev.name, up=False, hung_call=call)
 
     def _read_device(self, dev: _Device) -> GpuReading:
         try:
@@ -329,6 +512,7 @@ class NvmlReader:
             if self.health.unsupported(name, scope):
                 continue
             asked_at_us = int(self.wall_clock() * 1e6)
+            self._entering(name)
             try:
                 samples = fn(dev.handle, dev.last_seen_us)
             except pynvml.NVMLError_NotFound:
@@ -360,7 +544,8 @@ class NvmlReader:
             newest = max(newest, stamp)
             sm, mem = int(s.smUtil), int(s.memUtil)
             if sm > 100 or mem > 100:
-                self.clamped_total += 1
+                with self._count_lock:
+                    self.clamped_total += 1
                 sm, mem = min(sm, 100), min(mem, 100)
             acc = sums.setdefault(int(s.pid), [0.0, 0.0, 0.0])
             acc[0] += sm
@@ -378,6 +563,7 @@ class NvmlReader:
         )
         out = []
         for i in range(count):
+            self._entering("nvmlDeviceGetMigDeviceHandleByIndex")
             try:
                 mh = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(dev.handle, i)
             except pynvml.NVMLError_NotFound:
@@ -468,10 +654,22 @@ class NvmlReader:
         dev.gpm.clear()
 
     def process_name(self, pid: int) -> str | None:
-        """The command name NVML knows for a PID; None when the process is gone."""
+        """The command name NVML knows for a PID; None when the process is gone or NVML does not answer."""
+        node = self._worker_for(None)
+        if node.busy:
+            return None
+
+        def ask() -> str | None:
+            self._entering("nvmlSystemGetProcessName")
+            try:
+                return _text(pynvml.nvmlSystemGetProcessName(pid))
+            except pynvml.NVMLError:
+                return None
+
         try:
-            return _text(pynvml.nvmlSystemGetProcessName(pid))
-        except pynvml.NVMLError:
+            return node.submit(ask).result(timeout=self.call_timeout_s)
+        except FuturesTimeout:
+            self._hung(node, "node", None)
             return None
 
 

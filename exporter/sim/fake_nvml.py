@@ -103,6 +103,8 @@ class FakeNvmlLibrary:
         self._missing = set(scenario.faults.missing_functions)
         self._uuids = {scenario.gpu_uuid(g.index): g.index for g in scenario.gpus}
         self._by_pid = {p.pid: p for p in scenario.processes}
+        self._released = threading.Event()  # set on uninstall: calls blocked by a hang fault return
+        self._alive_cache: tuple[float, dict[int, list[ProcessSpec]]] | None = None
 
     # -- lookup as the binding does it: getattr(nvmlLib, "nvmlDeviceGetCount_v2") ---------------------
     def __getattr__(self, name: str) -> Callable[..., int]:
@@ -159,18 +161,40 @@ class FakeNvmlLibrary:
         if self._lost(target.gpu):
             return None, GPU_IS_LOST
         spec = self._gpu(target.gpu)
+        for hang in spec.hangs:
+            active = hang.function == name and hang.at <= self._t() and (hang.until is None or self._t() < hang.until)
+            if active and not self._block_until(hang.until):
+                return None, UNINITIALIZED  # the simulation stopped under the call
         if name in spec.unsupported:
             return None, NOT_SUPPORTED
         if name in spec.failing:
             return None, int(getattr(pynvml, f"NVML_ERROR_{spec.failing[name]}"))
         return target, SUCCESS
 
+    def _block_until(self, until: float | None) -> bool:
+        """A call that hangs until scenario time reaches ``until`` (True), or the library is removed (False)."""
+        while not self._released.is_set() and (until is None or self._t() < until):
+            self._released.wait(0.01)
+        return not self._released.is_set()
+
+    def release(self) -> None:
+        self._released.set()
+
     def processes_on(self, target: _Target, t: float) -> list[ProcessSpec]:
-        return [
-            p
-            for p in self.scenario.processes
-            if target.gpu in p.gpus and p.alive(t) and (target.gi is None or p.mig == target.gi)
-        ]
+        return [p for p in self._alive_on_gpu(t).get(target.gpu, ()) if target.gi is None or p.mig == target.gi]
+
+    def _alive_on_gpu(self, t: float) -> dict[int, list[ProcessSpec]]:
+        """GPU index -> processes alive at ``t``; kept for one instant (a sample asks many times per GPU)."""
+        cached = self._alive_cache
+        if cached is not None and cached[0] == t:
+            return cached[1]
+        by_gpu: dict[int, list[ProcessSpec]] = {}
+        for proc in self.scenario.processes:
+            if proc.alive(t):
+                for gpu in proc.gpus:
+                    by_gpu.setdefault(gpu, []).append(proc)
+        self._alive_cache = (t, by_gpu)
+        return by_gpu
 
     def process_memory(self, proc: ProcessSpec, t: float) -> int:
         raw = max(0.0, proc.memory.value(t))
@@ -234,6 +258,9 @@ class FakeNvmlLibrary:
 
     # -- library --------------------------------------------------------------------------------------
     def _fn_nvmlInitWithFlags(self, flags: Any) -> int:
+        hang = self.scenario.faults.init_hangs_until
+        if hang is not None and self._t() < hang and not self._block_until(hang):
+            return UNINITIALIZED
         until = self.scenario.faults.driver_missing_until
         if until is not None and self._t() < until:
             return DRIVER_NOT_LOADED
@@ -644,6 +671,8 @@ def install(scenario: Scenario, clock: SimClock) -> FakeNvmlLibrary:
 
 def uninstall() -> None:
     with _install_lock:
+        if isinstance(pynvml.nvmlLib, FakeNvmlLibrary):
+            pynvml.nvmlLib.release()
         pynvml._nvmlGetFunctionPointer_cache.clear()
         pynvml.nvmlLib = None
         pynvml._nvmlLib_refcount = 0

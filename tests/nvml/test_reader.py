@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 
+from exporter import catalog as c
+from exporter.readings import NodeReading
+from exporter.sampler import Sampler, SamplerOptions
 from exporter.snapshot import CommandNameResolver, attribute
 from tests.conftest import Sim, one_gpu
 
@@ -238,3 +242,127 @@ def test_a_call_failing_with_unknown_degrades_that_value_is_retried_and_counted(
     assert node.errors[("nvmlDeviceGetTemperature", "Unknown")] == 3  # transient: asked again, counted each time
     warnings = [r for r in caplog.records if "nvmlDeviceGetTemperature failed" in r.getMessage()]
     assert len(warnings) == 1  # logged once per state change, not once per sample
+
+
+# --- calls that hang ----------------------------------------------------------------------------------------
+
+TIMEOUT_S = 0.3
+
+
+def _two_gpus(**gpu1: object) -> dict[str, object]:
+    return {
+        "name": "hang",
+        "gpus": [{"index": 0}, {"index": 1, **gpu1}],
+        "processes": [
+            {"pid": 1, "name": "a", "gpus": [0], "memory": "1GiB", "sm": 0.5},
+            {"pid": 2, "name": "b", "gpus": [1], "memory": "2GiB", "sm": 0.25},
+        ],
+    }
+
+
+def _timed_read(sim: Sim) -> tuple[NodeReading, float]:
+    t0 = time.monotonic()
+    node = sim.reader.read()
+    return node, time.monotonic() - t0
+
+
+def _wait_idle(sim: Sim) -> None:
+    """Until the thread parked in the hung call has come back (the fake polls the clock every 10 ms)."""
+    deadline = time.monotonic() + 5
+    while any(w.busy for w in sim.reader._workers()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_call_that_hangs_on_one_gpu_is_given_up_on_and_the_other_gpus_are_read(
+    simulate: Callable[..., Sim],
+) -> None:
+    hang = {"function": "nvmlDeviceGetPowerUsage", "at": 10, "until": 40}
+    sim = simulate(_two_gpus(hangs=[hang]), start=5)
+    sim.reader.call_timeout_s = TIMEOUT_S
+    assert [g.up for g in sim.reader.read().gpus] == [True, True]
+    sim.clock.advance(5)
+    node, took = _timed_read(sim)
+    assert TIMEOUT_S <= took < TIMEOUT_S + 1.0  # waited for the deadline, not for the call
+    assert node.nvml_up
+    healthy, stuck = node.gpus
+    assert healthy.up and healthy.processes[0].memory_bytes == GiB and healthy.processes[0].sm_ratio == 0.5
+    assert healthy.power_watts is not None
+    assert not stuck.up and stuck.hung_call == "nvmlDeviceGetPowerUsage"
+    assert stuck.processes == () and stuck.memory_used_bytes is None  # nothing half-read is served
+    assert node.errors[("nvmlDeviceGetPowerUsage", "ExporterTimeout")] == 1
+
+
+def test_a_gpu_stuck_in_a_call_is_skipped_without_waiting_and_read_again_once_the_call_returns(
+    simulate: Callable[..., Sim],
+) -> None:
+    hang = {"function": "nvmlDeviceGetComputeRunningProcesses_v3", "at": 10, "until": 40}
+    sim = simulate(_two_gpus(hangs=[hang]), start=10)
+    sim.reader.call_timeout_s = TIMEOUT_S
+    first, _ = _timed_read(sim)
+    assert first.gpus[1].hung_call == "nvmlDeviceGetComputeRunningProcesses_v3"
+    calls_before = sim.fake.calls["nvmlDeviceGetMemoryInfo"]
+    for _ in range(3):  # the later samples do not wait on the stuck GPU again, nor send it more calls
+        sim.clock.advance(5)
+        node, took = _timed_read(sim)
+        assert took < TIMEOUT_S
+        assert [g.up for g in node.gpus] == [True, False]
+        assert node.gpus[0].processes[0].sm_ratio == 0.5
+    assert sim.fake.calls["nvmlDeviceGetMemoryInfo"] == calls_before + 3  # GPU 0 only
+    assert node.errors[("nvmlDeviceGetComputeRunningProcesses_v3", "ExporterTimeout")] == 1  # one hang, one count
+    sim.clock.advance(25)  # t = 50: the call has returned; that late read is thrown away, stale
+    _wait_idle(sim)
+    sim.clock.advance(5)
+    back = sim.reader.read()
+    assert [g.up for g in back.gpus] == [True, True]
+    assert back.gpus[1].hung_call is None
+    assert back.gpus[1].processes[0].memory_bytes == 2 * GiB and back.gpus[1].processes[0].sm_ratio == 0.25
+
+
+def test_an_nvml_init_that_hangs_leaves_nvml_down_and_is_not_retried_until_it_returns(
+    simulate: Callable[..., Sim],
+) -> None:
+    sim = simulate(one_gpu({"pid": 1, "memory": "1GiB"}, faults={"init_hangs_until": 20}))
+    sim.reader.call_timeout_s = TIMEOUT_S
+    node, took = _timed_read(sim)
+    assert not node.nvml_up and node.hung_call == "nvmlInit" and took < TIMEOUT_S + 1.0
+    node, took = _timed_read(sim)
+    assert not node.nvml_up and node.hung_call == "nvmlInit" and took < TIMEOUT_S
+    assert sim.fake.calls["nvmlInitWithFlags"] + sim.fake.calls.get("nvmlInit_v2", 0) == 1  # not asked twice
+    sim.clock.advance(20)
+    _wait_idle(sim)
+    up = sim.reader.read()
+    assert up.nvml_up and up.hung_call is None
+    assert up.gpus[0].processes[0].memory_bytes == GiB
+
+
+def test_a_hung_call_is_served_as_such_and_the_gpu_comes_back_in_the_exposition(
+    simulate: Callable[..., Sim],
+) -> None:
+    hang = {"function": "nvmlDeviceGetTemperature", "at": 10, "until": 20}
+    sim = simulate(_two_gpus(hangs=[hang]), start=10)
+    sim.reader.call_timeout_s = TIMEOUT_S
+    sampler = Sampler(sim.reader, CommandNameResolver(nvml_name=sim.reader.process_name), SamplerOptions())
+    text = _exposition(sampler)
+    uuid1 = sim.scenario.gpu_uuid(1)
+    hung = f'{c.EXPORTER_NVML_HUNG.name}{{call="nvmlDeviceGetTemperature",gpu="1",gpu_uuid="{uuid1}"}} 1.0'
+    assert hung in text
+    assert f'{c.GPU_UP.name}{{gpu="1",gpu_uuid="{uuid1}"}} 0.0' in text
+    assert f'gpu_uuid="{uuid1}"' not in _lines_of(text, c.CONTAINER_MEMORY.name)  # no stale usage
+    assert f'gpu_uuid="{sim.scenario.gpu_uuid(0)}"' in _lines_of(text, c.CONTAINER_MEMORY.name)
+    sim.clock.advance(10)
+    _wait_idle(sim)
+    text = _exposition(sampler)
+    assert c.EXPORTER_NVML_HUNG.name + "{" not in text
+    assert f'{c.GPU_UP.name}{{gpu="1",gpu_uuid="{uuid1}"}} 1.0' in text
+    assert f'gpu_uuid="{uuid1}"' in _lines_of(text, c.CONTAINER_MEMORY.name)
+
+
+def _exposition(sampler: Sampler) -> str:
+    sampler.sample_once()
+    exposition = sampler.exposition
+    assert exposition is not None
+    return exposition.text.decode()
+
+
+def _lines_of(text: str, name: str) -> str:
+    return "\n".join(line for line in text.splitlines() if line.startswith(name + "{"))
