@@ -71,9 +71,10 @@ def device_ids(scenario: Scenario, container: ContainerSpec, *, pod: PodSpec | N
     return [_device_id(scenario, spec, where) for spec in container.devices]
 
 
-def sim_pods(scenario: Scenario) -> list[SimPod]:
-    """Every scenario pod for :class:`exporter.sim.kubelet.PodResourcesServer`, with each container's
-    (resource, device IDs); a container without devices has none."""
+def sim_pods(scenario: Scenario, at: float | None = None) -> list[SimPod]:
+    """The scenario's pods for :class:`exporter.sim.kubelet.PodResourcesServer`, with each container's
+    (resource, device IDs); a container without devices has none. ``at``: only pods alive at that scenario
+    second; every pod when None."""
     return [
         SimPod(
             namespace=pod.namespace,
@@ -89,6 +90,7 @@ def sim_pods(scenario: Scenario) -> list[SimPod]:
             ],
         )
         for pod in scenario.pods
+        if at is None or pod.alive(at)
     ]
 
 

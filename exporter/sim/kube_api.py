@@ -154,6 +154,8 @@ class SimApiServer:
         """``node_name``: the pods' ``spec.nodeName``; the scenario's node name when None."""
         self.scenario = scenario
         self.node_name = node_name if node_name is not None else scenario.node.name
+        self.initial_at: float | None = None
+        """Scenario second whose live pods :meth:`start` creates; every pod when None."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._emulator: Any = None
@@ -186,7 +188,8 @@ class SimApiServer:
             self._server = server
             self._port = server.port
             for pod in self.scenario.pods:
-                self.create_pod(pod)
+                if self.initial_at is None or pod.alive(self.initial_at):
+                    self.create_pod(pod)
         except BaseException:
             self.stop()
             raise
@@ -281,6 +284,24 @@ class SimApiServer:
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod; watches see DELETED."""
         self._request("DELETE", self._path("Pod", namespace, name))
+        self._call(self._forget(_RESOURCES["Pod"][0], namespace, name))
+
+    async def _forget(self, resource: str, namespace: str, name: str) -> None:
+        """Drop a deleted object's history and the log of requests served. kmock keeps both for test
+        assertions, which we do not make, and matches each new request against the log: under a churn of
+        thousands of pods the simulated API server would otherwise slow down and grow without end."""
+        emulator = self._emulator
+        emulator._requests.clear()
+        for reaction in emulator._payloads:
+            reaction._requests.clear()
+        async with emulator._lock:
+            objects = emulator.objects
+            try:
+                deleted = objects[resource, namespace, name].deleted
+            except KeyError:
+                return
+            if deleted:
+                del objects[resource, namespace, name]
 
     def patch_pod_labels(self, namespace: str, name: str, labels: dict[str, str]) -> None:
         """Merge ``labels`` into a pod's labels; watches see MODIFIED."""
