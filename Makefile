@@ -53,5 +53,10 @@ test: system-deps $(STAMP) lint typecheck check-generated deploy-check unit
 bench: $(STAMP)
 	$(BIN)/python bench/bench_exporter.py
 
+# Many concurrent scrapers (wrk, from Debian: apt-get install wrk) on loopback; does the sampler keep its interval?
+.PHONY: bench-scrape-load
+bench-scrape-load: $(STAMP)
+	$(BIN)/python bench/scrape_load.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

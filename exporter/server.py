@@ -1,17 +1,102 @@
-"""The HTTP(S) endpoint: ``/metrics`` serves the last rendered exposition; ``/healthz``, ``/readyz``."""
+"""The HTTP(S) endpoint: ``/metrics`` serves the last rendered exposition; ``/healthz``, ``/readyz``.
+
+A scrape only copies bytes, but parsing each request is Python work: thousands of requests a second, or
+dozens of connection threads, starve the sampler thread of the interpreter lock and samples slip (measured
+in bench/scrape_load.py). So at most ``max_connections`` are served at once (beyond that a connection gets
+``503`` and ``Retry-After`` at once) and requests are paced to ``max_rate`` a second: a request over the
+rate waits, asleep and off the lock, for up to a second, then gets ``503``. Both refusals are counted.
+A connection idle or slow for ``timeout_s`` is closed, and a TLS handshake happens on the connection's own
+thread, so a client that connects and says nothing holds one slot for a while, never the server.
+"""
 
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from exporter.render import Exposition
 
 log = logging.getLogger("gpuattr.server")
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n"
+    b"Content-Length: 27\r\nConnection: close\r\n\r\ntoo many concurrent scrapes\n"
+)
+_CLIENT_GONE = (ConnectionError, TimeoutError, ssl.SSLError, OSError)
+
+
+class _Pacer:
+    """A token bucket: ``rate`` requests a second, bursts of up to ``rate``; callers over it sleep."""
+
+    def __init__(self, rate: float, max_wait_s: float = 1.0) -> None:
+        self.rate = rate
+        self.max_wait_s = max_wait_s
+        self._tokens = rate
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def admit(self) -> bool:
+        """True once the caller may go on (maybe after a sleep); False when it would wait too long."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            wait = (1.0 - self._tokens) / self.rate if self._tokens < 1.0 else 0.0
+            if wait > self.max_wait_s:
+                return False
+            self._tokens -= 1.0  # may go below zero: the wait pays it back
+        if wait > 0:
+            time.sleep(wait)
+        return True
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading server that serves at most ``slots`` connections at once and answers the rest 503."""
+
+    daemon_threads = True
+    request_queue_size = 256  # the default 5 drops handshakes when scrapers arrive together
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], slots: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(slots)
+        self.rejected_total = 0
+        self.tls_context: ssl.SSLContext | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.rejected_total += 1
+            if self.tls_context is None:  # a TLS client gets no plain-text answer: the connection just closes
+                try:
+                    request.settimeout(0.5)
+                    request.sendall(_BUSY)
+                except OSError:
+                    pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):  # a client that went away, timed out or failed its handshake
+            log.debug("connection from %s ended: %s", client_address, exc)
+        else:
+            log.warning("error serving %s", client_address, exc_info=True)
 
 
 class MetricsServer:
@@ -28,13 +113,17 @@ class MetricsServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_client_ca: str | None = None,
+        max_connections: int = 8,
+        max_rate: float = 100.0,
+        timeout_s: float = 10.0,
     ) -> None:
         self._exposition = exposition
         self._alive = alive
         self.max_age_s = max_age_s
+        self.timeout_s = timeout_s
+        self._pacer = _Pacer(max_rate)
         handler = self._handler_class()
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedServer((host, port), handler, max_connections)
         self.tls = tls_cert is not None
         if tls_cert:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -43,8 +132,15 @@ class MetricsServer:
             if tls_client_ca:
                 ctx.load_verify_locations(cafile=tls_client_ca)
                 ctx.verify_mode = ssl.CERT_REQUIRED
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            # the handshake runs on the connection's thread (in setup), not in the accept loop
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
+            self.httpd.tls_context = ctx
         self._thread: threading.Thread | None = None
+
+    @property
+    def rejected_total(self) -> int:
+        """Connections answered 503 because ``max_connections`` were being served."""
+        return self.httpd.rejected_total
 
     @property
     def port(self) -> int:
@@ -85,6 +181,12 @@ class MetricsServer:
             # Headers and body go out in two writes; with Nagle on, a small body waits for the client's
             # delayed ACK of the headers (~40 ms). Measured in bench/nagle_check.py.
             disable_nagle_algorithm = True
+            timeout = server.timeout_s  # idle keep-alive and slow clients are closed after this
+
+            def setup(self) -> None:
+                super().setup()
+                if isinstance(self.connection, ssl.SSLSocket):
+                    self.connection.do_handshake()
 
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
@@ -103,6 +205,13 @@ class MetricsServer:
                 self.do_GET()
 
             def do_GET(self) -> None:
+                if not server._pacer.admit():
+                    server.httpd.rejected_total += 1
+                    self.send_response(503)
+                    self.send_header("Retry-After", "1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     expo = server._exposition()

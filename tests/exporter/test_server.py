@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import socket
 import ssl
+import struct
 import subprocess
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,8 +29,19 @@ def sampler(simulate: Callable[..., Sim]) -> tuple[Sim, Sampler]:
     return sim, smp
 
 
-def _serve(sampler: Sampler, **tls: str) -> MetricsServer:
-    server = MetricsServer("127.0.0.1", 0, lambda: sampler.exposition, alive=lambda: True, max_age_s=1e12, **tls)
+def _serve(
+    sampler: Sampler, *, tls_cert: str | None = None, tls_key: str | None = None, tls_client_ca: str | None = None
+) -> MetricsServer:
+    server = MetricsServer(
+        "127.0.0.1",
+        0,
+        lambda: sampler.exposition,
+        alive=lambda: True,
+        max_age_s=1e12,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+    )
     server.start()
     return server
 
@@ -185,5 +200,107 @@ def test_responses_are_not_held_back_by_nagle(sampler: tuple[Sim, Sampler]) -> N
     server = _serve(smp)
     try:
         assert getattr(server.httpd.RequestHandlerClass, "disable_nagle_algorithm", False) is True
+    finally:
+        server.stop()
+
+
+# --- many, slow and silent clients ----------------------------------------------------------------------
+
+
+def _silent(server: MetricsServer, n: int) -> list[socket.socket]:
+    """``n`` connections that say nothing: each holds a serving slot until the server's time-out."""
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(n)]
+    time.sleep(0.2)  # let the server accept them
+    return held
+
+
+def test_connections_beyond_the_limit_get_503_with_retry_after_and_are_counted(sampler: tuple[Sim, Sampler]) -> None:
+    _, smp = sampler
+    smp.sample_once()
+    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_connections=2, timeout_s=30)
+    server.start()
+    held = _silent(server, 2)
+    try:
+        busy = _get(server, "/metrics")
+        assert busy.status == 503 and busy.getheader("Retry-After") == "1"
+        assert server.rejected_total == 1
+        for conn in held:
+            conn.close()
+        deadline = time.monotonic() + 5
+        while _get(server, "/healthz").status != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the slots come back once the silent clients have gone
+        assert _get(server, "/metrics").status == 200
+    finally:
+        for conn in held:
+            conn.close()
+        server.stop()
+
+
+def test_a_silent_client_is_dropped_after_the_timeout_and_frees_its_slot(sampler: tuple[Sim, Sampler]) -> None:
+    _, smp = sampler
+    smp.sample_once()
+    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_connections=1, timeout_s=0.5)
+    server.start()
+    (held,) = _silent(server, 1)
+    try:
+        assert _get(server, "/metrics").status == 503  # the one slot is taken
+        time.sleep(1.0)
+        assert held.recv(1) == b""  # the server closed it
+        assert _get(server, "/metrics").status == 200
+    finally:
+        held.close()
+        server.stop()
+
+
+def test_a_tls_client_that_never_says_hello_does_not_stop_others_from_being_served(
+    sampler: tuple[Sim, Sampler], pki: Path
+) -> None:
+    # The handshake used to run in the accept loop: one silent TCP connection froze the whole endpoint.
+    _, smp = sampler
+    smp.sample_once()
+    server = _serve(smp, tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"))
+    held = _silent(server, 3)
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        assert _https(server, ctx) == 200
+    finally:
+        for conn in held:
+            conn.close()
+        server.stop()
+
+
+def test_a_client_that_hangs_up_mid_response_leaves_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    big = Exposition(b"x" * (8 * 2**20), b"", b"", b"", 0.0)  # more than the socket buffers hold
+    server = MetricsServer("127.0.0.1", 0, lambda: big, max_age_s=1e12)
+    server.start()
+    try:
+        for _ in range(3):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.recv(100)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # reset
+        time.sleep(0.3)
+        assert _get(server, "/healthz").status == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_requests_over_the_rate_are_paced_and_a_flood_is_refused_with_503(sampler: tuple[Sim, Sampler]) -> None:
+    _, smp = sampler
+    smp.sample_once()
+    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_connections=16, max_rate=4)
+    server.start()
+    try:
+        t0 = time.monotonic()
+        statuses = [_get(server, "/healthz").status for _ in range(8)]  # a burst of 4, then 4 more at 4/s
+        assert statuses == [200] * 8
+        assert time.monotonic() - t0 >= 0.9
+        with ThreadPoolExecutor(16) as pool:  # sixteen at once: more than a second's wait for the last ones
+            flood = list(pool.map(lambda _: _get(server, "/metrics").status, range(16)))
+        assert flood.count(200) >= 4 and flood.count(503) >= 4
+        assert set(flood) == {200, 503}
+        assert server.rejected_total == flood.count(503)
     finally:
         server.stop()
