@@ -21,6 +21,9 @@ _SHORT = reprlib.Repr()  # quotes a bad value without expanding aliased YAML (Py
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 40
 
 
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/-]{1,200}")
+
+
 class AlertConfigError(ValueError):
     """A configuration that cannot be used; names the file and the key."""
 
@@ -111,6 +114,13 @@ def load_config(path: str | Path | None) -> AlertConfig:
             raise AlertConfigError(f"alert config {path}: {key} must be a finite number, got {_SHORT.repr(value)}")
         if key.endswith(("_window", "_for", "_interval")) and not _DURATION.match(str(value)):
             raise AlertConfigError(f"alert config {path}: {key} must be a Prometheus duration such as 30m or 1h30m")
+        if isinstance(default, (int, float)) and value < 0:
+            raise AlertConfigError(f"alert config {path}: {key} must not be negative, got {_SHORT.repr(value)}")
+        if key == "exporter_job" and not _LABEL_VALUE.fullmatch(value):
+            raise AlertConfigError(
+                f"alert config {path}: exporter_job must be a plain job name (letters, digits, . _ : / -), "
+                f"got {_SHORT.repr(value)}: it is written into PromQL"
+            )
         if key.endswith("_severity") and value not in SEVERITIES:
             raise AlertConfigError(f"alert config {path}: {key} must be one of {', '.join(SEVERITIES)}")
         setattr(config, key, float(value) if isinstance(default, float) else value)

@@ -467,6 +467,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep or not model:
             print(f"gpuattr review: --price: expected GPU_MODEL=PRICE, got {spec!r}", file=sys.stderr)
             return 2
+    for flag, number in (
+        ("--price-per-gpu-hour", args.price_per_gpu_hour),
+        *((f"--price {model}", value) for model, value in prices.items()),
+        ("--idle-threshold", args.idle_threshold),
+        ("--slo-ttft", args.slo_ttft),
+        ("--slo-itl", args.slo_itl),
+        ("--headroom", args.headroom),
+        ("--timeout", args.timeout),
+    ):
+        if not math.isfinite(number) or number < 0:
+            print(f"gpuattr review: {flag}: expected a finite number, not negative, got {number}", file=sys.stderr)
+            return 2
     client = PrometheusClient(args.prometheus, timeout_s=args.timeout, retries=1)
     review = run(
         client,

@@ -312,3 +312,19 @@ def test_each_gpu_model_is_priced_at_its_own_rate_and_headlines_are_pushed(month
     }
     assert allocated[("team", "research")] == pytest.approx(64, abs=0.5)
     assert fams["gpuattr_review_gpus_freeable"].samples[0].value > 0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--price-per-gpu-hour", "nan"],
+        ["--price-per-gpu-hour", "-1"],
+        ["--price", "NVIDIA H100 80GB HBM3=inf"],
+        ["--slo-itl", "inf"],
+    ],
+)
+def test_prices_and_targets_that_are_not_finite_or_negative_are_refused_naming_the_flag(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--prometheus", "http://127.0.0.1:1", *flags]) == 2  # refused before Prometheus is asked
+    assert flags[0] in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,6 +73,7 @@ class _Page:
         self.body = (FIXTURES / "dcgm-exporter-3.3-a100-mig.prom").read_bytes()
         self.status = 200
         self.delay_s = 0.0
+        self.send_length = True  # False: no Content-Length, the body ends when the connection closes
 
 
 @pytest.fixture
@@ -85,9 +87,15 @@ def dcgm_server() -> Iterator[tuple[_Page, str, ThreadingHTTPServer]]:
         def do_GET(self) -> None:
             time.sleep(page.delay_s)
             self.send_response(page.status)
-            self.send_header("Content-Length", str(len(page.body)))
+            if page.send_length:
+                self.send_header("Content-Length", str(len(page.body)))
+            else:
+                self.close_connection = True
             self.end_headers()
-            self.wfile.write(page.body)
+            try:
+                self.wfile.write(page.body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading, as it should
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -127,6 +135,26 @@ def test_every_kind_of_failure_marks_the_source_down_counts_it_and_gives_nothing
     reading = source.read()  # and it recovers by itself
     assert reading is not None and source.up
     assert reading.values[DcgmKey(H100, "")]["sm_active"] == 0.812
+
+
+@pytest.mark.parametrize("send_length", [True, False], ids=["with-length", "until-close"])
+def test_a_100_mb_page_is_refused_reading_no_more_than_the_limit(
+    dcgm_server: tuple[_Page, str, ThreadingHTTPServer], send_length: bool
+) -> None:
+    page, url, _ = dcgm_server
+    page.body = b"# padding line of a page far too big for any node\n" * (100 * 10**6 // 51)
+    page.send_length = send_length
+    source = DcgmSource(url, timeout_s=10)
+    tracemalloc.start()
+    try:
+        assert source.read() is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert source.errors_total == {"too_large": 1}
+    assert peak < dcgm_module.MAX_BODY_BYTES + 8 * 2**20  # the limit and some slack, never the 100 MB
+    page.body, page.send_length = (FIXTURES / "dcgm-exporter-4.9-h100.prom").read_bytes(), True
+    assert source.read() is not None and source.up  # and the next good page is read
 
 
 def test_an_unreachable_dcgm_exporter_is_counted_as_such() -> None:

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -654,3 +655,20 @@ def make_model_dir(workdir: Path) -> Callable[[Any], Path]:
         return model_dir
 
     return make
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("idle_memory_bytes: -5\n", "idle_memory_bytes must not be negative"),
+        ("idle_sm_threshold: -0.5\n", "idle_sm_threshold must not be negative"),
+        ('exporter_job: gpuattr"} or vector(1) #\n', "exporter_job must be a plain job name"),
+    ],
+)
+def test_alert_settings_that_would_give_wrong_or_injected_rules_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "alerts.yaml"
+    path.write_text(text)
+    with pytest.raises(AlertConfigError, match=rf"^alert config {re.escape(str(path))}: {message}"):
+        load_alert_config(path)
