@@ -43,13 +43,19 @@ class PrometheusClient:
         if at is not None:
             params["time"] = f"{at:.3f}"
         body = self._get("/api/v1/query", params, expr)
-        data: dict[str, Any] = body.get("data") or {}
-        kind, result = data.get("resultType"), data.get("result", [])
-        if kind == "scalar":
-            return [Sample({}, float(result[1]))]
-        if kind != "vector":
-            raise PrometheusError(f"{self.url}: query {expr!r} gave a {kind}, expected an instant vector")
-        return [Sample(dict(item.get("metric", {})), float(item["value"][1])) for item in result]
+        try:
+            data: dict[str, Any] = body.get("data") or {}
+            kind, result = data.get("resultType"), data.get("result", [])
+            if kind == "scalar":
+                return [Sample({}, float(result[1]))]
+            if kind != "vector":
+                raise PrometheusError(f"{self.url}: query {expr!r} gave a {kind}, expected an instant vector")
+            return [
+                Sample({str(k): str(v) for k, v in item.get("metric", {}).items()}, float(item["value"][1]))
+                for item in result
+            ]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise PrometheusError(f"{self.url}: answer to {expr!r} is not a Prometheus result: {exc!r}") from exc
 
     def _get(self, path: str, params: dict[str, str], expr: str) -> dict[str, Any]:
         url = self.url.rstrip("/") + path + "?" + urllib.parse.urlencode(params)
