@@ -116,7 +116,7 @@ def load_config(path: str | Path | None) -> AlertConfig:
             raise AlertConfigError(f"alert config {path}: {key} must be a Prometheus duration such as 30m or 1h30m")
         if isinstance(default, (int, float)) and value < 0:
             raise AlertConfigError(f"alert config {path}: {key} must not be negative, got {_SHORT.repr(value)}")
-        if key == "exporter_job" and not _LABEL_VALUE.fullmatch(value):
+        if key == "exporter_job" and not _LABEL_VALUE.fullmatch(str(value)):
             raise AlertConfigError(
                 f"alert config {path}: exporter_job must be a plain job name (letters, digits, . _ : / -), "
                 f"got {_SHORT.repr(value)}: it is written into PromQL"

@@ -7,6 +7,7 @@ with ``hostname``, ``DCGM_FI_SYSTEM_DRIVER_VERSION`` and byte-valued memory); th
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import tracemalloc
@@ -92,10 +93,8 @@ def dcgm_server() -> Iterator[tuple[_Page, str, ThreadingHTTPServer]]:
             else:
                 self.close_connection = True
             self.end_headers()
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client stopped reading
                 self.wfile.write(page.body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client stopped reading, as it should
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
