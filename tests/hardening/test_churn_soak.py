@@ -31,4 +31,5 @@ def test_two_hours_of_churn_serve_exactly_what_is_alive_and_keep_state_and_descr
         assert point.tracked["renderer_prefixes"] <= point.series, where
     settled = points[1:]
     assert max(p.fds for p in settled) - min(p.fds for p in settled) <= 2  # no descriptor leak
-    assert max(p.threads for p in settled) == min(p.threads for p in settled)  # no thread leak
+    # no thread leak (a leak per pod would show hundreds; the slack is for other tests' threads winding down)
+    assert max(p.threads for p in settled) - min(p.threads for p in settled) <= 2
