@@ -7,8 +7,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.metrics_core import Metric as Family
+
 from exporter import __version__
+from exporter import catalog as c
 from exporter.nvml.reader import NvmlReader
+from exporter.render import family
 from exporter.sampler import Sampler, SamplerOptions
 from exporter.server import MetricsServer
 from exporter.settings import ExporterSettings, SettingsError, host_port
@@ -131,10 +135,7 @@ def build(settings: ExporterSettings, simulation: Any = None) -> Exporter:
     return exporter
 
 
-def _rejected(server: MetricsServer) -> Any:
-    from exporter import catalog as c
-    from exporter.render import family
-
+def _rejected(server: MetricsServer) -> Family:
     fam = family(c.EXPORTER_HTTP_REJECTED)
     fam.add_metric([], server.rejected_total)
     return fam

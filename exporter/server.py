@@ -28,7 +28,6 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\n"
     b"Content-Length: 27\r\nConnection: close\r\n\r\ntoo many concurrent scrapes\n"
 )
-_CLIENT_GONE = (ConnectionError, TimeoutError, ssl.SSLError, OSError)
 
 
 class _Pacer:
@@ -93,7 +92,7 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
-        if isinstance(exc, _CLIENT_GONE):  # a client that went away, timed out or failed its handshake
+        if isinstance(exc, OSError):  # a client that went away, timed out or failed its TLS handshake
             log.debug("connection from %s ended: %s", client_address, exc)
         else:
             log.warning("error serving %s", client_address, exc_info=True)
@@ -139,7 +138,7 @@ class MetricsServer:
 
     @property
     def rejected_total(self) -> int:
-        """Connections answered 503 because ``max_connections`` were being served."""
+        """Requests answered 503: beyond ``max_connections`` at once, or over ``max_rate`` for too long."""
         return self.httpd.rejected_total
 
     @property

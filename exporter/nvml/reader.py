@@ -79,6 +79,11 @@ class _Worker:
         """A job was handed over and has not finished (it may be stuck in a C call)."""
         return self.pending is not None and not self.pending.done()
 
+    @property
+    def stuck_in(self) -> str | None:
+        """The NVML function a busy worker is inside; None when it is idle."""
+        return (self.current_call or "unknown") if self.busy else None
+
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
         self.pending = future
@@ -161,7 +166,6 @@ class NvmlReader:
         self._local = threading.local()
         self._node_worker: _Worker | None = None
         self._count_lock = threading.Lock()
-        self.node_hung_call: str | None = None
         self.worker_cpu_seconds_total = 0.0
         """CPU time the NVML worker threads spent; the sampler adds it to its own."""
 
@@ -280,7 +284,6 @@ class NvmlReader:
             except FuturesTimeout:
                 self._hung(node, "node", None)
                 return self._down(now)
-        self.node_hung_call = (node.current_call or "unknown") if node.busy else None
 
         futures: dict[int, Future[GpuReading]] = {}
         readings: dict[int, GpuReading] = {}
@@ -319,19 +322,17 @@ class NvmlReader:
             gpus,
             self.health.snapshot(),
             self.clamped_total,
-            hung_call=self.node_hung_call,
+            hung_call=node.stuck_in,
         )
 
     def _down(self, now: float) -> NodeReading:
-        node = self._node_worker
-        hung = (node.current_call or "unknown") if node is not None and node.busy else None
         return NodeReading(
             False,
             self.driver_version,
             now,
             errors=self.health.snapshot(),
             clamped_total=self.clamped_total,
-            hung_call=hung,
+            hung_call=self._worker_for(None).stuck_in,
         )
 
     # -- calls that hang -----------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ class NvmlReader:
         return dev.worker
 
     def _workers(self) -> list[_Worker]:
-        """Every live worker thread (for tests and shutdown)."""
+        """Every live worker thread (tests wait on these)."""
         found = [dev.worker for dev in self._devices if dev.worker is not None]
         return found + ([self._node_worker] if self._node_worker is not None else [])
 
@@ -360,7 +361,7 @@ class NvmlReader:
             worker.current_call = call
 
     def _hung(self, worker: _Worker, scope: str, dev: _Device | None) -> str:
-        call = worker.current_call or "unknown"
+        call = worker.stuck_in or "unknown"
         if not worker.hung_reported:
             worker.hung_reported = True
             self.health.timed_out(call, scope)
