@@ -154,8 +154,7 @@ class SimApiServer:
         """``node_name``: the pods' ``spec.nodeName``; the scenario's node name when None."""
         self.scenario = scenario
         self.node_name = node_name if node_name is not None else scenario.node.name
-        self.initial_at: float | None = None
-        """Scenario second whose live pods :meth:`start` creates; every pod when None."""
+        self._live: set[tuple[str, str]] = set()  # (namespace, name) of the scenario's pods created here
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._emulator: Any = None
@@ -172,8 +171,9 @@ class SimApiServer:
             raise RuntimeError("SimApiServer: start() it first")
         return f"http://127.0.0.1:{self._port}"
 
-    def start(self) -> None:
-        """Serve on a free loopback port and create the scenario's pods and their owners over HTTP."""
+    def start(self, at: float | None = None) -> None:
+        """Serve on a free loopback port and create the scenario's pods and their owners over HTTP: those
+        alive at scenario second ``at``, every one when None."""
         if self._server is not None:
             return
         import kmock
@@ -187,9 +187,7 @@ class SimApiServer:
             self._call(server.__aenter__())
             self._server = server
             self._port = server.port
-            for pod in self.scenario.pods:
-                if self.initial_at is None or pod.alive(self.initial_at):
-                    self.create_pod(pod)
+            self.follow(at)
         except BaseException:
             self.stop()
             raise
@@ -208,6 +206,7 @@ class SimApiServer:
             self._server = self._emulator = None
             self._port = None
             self._created_owners.clear()
+            self._live.clear()
             loop.call_soon_threadsafe(loop.stop)
             thread.join(CALL_TIMEOUT_S)
             if not thread.is_alive():
@@ -280,6 +279,22 @@ class SimApiServer:
         else:
             manifest = pod
         self._create(manifest)
+
+    def follow(self, at: float | None) -> None:
+        """Create the scenario's pods alive at scenario second ``at`` (every one when None) and delete those
+        that are not, so the watch sees pods come and go as their lifetimes say. A stopped server (a test's
+        outage) holds nothing and follows nothing; :meth:`start` brings the pods back."""
+        if self._emulator is None:
+            return
+        for pod in self.scenario.pods:
+            key = (pod.namespace, pod.name)
+            live = at is None or pod.alive(at)
+            if live and key not in self._live:
+                self.create_pod(pod)
+                self._live.add(key)
+            elif not live and key in self._live:
+                self.delete_pod(*key)
+                self._live.discard(key)
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod; watches see DELETED."""

@@ -31,7 +31,6 @@ class SimulatedNode:
         self.dcgm: Any = None
         self.vllm: list[Any] = []
         self._socket_dir: str | None = None
-        self._pods_live: set[tuple[str, str]] = set()  # (namespace, name) of the pods on the API server
 
     @classmethod
     def from_file(cls, path: str | Path, *, speed: float = 1.0, start: float = 0.0) -> SimulatedNode:
@@ -44,39 +43,22 @@ class SimulatedNode:
         from exporter.sim.kubelet import PodResourcesServer
 
         self.api = SimApiServer(self.scenario)
-        self.api.initial_at = self.clock.now()
-        self.api.start()
-        self._pods_live = {(p.namespace, p.name) for p in self.scenario.pods if p.alive(self.clock.now())}
+        self.api.start(at=self.clock.now())
         # AF_UNIX paths are limited to 107 bytes: keep the socket under a short temporary directory.
         self._socket_dir = tempfile.mkdtemp(prefix="gpuattr-kubelet-", dir="/tmp")
         socket_path = f"{self._socket_dir}/kubelet.sock"
-        devices = allocatable(self.scenario)
-        churns = any(p.start > 0 or p.stop is not None for p in self.scenario.pods)
-        if churns:  # pods come and go: answer with the pods alive at the time of each call
-            self.kubelet = PodResourcesServer(
-                socket_path, lambda: sim_pods(self.scenario, self.clock.now()), lambda: devices
-            )
-        else:
-            pods = sim_pods(self.scenario)
-            self.kubelet = PodResourcesServer(socket_path, lambda: pods, lambda: devices)
+        devices = allocatable(self.scenario)  # checks every pod's device ids, so a bad one fails here
+        self.kubelet = PodResourcesServer(
+            socket_path, lambda: sim_pods(self.scenario, self.clock.now()), lambda: devices
+        )  # the pods alive at the time of each call
         self.kubelet.start()
         return str(self.api.url), socket_path
 
     def sync(self) -> None:
         """Bring the node to the clock's time: /proc entries, and pods created or deleted on the API server."""
         self.proc.sync()
-        if self.api is None:
-            return
-        now = self.clock.now()
-        for pod in self.scenario.pods:
-            key = (pod.namespace, pod.name)
-            live = pod.alive(now)
-            if live and key not in self._pods_live:
-                self.api.create_pod(pod)
-                self._pods_live.add(key)
-            elif not live and key in self._pods_live:
-                self.api.delete_pod(pod.namespace, pod.name)
-                self._pods_live.discard(key)
+        if self.api is not None:
+            self.api.follow(self.clock.now())
 
     def start_dcgm_exporter(self, hostname: str | None = None) -> str:
         """Serve a simulated dcgm-exporter page for this node; returns its URL."""

@@ -60,6 +60,11 @@ class ChurnSoak:
     def __init__(self, scenario: Scenario, *, interval_s: float = 15.0) -> None:
         self.scenario = scenario
         self.interval_s = interval_s
+        self._containers = {  # 'namespace/pod/container' as processes name it -> its labels
+            f"{p.namespace}/{p.name}/{ct.name}": (p.namespace, p.name, ct.name)
+            for p in scenario.pods
+            for ct in p.containers
+        }
         self.clock = SimClock(manual=True, start_wall=START_WALL)
         self.node = SimulatedNode(scenario, self.clock)
         settings = ExporterSettings(kubernetes=True, listen="127.0.0.1:0", interval=interval_s)
@@ -95,8 +100,9 @@ class ChurnSoak:
 
     def checkpoint(self) -> Checkpoint:
         now = self.clock.now()
+        alive_pods = {(p.namespace, p.name) for p in self.scenario.pods if p.alive(now)}
         self.node.sync()  # create and delete this instant's pods, then let the watch catch up
-        self._catch_up(now)
+        self._catch_up(alive_pods)
         self.exporter.sampler.sample_once()
         with urllib.request.urlopen(self.exporter.server.url, timeout=10) as resp:  # noqa: S310 - our own server
             body = resp.read().decode()
@@ -108,11 +114,11 @@ class ChurnSoak:
             fds=len(os.listdir("/proc/self/fd")),
             threads=threading.active_count(),
             series=sum(1 for line in body.splitlines() if line and not line.startswith("#")),
-            pods_alive=sum(1 for p in self.scenario.pods if p.alive(now)),
+            pods_alive=len(alive_pods),
             processes_alive=sum(1 for p in self.scenario.processes if p.alive(now)),
             container_series=0,
         )
-        self._compare(body, now, point)
+        self._compare(body, now, alive_pods, point)
         point.tracked = {
             "identity_cache": len(self.resolver.cache),
             "unreadable_warned": len(self.resolver._warned_unreadable),
@@ -123,37 +129,30 @@ class ChurnSoak:
         }
         return point
 
-    def _catch_up(self, now: float) -> None:
-        want = {(p.namespace, p.name) for p in self.scenario.pods if p.alive(now)}
+    def _catch_up(self, want: set[tuple[str, str]]) -> None:
         deadline = time.monotonic() + CATCH_UP_S
         while {(m.namespace, m.name) for m in self.pod_cache.pods()} != want and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _compare(self, body: str, now: float, point: Checkpoint) -> None:
+    def _compare(self, body: str, now: float, alive_pods: set[tuple[str, str]], point: Checkpoint) -> None:
+        labels = ("gpu", "namespace", "pod", "container", "process")
         served: dict[tuple[str, ...], float] = {}
         pods_served: set[tuple[str, str]] = set()
         for fam in text_string_to_metric_families(body):
             for s in fam.samples:
                 if s.name == c.CONTAINER_MEMORY.name:
-                    labels = ("gpu", "namespace", "pod", "container", "process")
                     served[tuple(s.labels[k] for k in labels)] = s.value
                 elif s.name == c.POD_INFO.name:
                     pods_served.add((s.labels["namespace"], s.labels["pod"]))
         point.container_series = len(served)
-        pods = {
-            f"{p.namespace}/{p.name}/{ct.name}": (p.namespace, p.name, ct.name)
-            for p in self.scenario.pods
-            for ct in p.containers
-        }
         expected: dict[tuple[str, ...], float] = {}
         for proc in self.scenario.processes:
             if not proc.alive(now):
                 continue
             for gpu in proc.gpus:
-                ns, pod, container = pods[proc.container] if proc.container else ("", "", "")
+                ns, pod, container = self._containers[proc.container] if proc.container else ("", "", "")
                 want = (str(gpu), ns, pod, container, "" if proc.container else proc.name)
                 expected[want] = expected.get(want, 0.0) + self.node.nvml.process_memory(proc, now)
-        alive_pods = {(p.namespace, p.name) for p in self.scenario.pods if p.alive(now)}
         for key, value in sorted(served.items()):
             if key not in expected:
                 point.stale.append("/".join(key))
