@@ -8,17 +8,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from exporter.quoting import short_repr
+
 SEVERITIES = ("critical", "warning", "info")
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-_SHORT = reprlib.Repr()  # quotes a bad value without expanding aliased YAML (Python 3.11: no keyword arguments)
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 40
 
 
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/-]{1,200}")
@@ -108,18 +107,18 @@ def load_config(path: str | Path | None) -> AlertConfig:
         wanted = (int, float) if isinstance(default, float) else type(default)
         if isinstance(value, bool) or not isinstance(value, wanted):
             raise AlertConfigError(
-                f"alert config {path}: {key} must be a {type(default).__name__}, got {_SHORT.repr(value)}"
+                f"alert config {path}: {key} must be a {type(default).__name__}, got {short_repr(value)}"
             )
         if isinstance(default, float) and not _finite(value):
-            raise AlertConfigError(f"alert config {path}: {key} must be a finite number, got {_SHORT.repr(value)}")
+            raise AlertConfigError(f"alert config {path}: {key} must be a finite number, got {short_repr(value)}")
         if key.endswith(("_window", "_for", "_interval")) and not _DURATION.match(str(value)):
             raise AlertConfigError(f"alert config {path}: {key} must be a Prometheus duration such as 30m or 1h30m")
         if isinstance(default, (int, float)) and value < 0:
-            raise AlertConfigError(f"alert config {path}: {key} must not be negative, got {_SHORT.repr(value)}")
+            raise AlertConfigError(f"alert config {path}: {key} must not be negative, got {short_repr(value)}")
         if key == "exporter_job" and not _LABEL_VALUE.fullmatch(str(value)):
             raise AlertConfigError(
                 f"alert config {path}: exporter_job must be a plain job name (letters, digits, . _ : / -), "
-                f"got {_SHORT.repr(value)}: it is written into PromQL"
+                f"got {short_repr(value)}: it is written into PromQL"
             )
         if key.endswith("_severity") and value not in SEVERITIES:
             raise AlertConfigError(f"alert config {path}: {key} must be one of {', '.join(SEVERITIES)}")

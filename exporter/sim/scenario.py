@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from exporter.sim.signals import Burst, Constant, Points, Signal, parse_size, short_repr, signal_from_spec
+from exporter.quoting import short_repr
+from exporter.sim.signals import Burst, Constant, Points, Signal, parse_size, signal_from_spec
 
 
 class ScenarioError(ValueError):

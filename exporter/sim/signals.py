@@ -11,10 +11,11 @@ import bisect
 import itertools
 import math
 import re
-import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from exporter.quoting import short_repr
 
 _TINY_S = 1e-6  # intervals shorter than a microsecond are read as a point
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -29,13 +30,6 @@ _UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 40
-
-
-def short_repr(value: object) -> str:
-    """``repr`` cut to a few lines: an error message quotes bad input without expanding aliased YAML."""
-    return _SHORT.repr(value)
 
 
 def _finite(value: float | int, what: object) -> float:
