@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from exporter import catalog as c
+from exporter.app import build
 from exporter.render import Exposition
 from exporter.sampler import Sampler, SamplerOptions
 from exporter.server import MetricsServer
+from exporter.settings import ExporterSettings
 from exporter.snapshot import CommandNameResolver
-from tests.conftest import Sim, one_gpu
+from tests.conftest import SCENARIOS, Sim, one_gpu
 
 
 @pytest.fixture
@@ -304,3 +307,23 @@ def test_requests_over_the_rate_are_paced_and_a_flood_is_refused_with_503(sample
         assert server.rejected_total == flood.count(503)
     finally:
         server.stop()
+
+
+def test_the_exporter_serves_its_count_of_refused_requests(tmp_path: Path) -> None:
+    exporter = build(
+        ExporterSettings(simulate=str(SCENARIOS / "h100-inference-node.yaml"), listen="127.0.0.1:0", max_connections=1)
+    )
+    exporter.server.start()
+    try:
+        (held,) = _silent(exporter.server, 1)
+        assert _get(exporter.server, "/metrics").status == 503
+        held.close()
+        deadline = time.monotonic() + 5
+        while _get(exporter.server, "/healthz").status != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the silent connection's slot is free again
+        exporter.sampler.sample_once()  # the count as of now goes into the exposition
+        body = _get(exporter.server, "/metrics").read().decode()
+        assert f"{c.EXPORTER_HTTP_REJECTED.name} {exporter.server.rejected_total:.1f}" in body
+        assert exporter.server.rejected_total >= 1
+    finally:
+        exporter.stop()

@@ -67,6 +67,18 @@ def test_the_mig_node_has_eight_gpus_and_a_partitioned_one() -> None:
             },
             "no pod defines",
         ),
+        (
+            {"name": "x", "gpus": [{"index": 0, "hangs": [{"function": "nvmlDeviceGetName", "at": 9, "until": 9}]}]},
+            "hang of nvmlDeviceGetName: until (9.0) must be after at (9.0)",
+        ),
+        (
+            {
+                "name": "x",
+                "gpus": [{"index": 0}],
+                "pods": [{"namespace": "a", "name": "b", "containers": [{"name": "c"}], "start": 60, "stop": 30}],
+            },
+            "pod a/b: stop (30.0) must be after start (60.0)",
+        ),
     ],
 )
 def test_a_broken_scenario_is_refused_naming_the_problem(raw: dict[str, object], message: str) -> None:
