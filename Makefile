@@ -4,14 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC := gpuattr exporter attribution dashboards alerts tests bench
+SRC := common gpuattr exporter simulator attribution dashboards alerts tests bench
 
 .PHONY: demo test lint typecheck unit docs check-generated deploy-check bench system-deps proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[kubernetes,otlp,attribution,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[simulator,kubernetes,otlp,attribution,dev]'
 	$(BIN)/python -m exporter.resolve.proto.generate
 	touch $(STAMP)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from exporter.quoting import short_repr
+from common.quoting import short_repr
 
 SEVERITIES = ("critical", "warning", "info")
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")

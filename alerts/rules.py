@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from alerts.config import AlertConfig
-from exporter import catalog as c
+from common import catalog as c
 
 RULE_FILE = "gpuattr-rules.yaml"
 OPERATOR_FILE = "prometheusrule.yaml"

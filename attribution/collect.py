@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
 from attribution.split import ServerGpu
-from exporter import catalog as c
+from common import catalog as c
 
 log = logging.getLogger("gpuattr.attribution")
 

@@ -1090,7 +1090,7 @@ def _build_parser() -> _Parser:
 
 
 def _size(flag: str, value: str) -> int:
-    from exporter.sim.signals import parse_size
+    from common.units import parse_size
 
     try:
         return int(parse_size(value))

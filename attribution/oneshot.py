@@ -9,12 +9,12 @@ from collections.abc import Sequence
 
 from attribution.collect import Collected
 from attribution.split import ServerGpu
-from exporter import catalog as c
+from common import catalog as c
 
 
 def from_endpoints(specs: Sequence[str], exporter_url: str, *, timeout_s: float = 10.0) -> Collected:
     from attribution.vllm_metrics import VllmMetricsError, fetch, parse_metrics
-    from exporter.demo import scrape
+    from simulator.demo import scrape
 
     problems: list[str] = ["one-shot mode: KV usage is a single reading (p50 = p95 = max)"]
     exporter = scrape(exporter_url, timeout_s=timeout_s)

@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as Family
 
 from attribution.recommend import Packing
-from exporter import catalog as c
+from common import catalog as c
 
 GiB = 2**30
 COMPONENTS = (

@@ -23,7 +23,7 @@ import pandas as pd
 from attribution.job import window_hours
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
 from attribution.recommend import Item, pack
-from exporter import catalog as c
+from common import catalog as c
 
 DIMENSIONS = ("team", "namespace", "workload", "model", "workload_class")
 KEYS = "namespace, pod"

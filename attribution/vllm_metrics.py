@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.catalog import External
+from common.catalog import External
 
 # vLLM's series this module reads: (our field, the names that carry it, newest first).
 CACHE_CONFIG_INFO = External.VLLM_CACHE_CONFIG_INFO

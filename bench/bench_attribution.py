@@ -1,6 +1,6 @@
 """The attribution job at scale: N vLLM servers × D days at S-second resolution in a real Prometheus.
 
-Writes a synthetic history (``attribution.synthetic``) a day at a time, backfills it with
+Writes a synthetic history (``simulator.vllm_history``) a day at a time, backfills it with
 ``promtool tsdb create-blocks-from openmetrics``, starts Debian's Prometheus on it (127.0.0.1 only), runs
 ``gpuattr attribute --window <D>d`` as a child process and records its wall time, peak RSS and the share
 of time spent waiting on Prometheus. Target (issue): under 60 s and 1 GiB on 2 cores for 1,000 × 7 d × 15 s.
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attribution.synthetic import fleet, write_openmetrics  # noqa: E402
+from simulator.vllm_history import fleet, write_openmetrics  # noqa: E402
 from tests.peers import prometheus  # noqa: E402
 
 

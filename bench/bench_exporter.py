@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter import catalog
+from common import catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -209,9 +209,9 @@ def rss():
 
 import pynvml
 before = rss()
-from exporter.sim import fake_nvml
-from exporter.sim.clock import SimClock
-from exporter.sim.scenario import load_scenario
+from simulator import fake_nvml
+from simulator.clock import SimClock
+from simulator.scenario import load_scenario
 fake_nvml.install(load_scenario(sys.argv[1]), SimClock())
 print(json.dumps({"python_and_pynvml_mib": before, "with_simulation_mib": rss()}))
 """
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             cwd=ROOT,
             check=True,
         )
-    from exporter.sim.scenario import load_scenario
+    from simulator.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     gpus, procs = len(scenario.gpus), len(scenario.processes)

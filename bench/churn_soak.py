@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from exporter.sim.churn import ChurnShape, churn_scenario
-from exporter.sim.soak import Checkpoint, ChurnSoak
+from simulator.churn import ChurnShape, churn_scenario
+from simulator.soak import Checkpoint, ChurnSoak
 
 OUT = Path("bench/out/churn-soak.json")
 MiB = 2**20

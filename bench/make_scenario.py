@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.scenario import parse_scenario
+from simulator.scenario import parse_scenario
 
 DEFAULT_OUTPUT = Path("bench/out/scale-8x256.yaml")
 GPU_MODEL = "NVIDIA H100 80GB HBM3"

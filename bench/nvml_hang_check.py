@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from exporter.nvml.reader import NvmlReader
-from exporter.sim import fake_nvml
-from exporter.sim.clock import SimClock
-from exporter.sim.scenario import parse_scenario
+from simulator import fake_nvml
+from simulator.clock import SimClock
+from simulator.scenario import parse_scenario
 
 GPUS, PER_GPU, STUCK, HANG_FROM, HANG_UNTIL = 8, 32, 3, 20.0, 80.0
 

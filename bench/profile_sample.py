@@ -6,7 +6,7 @@ not started), takes a few warm-up samples, then:
 - times N samples without a profiler (CPU seconds of this thread per sample), then N more step by step
   (the steps of ``sample_once``; time inside the simulated NVML measured apart);
 - runs the same N samples under cProfile and prints the top functions (own time and cumulative), and
-  own time summed by part: the simulated NVML (``exporter/sim``), the ``pynvml`` binding, the exporter's
+  own time summed by part: the simulated NVML (``simulator/``), the ``pynvml`` binding, the exporter's
   reader, attribution and rendering, prometheus-client, the rest;
 - prints RSS after each stage (imports, build, first sample, N samples) and, with ``--memory``, the
   largest live allocations by line (tracemalloc).
@@ -35,7 +35,7 @@ DEFAULT_SCENARIO = ROOT / "bench" / "out" / "scale-8x256.yaml"
 
 # (part, path fragment) in match order; own time of a function goes to the first part its file matches
 PARTS = (
-    ("simulated NVML (exporter/sim)", "/exporter/sim/"),
+    ("simulated NVML (simulator/)", "/simulator/"),
     ("pynvml binding", "/pynvml.py"),
     ("exporter: NVML reader", "/exporter/nvml/"),
     ("exporter: render", "/exporter/render.py"),
@@ -98,7 +98,8 @@ def staged_samples(exporter: Any, samples: int, gap_s: float) -> dict[str, list[
     from prometheus_client import exposition as text_format
     from prometheus_client.openmetrics import exposition as openmetrics_format
 
-    from exporter.render import Renderer, _Families, families
+    from common.families import Families
+    from exporter.render import Renderer, families
     from exporter.snapshot import Snapshot, attribute
 
     renderer = Renderer()
@@ -147,7 +148,7 @@ def staged_samples(exporter: Any, samples: int, gap_s: float) -> dict[str, list[
             out.setdefault("total", []).append((marks[-1][1] - marks[0][1], marks[-1][2] - marks[0][2]))
         # For comparison, not part of the total: prometheus-client's own writers on the last sample's families.
         cpu0 = time.thread_time()
-        holder = _Families(fams)
+        holder = Families(fams)
         text_format.generate_latest(holder)
         openmetrics_format.generate_latest(holder)  # type: ignore[no-untyped-call]
         out["(prometheus-client's two writers, for comparison)"] = [(time.thread_time() - cpu0, 0.0)]

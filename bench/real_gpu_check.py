@@ -192,7 +192,7 @@ def parse_usage(text: str, gpu: int, wanted: set[str]) -> tuple[dict[str, dict[s
     """{process: {metric name: value}} on ``gpu`` for the wanted processes, and every process label seen there."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from exporter import catalog
+    from common import catalog
 
     names = {
         catalog.CONTAINER_MEMORY.name: "memory",

@@ -1,6 +1,6 @@
 """Run nvitop-exporter against the simulated NVML of a scenario (for the side-by-side benchmark).
 
-Loads the scenario, puts ``exporter.sim.fake_nvml`` under the ``pynvml`` binding (in this process, as
+Loads the scenario, puts ``simulator.fake_nvml`` under the ``pynvml`` binding (in this process, as
 ``gpuattr exporter --simulate`` does in its own), then calls nvitop-exporter's entry point
 (``nvitop_exporter.cli:main``) with the arguments after ``--``. NVML functions that nvitop looks up
 and the fake does not export (the binding raises FunctionNotFound, nvitop serves N/A) are recorded and
@@ -26,9 +26,9 @@ from typing import Any
 
 import pynvml
 
-from exporter.sim import fake_nvml
-from exporter.sim.clock import SimClock
-from exporter.sim.scenario import load_scenario
+from simulator import fake_nvml
+from simulator.clock import SimClock
+from simulator.scenario import load_scenario
 
 # NVML return code -> its name in the header (not through nvmlErrorString, which the fake lacks)
 _CODE_NAMES = {

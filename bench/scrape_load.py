@@ -61,7 +61,7 @@ from bench_exporter import (
 from make_scenario import write as write_scenario
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import catalog
+from common import catalog
 
 JSON_MARKER = "WRK_JSON "
 GAP_FACTOR = 1.5  # the interval "holds" when no gap between successive samples exceeds this × the interval
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.scenario.exists():
         write_scenario(args.scenario, 8, 256)
-    from exporter.sim.scenario import load_scenario
+    from simulator.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     gpus, procs = len(scenario.gpus), len(scenario.processes)

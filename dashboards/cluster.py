@@ -6,9 +6,9 @@ from grafana_foundation_sdk.builders import bargauge, table
 from grafana_foundation_sdk.builders import dashboard as dash
 
 from alerts import rules as r
+from common import catalog as c
 from dashboards import panels as p
 from dashboards.promql import NAMESPACE, PRICE, WHOLE_GPU, or_zero, pod_labels, sel
-from exporter import catalog as c
 
 UID = "gpuattr-cluster-efficiency"
 TITLE = "GPU attribution / Cluster efficiency"

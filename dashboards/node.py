@@ -5,9 +5,9 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as dash
 
 from alerts import rules as r
+from common import catalog as c
 from dashboards import panels as p
 from dashboards.promql import GPU, IN_POD, MIG_ONLY, NODE, SOURCE, WHOLE_GPU, sel
-from exporter import catalog as c
 
 UID = "gpuattr-node-gpu"
 TITLE = "GPU attribution / Node and GPU"

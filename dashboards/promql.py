@@ -1,13 +1,13 @@
 """PromQL building blocks shared by the dashboards: selectors, template-variable matchers and pod joins.
 
-Metric names come from ``exporter.catalog`` and recording-rule names from ``alerts.rules``; this module only
+Metric names come from ``common.catalog`` and recording-rule names from ``alerts.rules``; this module only
 assembles them. Grafana substitutes ``$node``, ``$namespace``, ``$model``, ``$gpu``, ``$pod`` and
 ``$source`` before the query reaches Prometheus.
 """
 
 from __future__ import annotations
 
-from exporter import catalog as c
+from common import catalog as c
 
 # Matchers on template variables (multi-value variables are regexes: Grafana sends ``(a|b)`` or ``.*``).
 NODE = 'instance=~"$node"'

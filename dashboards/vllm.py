@@ -6,9 +6,9 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as dash
 
 from alerts import rules as r
+from common import catalog as c
 from dashboards import panels as p
 from dashboards.promql import MODEL, NAMESPACE, POD, sel
-from exporter import catalog as c
 
 UID = "gpuattr-vllm-memory"
 TITLE = "GPU attribution / vLLM memory"

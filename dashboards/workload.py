@@ -6,9 +6,9 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as dash
 
 from alerts import rules as r
+from common import catalog as c
 from dashboards import panels as p
 from dashboards.promql import IN_POD, MODEL, NAMESPACE, NODE, PRICE, SOURCE, external, pod_labels, pods_matching, sel
-from exporter import catalog as c
 
 UID = "gpuattr-workload-model"
 TITLE = "GPU attribution / Workload and model"

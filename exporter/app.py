@@ -9,10 +9,10 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric as Family
 
+from common import catalog as c
+from common.families import family
 from exporter import __version__
-from exporter import catalog as c
 from exporter.nvml.reader import NvmlReader
-from exporter.render import family
 from exporter.sampler import Sampler, SamplerOptions
 from exporter.server import MetricsServer
 from exporter.settings import ExporterSettings, SettingsError, host_port
@@ -27,7 +27,7 @@ class Exporter:
     reader: NvmlReader
     sampler: Sampler
     server: MetricsServer
-    simulation: Any = None  # exporter.sim.node.SimulatedNode when --simulate
+    simulation: Any = None  # simulator.node.SimulatedNode when --simulate
     closers: list[Any] = field(default_factory=list)
 
     def start(self) -> None:
@@ -49,16 +49,28 @@ class Exporter:
             self.simulation.close()
 
 
+def _simulated_node(settings: ExporterSettings) -> Any:
+    """The simulator, loaded only for ``--simulate``; the agent's image does not contain it."""
+    try:
+        from simulator.node import SimulatedNode
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in {"simulator", "pydantic"}:
+            raise
+        raise SettingsError(
+            "--simulate: the simulator is not installed here (the agent image leaves it out); "
+            "run it from a source checkout or install gpu-attribution[simulator]"
+        ) from None
+    return SimulatedNode.from_file(settings.simulate or "", speed=settings.sim_speed, start=settings.sim_start)
+
+
 def build(settings: ExporterSettings, simulation: Any = None) -> Exporter:
-    """``simulation``: a :class:`exporter.sim.node.SimulatedNode` to run on (a soak drives its clock by
+    """``simulation``: a :class:`simulator.node.SimulatedNode` to run on (a soak drives its clock by
     hand); else one is made from ``--simulate`` when set."""
     settings.validate()
     mode = "nvml"
     closers: list[Any] = []
     if simulation is None and settings.simulate:
-        from exporter.sim.node import SimulatedNode
-
-        simulation = SimulatedNode.from_file(settings.simulate, speed=settings.sim_speed, start=settings.sim_start)
+        simulation = _simulated_node(settings)
     if simulation is not None:
         mode = "simulated"
         settings.proc_root = str(simulation.proc.root)

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.families import family
+from exporter.readings import DcgmKey
+
 log = logging.getLogger("gpuattr.dcgm")
 
 # Our name for a field -> the dcgm-exporter metric names that carry it (first found wins).
@@ -42,12 +45,6 @@ class DcgmError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class DcgmKey:
-    gpu_uuid: str
-    gpu_instance: str  # MIG GPU-instance id as text; "" for the whole GPU
 
 
 @dataclass
@@ -123,8 +120,7 @@ class DcgmSource:
 
     def families(self) -> list[Family]:
         """The source's own health: up, errors by reason, scrape time."""
-        from exporter import catalog as c
-        from exporter.render import family
+        from common import catalog as c
 
         up, errors, duration = (
             family(c.EXPORTER_DCGM_UP),

@@ -42,9 +42,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client.metrics_core import Metric as Family
 
+from common import catalog as c
+from common.families import family
 from exporter import __version__
-from exporter import catalog as c
-from exporter.render import family
 from exporter.snapshot import Snapshot
 
 log = logging.getLogger("gpuattr.otlp")

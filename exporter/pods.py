@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric as Family
 
-from exporter import catalog as c
+from common import catalog as c
+from common.families import family
 from exporter.readings import NodeReading
-from exporter.render import family
 from exporter.resolve.cmdline import guess_from_argv
 from exporter.resolve.procfs import IdentityCache, ProcessIdentity, ProcParseError, ProcReader
 from exporter.snapshot import Owner

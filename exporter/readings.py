@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class DcgmKey:
+    """Which device a dcgm-exporter value belongs to."""
+
+    gpu_uuid: str
+    gpu_instance: str  # MIG GPU-instance id as text; "" for the whole GPU
+
+
+@dataclass(frozen=True)
 class ProcessReading:
     pid: int  # host PID, as NVML reports it
     memory_bytes: int | None  # usedGpuMemory; None when the driver cannot tell (N/A)

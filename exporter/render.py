@@ -7,34 +7,20 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import exposition as text_format
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.utils import floatToGoString
 
-from exporter import catalog as c
-from exporter.dcgm import DcgmKey
-from exporter.readings import GpmReading, GpuReading
+from common import catalog as c
+from common.families import Families, Family, family, one
+from exporter.readings import DcgmKey, GpmReading, GpuReading
 from exporter.snapshot import Snapshot
 
 FamilySource = Callable[[], Iterable[Family]]
-
-
-def family(metric: c.Metric) -> GaugeMetricFamily | CounterMetricFamily:
-    """An empty family for a catalog entry; add samples with ``add_metric(label_values, value)``."""
-    if metric.kind is c.Kind.COUNTER:
-        return CounterMetricFamily(metric.family, metric.help, labels=list(metric.labels), unit=metric.unit)
-    return GaugeMetricFamily(metric.family, metric.help, labels=list(metric.labels), unit=metric.unit)
-
-
-def _one(metric: c.Metric, value: float) -> GaugeMetricFamily | CounterMetricFamily:
-    fam = family(metric)
-    fam.add_metric([], value)
-    return fam
 
 
 def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, version: str = "") -> list[Family]:
@@ -180,16 +166,16 @@ def _exporter_families(snap: Snapshot, version: str) -> list[Family]:
             hung.add_metric([str(g.index), g.uuid, g.hung_call], 1)
     return [
         build,
-        _one(c.EXPORTER_NVML_UP, 1 if r.nvml_up else 0),
-        _one(c.EXPORTER_SAMPLES, st.get("samples_total", 0)),
-        _one(c.EXPORTER_SAMPLE_DURATION, st.get("sample_duration_seconds", 0.0)),
-        _one(c.EXPORTER_SAMPLE_CPU, st.get("sample_cpu_seconds_total", 0.0)),
-        _one(c.EXPORTER_LAST_SAMPLE, r.timestamp),
+        one(c.EXPORTER_NVML_UP, 1 if r.nvml_up else 0),
+        one(c.EXPORTER_SAMPLES, st.get("samples_total", 0)),
+        one(c.EXPORTER_SAMPLE_DURATION, st.get("sample_duration_seconds", 0.0)),
+        one(c.EXPORTER_SAMPLE_CPU, st.get("sample_cpu_seconds_total", 0.0)),
+        one(c.EXPORTER_LAST_SAMPLE, r.timestamp),
         errors,
         hung,
-        _one(c.EXPORTER_CLAMPED, r.clamped_total),
-        _one(c.EXPORTER_VANISHED, snap.vanished_total),
-        _one(c.EXPORTER_USAGES_DROPPED, st.get("usages_dropped_total", 0)),
+        one(c.EXPORTER_CLAMPED, r.clamped_total),
+        one(c.EXPORTER_VANISHED, snap.vanished_total),
+        one(c.EXPORTER_USAGES_DROPPED, st.get("usages_dropped_total", 0)),
     ]
 
 
@@ -251,16 +237,6 @@ def dcgm_families(snap: Snapshot, hostname: str) -> list[Family]:
     return list(fams.values())
 
 
-class _Families:
-    """The smallest object ``generate_latest`` accepts: something with ``collect()``."""
-
-    def __init__(self, fams: Iterable[Family]) -> None:
-        self._fams = list(fams)
-
-    def collect(self) -> Iterator[Family]:
-        return iter(self._fams)
-
-
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "info": "gauge", "stateset": "gauge", "unknown": "untyped"}
@@ -319,7 +295,7 @@ class Renderer:
         out: list[str] = []
         for fam in fams:
             if not _plain(fam):
-                out.append(text_format.generate_latest(_Families([fam])).decode())
+                out.append(text_format.generate_latest(Families([fam])).decode())
                 continue
             name = fam.name + ("_total" if fam.type == "counter" else "_info" if fam.type == "info" else "")
             doc = fam.documentation.replace("\\", "\\\\").replace("\n", "\\n")
@@ -332,7 +308,7 @@ class Renderer:
         out: list[str] = []
         for fam in fams:
             if not _plain(fam):
-                rendered = openmetrics_format.generate_latest(_Families([fam]))  # type: ignore[no-untyped-call]
+                rendered = openmetrics_format.generate_latest(Families([fam]))  # type: ignore[no-untyped-call]
                 out.append(rendered.decode().removesuffix("# EOF\n"))
                 continue
             out.append(f"# HELP {fam.name} {_escape_value(fam.documentation)}\n# TYPE {fam.name} {fam.type}\n")

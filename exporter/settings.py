@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-ENV_PREFIX = "GPUATTR_"
+from common.envflags import env_name, parse_bool
+from common.quoting import InputError
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """A setting that cannot be used; names the flag and its environment variable."""
 
 
@@ -157,21 +158,15 @@ def host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def env_name(field_name: str) -> str:
-    return ENV_PREFIX + field_name.upper()
-
-
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
 def _parse_bool(text: str, where: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise SettingsError(f"{where}: expected true or false, got {text!r}")
+    try:
+        return parse_bool(text, where)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:

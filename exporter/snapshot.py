@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from exporter.dcgm import DcgmKey
-from exporter.readings import GpuReading, NodeReading, ProcessReading
+from exporter.readings import DcgmKey, GpuReading, NodeReading, ProcessReading
 
 
 @dataclass(frozen=True, order=True)

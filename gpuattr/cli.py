@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.quoting import InputError
 from exporter.settings import ExporterSettings, SettingsError, add_arguments, from_sources
 
 DEFAULT_SCENARIO = "scenarios/h100-inference-node.yaml"
@@ -54,7 +55,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from exporter.app import build
-    from exporter.demo import summary, wait_for_samples
+    from simulator.demo import summary, wait_for_samples
 
     settings: ExporterSettings = from_sources(ExporterSettings, args)
     if settings.simulate is None:
@@ -116,7 +117,7 @@ def _attribution_of(servers: list[Any], exporter_url: str) -> str:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from exporter.docs import render_metrics_doc
+    from gpuattr.docs import render_metrics_doc
 
     text = render_metrics_doc()
     target = Path(args.output)
@@ -248,13 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except SettingsError as exc:
+    except InputError as exc:  # bad settings, a bad scenario file: one sentence naming it
         print(f"gpuattr: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from exporter.sim.scenario import ScenarioError
-
-        if isinstance(exc, ScenarioError):
-            print(f"gpuattr: {exc}", file=sys.stderr)
-            return 2
-        raise

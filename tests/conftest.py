@@ -10,21 +10,17 @@ from typing import Any
 import pytest
 
 from exporter.nvml.reader import NvmlReader
-from exporter.sim import fake_nvml
-from exporter.sim.clock import SimClock
-from exporter.sim.scenario import Scenario, parse_scenario
+from simulator import fake_nvml
+from simulator.clock import SimClock
+from simulator.scenario import Scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
-VLLM_FIXTURES = (
-    next(
-        (p for p in (ROOT / "shared", ROOT.parent / "shared") if (p / "fixtures" / "vllm-0.32-cpu").is_dir()),
-        ROOT.parent / "shared",
-    )
-    / "fixtures"
-    / "vllm-0.32-cpu"
-)
-"""Real vLLM 0.32 output, in the shared/ folder beside the checkout (or inside it)."""
+FIXTURES = ROOT / "tests" / "fixtures"
+VLLM_FIXTURES = FIXTURES / "vllm-0.32-cpu"
+"""Real output of a vLLM 0.32 server (CPU build): its start-up log, config and /metrics pages."""
+H200_FIXTURES = FIXTURES / "h200-real"
+"""What the driver of a real NVIDIA H200 reported under time-slicing, tiny kernels and MPS."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 from attribution.job import main
 from attribution.prometheus import PrometheusClient
-from attribution.synthetic import GiB, SyntheticServer, fleet, write_openmetrics
+from simulator.vllm_history import GiB, SyntheticServer, fleet, write_openmetrics
 from tests.peers import Prometheus, prometheus
 
 WEEK = 7 * 86400

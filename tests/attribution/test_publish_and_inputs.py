@@ -13,7 +13,7 @@ from attribution.collect import Collected, add_logs, kubernetes_logs
 from attribution.job import main, run
 from attribution.report import families
 from attribution.split import ServerGpu
-from exporter import catalog as c
+from common import catalog as c
 
 GiB = 2**30
 

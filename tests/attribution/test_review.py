@@ -1,6 +1,6 @@
 """`gpuattr review` end to end: a month of a 50-node cluster backfilled into a real Prometheus (promtool tsdb
 create-blocks-from openmetrics), the review run against it, every figure checked against how the cluster was
-built (attribution/synthetic_cluster.py)."""
+built (simulator/cluster_history.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from attribution.review import main
-from attribution.synthetic_cluster import Workload, cluster, write_openmetrics
+from simulator.cluster_history import Workload, cluster, write_openmetrics
 from tests.peers import Prometheus, free_port, prometheus
 
 pytestmark = pytest.mark.slow

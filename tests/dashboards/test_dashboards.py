@@ -17,8 +17,8 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prom_model
 
 from alerts import rules as r
+from common import catalog as c
 from dashboards import build
-from exporter import catalog as c
 from tests.conftest import ROOT
 
 GENERATED = ROOT / "dashboards" / "generated"
@@ -211,7 +211,7 @@ def test_no_dashboard_module_types_a_metric_or_rule_name() -> None:
     for module in sorted((ROOT / "dashboards").glob("*.py")):
         source = module.read_text(encoding="utf-8")
         typed = {n for n in names if re.search(rf"[\"'{{(\s]{re.escape(n)}[\"'}}{{)\[\s]", source)}
-        assert not typed, f"{module.name} types {typed}: import it from exporter.catalog / alerts.rules"
+        assert not typed, f"{module.name} types {typed}: import it from common.catalog / alerts.rules"
 
 
 def test_the_kustomization_ships_every_generated_dashboard_as_a_labelled_configmap() -> None:

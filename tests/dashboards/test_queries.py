@@ -31,12 +31,12 @@ import pytest
 import yaml
 
 from alerts import rules as r
+from common import catalog as c
 from dashboards import build
-from exporter import catalog as c
 from exporter.app import Exporter
 from exporter.app import build as build_exporter
-from exporter.demo import scrape
 from exporter.settings import ExporterSettings
+from simulator.demo import scrape
 from tests.conftest import ROOT, SCENARIOS
 from tests.peers import prometheus, stop_process
 

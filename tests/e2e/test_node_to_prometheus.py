@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import catalog as c
+from common import catalog as c
 from exporter.app import Exporter, build
-from exporter.demo import Sample, scrape
 from exporter.settings import ExporterSettings
+from simulator.demo import Sample, scrape
 from tests.conftest import SCENARIOS
 from tests.peers import prometheus
 

@@ -10,11 +10,11 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter import catalog as c
+from common import catalog as c
 from exporter.render import families, render
 from exporter.sampler import Sampler, SamplerOptions
-from exporter.sim.scenario import load_scenario
 from exporter.snapshot import CommandNameResolver
+from simulator.scenario import load_scenario
 from tests.conftest import SCENARIOS, Sim
 
 

@@ -13,15 +13,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.openmetrics import exposition as openmetrics_format
 
-from exporter.render import _Families, families, render_openmetrics, render_text
+from common.families import Families
+from exporter.render import families, render_openmetrics, render_text
 from exporter.sampler import Sampler, SamplerOptions
-from exporter.sim.scenario import load_scenario
 from exporter.snapshot import CommandNameResolver
+from simulator.scenario import load_scenario
 from tests.conftest import SCENARIOS, Sim
 
 
 def _library(fams: list[Family]) -> tuple[bytes, bytes]:
-    holder = _Families(fams)
+    holder = Families(fams)
     return text_format.generate_latest(holder), openmetrics_format.generate_latest(holder)  # type: ignore[no-untyped-call]
 
 

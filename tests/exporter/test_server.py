@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter import catalog as c
+from common import catalog as c
 from exporter.app import build
 from exporter.render import Exposition
 from exporter.sampler import Sampler, SamplerOptions

@@ -3,8 +3,8 @@ nothing growing. The longer soak with memory figures is ``bench/churn_soak.py``.
 
 from __future__ import annotations
 
-from exporter.sim.churn import ChurnShape, churn_scenario
-from exporter.sim.soak import ChurnSoak
+from simulator.churn import ChurnShape, churn_scenario
+from simulator.soak import ChurnSoak
 
 HOURS = 2
 SHAPE = ChurnShape(gpus=4, seconds=HOURS * 3600.0, pods=420, bare_processes=60, seed=3)

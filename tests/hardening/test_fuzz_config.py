@@ -39,9 +39,10 @@ from attribution.safetensors_header import (
     find_shards,
     read_header,
 )
+from common.envflags import env_name
 from exporter.dcgm import parse_aliases
-from exporter.settings import ExporterSettings, SettingsError, env_name, flag_name, parse
-from exporter.sim.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from exporter.settings import ExporterSettings, SettingsError, flag_name, parse
+from simulator.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from tests.conftest import SCENARIOS
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))

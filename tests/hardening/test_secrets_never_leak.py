@@ -23,11 +23,11 @@ import pytest
 import yaml
 
 from attribution.job import main as attribute
-from exporter import catalog as c
+from common import catalog as c
 from exporter.app import Exporter, build
-from exporter.demo import scrape
 from exporter.settings import ExporterSettings
-from tests.resolve.test_cmdline import (
+from simulator.demo import scrape
+from tests.exporter.resolve.test_cmdline import (
     ALL_SECRETS,
     AWS_KEY_ID,
     AWS_SECRET,

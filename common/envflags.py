@@ -1,0 +1,102 @@
+"""Every command-line flag is also an environment variable: ``--price-per-gpu-hour`` is ``GPUATTR_PRICE_PER_GPU_HOUR``.
+
+A flag given on the command line wins over the variable; the variable wins over the flag's default. A
+variable that does not convert is refused like a bad flag, naming the variable. Help texts show the
+variable beside each flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common.quoting import short_repr
+
+ENV_PREFIX = "GPUATTR_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_SKIP = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+
+
+def env_name(dest: str) -> str:
+    """The environment variable of a flag's destination: ``price_per_gpu_hour`` → ``GPUATTR_PRICE_PER_GPU_HOUR``."""
+    return ENV_PREFIX + dest.upper()
+
+
+def parse_bool(text: str, where: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{where}: expected true or false, got {short_repr(text)}")
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and not isinstance(a, _SKIP) and a.dest != "help"]
+
+
+def annotate(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``[env GPUATTR_…]`` to each option's help (once)."""
+    for action in _options(parser):
+        tag = f"[env {env_name(action.dest)}]"
+        if action.help is not argparse.SUPPRESS and tag not in (action.help or ""):
+            action.help = f"{action.help or ''} {tag}".strip()
+    return parser
+
+
+def _convert(action: argparse.Action, raw: str, where: str) -> Any:
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        value = parse_bool(raw, where)
+        return value if isinstance(action, argparse._StoreTrueAction) else not value
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return parse_bool(raw, where)
+    if isinstance(action, argparse._StoreConstAction | argparse._CountAction):
+        raise ValueError(f"{where}: this flag takes no value and cannot be set from the environment")
+
+    def one(text: str) -> Any:
+        value: Any = text
+        if callable(action.type):
+            try:
+                value = action.type(text)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                raise ValueError(f"{where}: {short_repr(text)} is not valid: {exc}") from None
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise ValueError(f"{where}: {short_repr(text)} is not one of {choices}")
+        return value
+
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        return [one(part.strip()) for part in raw.split(",") if part.strip()]
+    return one(raw)
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with ``GPUATTR_*`` variables standing in for flags not given."""
+    environ = os.environ if environ is None else environ
+    annotate(parser)
+    from_env: dict[str, Any] = {}
+    for action in _options(parser):
+        name = env_name(action.dest)
+        if name not in environ:
+            continue
+        try:
+            from_env[action.dest] = _convert(action, environ[name], name)
+        except ValueError as exc:
+            parser.error(str(exc))
+        action.required = False
+    for group in parser._mutually_exclusive_groups:
+        if any(a.dest in from_env for a in group._group_actions):
+            group.required = False
+    parser.set_defaults(**from_env)
+    args = parser.parse_args(None if argv is None else list(argv))
+    for group in parser._mutually_exclusive_groups:  # a flag on the command line and its rival in the env
+        given = [a for a in group._group_actions if getattr(args, a.dest, None) not in (None, False, [], a.default)]
+        if len(given) > 1 and any(a.dest in from_env for a in given):
+            names = " and ".join(a.option_strings[0] if a.dest not in from_env else env_name(a.dest) for a in given)
+            parser.error(f"{names} cannot be used together")
+    return args
