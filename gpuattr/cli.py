@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.envflags import parse_args
 from common.quoting import InputError
 from exporter.settings import ExporterSettings, SettingsError, add_arguments, from_sources
 
@@ -120,7 +121,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
     from gpuattr.docs import render_metrics_doc
 
     text = render_metrics_doc()
-    target = Path(args.output)
+    target = Path(args.docs_output)
     if args.check:
         current = target.read_text(encoding="utf-8") if target.exists() else ""
         if current != text:
@@ -138,11 +139,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from alerts.rules import stale, write
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.alerts_config)
     except AlertConfigError as exc:
         print(f"gpuattr: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.alerts_out_dir)
     if args.check:
         outdated = stale(out_dir, config)
         if outdated:
@@ -167,7 +168,7 @@ def _env_float(name: str) -> float | None:
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from dashboards.build import stale, write
 
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.dashboards_out_dir)
     if args.check:
         outdated = stale(out_dir)
         if outdated:
@@ -208,21 +209,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     docs = sub.add_parser("docs", help="generate docs/metrics.md from the metric catalog")
-    docs.add_argument("--output", default="docs/metrics.md")
+    docs.add_argument(
+        "--output", dest="docs_output", metavar="FILE", default="docs/metrics.md", help="where the reference goes"
+    )
     docs.add_argument("--check", action="store_true", help="fail if the file differs from what would be generated")
     docs.set_defaults(func=cmd_docs)
     alerts = sub.add_parser("alerts", help="generate the Prometheus recording and alerting rules")
     alerts.add_argument(
-        "--config",
-        default=os.environ.get("GPUATTR_ALERTS_CONFIG"),
-        help="YAML overriding thresholds, windows and severities [env GPUATTR_ALERTS_CONFIG]",
+        "--config", dest="alerts_config", metavar="FILE", help="YAML overriding thresholds, windows and severities"
     )
-    alerts.add_argument("--out-dir", default="alerts", help="where the rule files go")
+    alerts.add_argument(
+        "--out-dir", dest="alerts_out_dir", metavar="DIR", default="alerts", help="where the rule files go"
+    )
     alerts.add_argument("--check", action="store_true", help="fail if the files differ from what would be generated")
     alerts.set_defaults(func=cmd_alerts)
 
     dash = sub.add_parser("dashboards", help="generate the Grafana dashboards (grafana-foundation-sdk)")
-    dash.add_argument("--out-dir", default="dashboards/generated", help="where the dashboard JSON goes")
+    dash.add_argument(
+        "--out-dir",
+        dest="dashboards_out_dir",
+        metavar="DIR",
+        default="dashboards/generated",
+        help="where the dashboard JSON goes",
+    )
     dash.add_argument("--check", action="store_true", help="fail if the files differ from what would be generated")
     dash.set_defaults(func=cmd_dashboards)
     return parser
@@ -238,6 +247,18 @@ PASSTHROUGH = {
 }
 
 
+# Subcommands whose flags are read through common.envflags (the exporter and the demo read theirs from
+# ExporterSettings, field by field).
+ENV_FLAGS = ("docs", "alerts", "dashboards")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
@@ -246,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(PASSTHROUGH[argv[0]][0])
         return int(module.main(argv[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # docs, alerts, dashboards: every flag also a GPUATTR_* variable; the exporter's settings read theirs
+    chosen = _subparsers(parser).get(argv[0]) if argv and argv[0] in ENV_FLAGS else None
+    args = parser.parse_args(argv) if chosen is None else parse_args(chosen, argv[1:])
     try:
         return int(args.func(args))
     except InputError as exc:  # bad settings, a bad scenario file: one sentence naming it

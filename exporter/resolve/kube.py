@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gpuattr.kube")
 
 # Owner kinds looked up to follow their own controller: ReplicaSet → Deployment, Job → CronJob.
 _FOLLOWED_KINDS = frozenset({"ReplicaSet", "Job"})

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from exporter.resolve.proto.podresources.v1 import api_pb2
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gpuattr.podresources")
 
 DEFAULT_SOCKET_PATH = "/var/lib/kubelet/pod-resources/kubelet.sock"
 # Largest answer accepted, in bytes: the kubelet's own pod-resources client allows 16 MiB; nodes with

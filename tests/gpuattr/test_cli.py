@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gpuattr.cli import main
@@ -35,3 +37,52 @@ def test_a_broken_scenario_exits_2_naming_the_file(capsys: pytest.CaptureFixture
 def test_the_committed_metric_reference_is_current() -> None:
     committed = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
     assert committed == render_metrics_doc(), "docs/metrics.md is stale: run `gpuattr docs`"
+
+
+def test_the_generators_take_their_flags_from_gpuattr_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("GPUATTR_ALERTS_OUT_DIR", str(tmp_path / "rules"))
+    monkeypatch.setenv("GPUATTR_DASHBOARDS_OUT_DIR", str(tmp_path / "dash"))
+    monkeypatch.setenv("GPUATTR_DOCS_OUTPUT", str(tmp_path / "metrics.md"))
+    assert main(["alerts"]) == 0
+    assert main(["dashboards"]) == 0
+    assert main(["docs"]) == 0
+    assert (tmp_path / "rules" / "gpuattr-rules.yaml").is_file()
+    assert sorted(p.suffix for p in (tmp_path / "dash").iterdir()) and all(
+        p.suffix == ".json" for p in (tmp_path / "dash").iterdir()
+    )
+    assert (tmp_path / "metrics.md").read_text(encoding="utf-8") == render_metrics_doc()
+    monkeypatch.setenv("GPUATTR_CHECK", "true")  # check mode from the environment: now current, so 0
+    assert main(["docs"]) == 0
+    (tmp_path / "metrics.md").write_text("stale\n", encoding="utf-8")
+    assert main(["docs"]) == 1
+    assert main(["docs", "--output", str(ROOT / "docs" / "metrics.md")]) == 0  # the flag wins over the variable
+
+
+def test_a_bad_gpuattr_variable_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GPUATTR_CHECK", "maybe")
+    with pytest.raises(SystemExit) as exited:
+        main(["alerts"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "GPUATTR_CHECK: expected true or false, got 'maybe'" in err
+    assert "Traceback" not in err
+
+
+def test_the_simulator_missing_from_the_agent_image_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    for name in [m for m in sys.modules if m == "simulator" or m.startswith("simulator.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "simulator", None)  # as in the agent's image: not installed
+    assert main(["exporter", "--simulate", "scenarios/h100-inference-node.yaml", "--run-for", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--simulate: the simulator is not installed here" in err
+    assert "Traceback" not in err

@@ -235,14 +235,14 @@ def test_outage_logs_once_when_going_down_and_once_when_coming_back(
 ) -> None:
     cache = started(make_cache)
     caplog.clear()
-    caplog.set_level(logging.INFO, logger="exporter.resolve.kube")
+    caplog.set_level(logging.INFO, logger="gpuattr.kube")
 
     api_server.stop()
     eventually(lambda: cache.errors_total["list"] >= 3, what="several failed relists")
     api_server.start()
     eventually(lambda: cache.up, what="the cache to reconnect")
 
-    messages = [r.getMessage() for r in caplog.records if r.name == "exporter.resolve.kube"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "gpuattr.kube"]
     assert len([m for m in messages if "cannot reach" in m]) == 1
     assert len([m for m in messages if "in sync" in m]) == 1
 

@@ -290,7 +290,7 @@ def test_the_simulated_kubelet_refuses_a_socket_path_too_long_for_af_unix() -> N
 def test_unreachable_and_reachable_are_logged_once_per_change(
     socket_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.resolve.podresources")
+    caplog.set_level(logging.INFO, logger="gpuattr.podresources")
     with PodResourcesClient(socket_path) as c:
         for _ in range(3):
             with pytest.raises(PodResourcesError):
