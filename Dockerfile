@@ -29,8 +29,10 @@ RUN python -m venv /opt/build \
  && /opt/build/bin/pip install grpcio-tools==1.85.1 protobuf==7.36.2
 
 WORKDIR /src
-# Only what the node agent is made of (see .dockerignore): no tests, attribution job, dashboards or data.
+# Only what the node agent is made of (see .dockerignore): the shared core, the agent and the command line.
+# No simulator, tests, attribution job, dashboards or data. (pydantic still comes in: the kubernetes client needs it.)
 COPY pyproject.toml README.md ./
+COPY common/ common/
 COPY gpuattr/ gpuattr/
 COPY exporter/ exporter/
 
@@ -48,6 +50,7 @@ RUN python -m venv /opt/gpuattr \
  && rm -rf /opt/gpuattr/lib/python3.*/site-packages/kubernetes/aio \
  && /opt/gpuattr/bin/python -c "import exporter.resolve.proto.podresources.v1.api_pb2_grpc, grpc; from kubernetes import client, config, watch" \
  && /opt/gpuattr/bin/gpuattr exporter --help >/dev/null \
+ && /opt/gpuattr/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('simulator', 'pandas', 'attribution')))" \
  && /opt/gpuattr/bin/pip uninstall --yes pip setuptools
 
 # ---- the attribution job's image: `docker build --target attribution .` (pandas and pyarrow stay out of

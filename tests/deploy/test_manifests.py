@@ -5,6 +5,7 @@ The base is rendered (see conftest.py); the overlays too when a kustomize is ava
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib.util
 import re
@@ -413,3 +414,40 @@ def test_validator_rejects_a_namespaced_object_without_namespace_and_duplicates(
     problems = validator.check_documents([monitor, monitor], ["1.37"])
     assert "ServiceMonitor/m: namespaced object without metadata.namespace" in problems
     assert "ServiceMonitor/m: duplicate object in namespace ''" in problems
+
+
+def _builder_copies(dockerfile: str) -> set[str]:
+    builder = dockerfile[dockerfile.index(" AS builder") : dockerfile.index(" AS attribution-builder")]
+    return {m.split()[1].rstrip("/") for m in re.findall(r"(?m)^COPY (?!--from)\S+.*$", builder)}
+
+
+def test_the_agent_image_holds_the_core_the_agent_and_the_cli_and_no_simulator() -> None:
+    assert _builder_copies(DOCKERFILE) == {"pyproject.toml", "common", "gpuattr", "exporter"}
+    ignore = (REPO / ".dockerignore").read_text(encoding="utf-8")
+    allowed = set(re.findall(r"(?m)^!(\S+)$", ignore))
+    assert {"common", "gpuattr", "exporter", "attribution"} <= allowed
+    assert "simulator" not in allowed and "tests" not in allowed
+
+
+def test_every_module_level_import_of_the_agent_is_inside_the_image() -> None:
+    """What the agent's modules import when loaded must be in the image: a module of the shared core, the
+    agent or the command line, or a third-party package; never the simulator or the attribution job."""
+    shipped = {"common", "gpuattr", "exporter"}
+    project = {"common", "gpuattr", "exporter", "simulator", "attribution", "alerts", "dashboards", "tests"}
+    outside: list[str] = []
+    for part in sorted(shipped):
+        for path in sorted((REPO / part).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in tree.body:  # module level only: a subcommand may import its own part lazily
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and node.level == 0
+                    else []
+                )
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in project and top not in shipped:
+                        outside.append(f"{path.relative_to(REPO)}: {name}")
+    assert outside == []
