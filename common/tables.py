@@ -15,5 +15,5 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterab
         padded = (c.rjust(w) if i in align else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
         return "  ".join(padded).rstrip()
 
-    out = [line(body[0]), "  ".join("-" * w for w in widths), *(line(r) for r in body[1:])]
+    out = [line(body[0]), "  ".join("-" * w for w in widths).rstrip(), *(line(r) for r in body[1:])]
     return "\n".join(out)

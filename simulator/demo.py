@@ -6,11 +6,12 @@ import ssl
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from common import catalog as c
+from common.tables import table
+from common.units import gib
 
 Sample = tuple[dict[str, str], float]
 
@@ -26,20 +27,8 @@ def scrape(url: str, timeout_s: float = 5.0, context: ssl.SSLContext | None = No
     return out
 
 
-def _gib(value: float) -> str:
-    return f"{value / 2**30:6.1f} GiB"
-
-
 def _pct(value: float | None) -> str:
     return "     -" if value is None else f"{value * 100:5.1f}%"
-
-
-def _table(header: list[str], rows: Iterable[list[str]]) -> str:
-    rows = [header, *rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def summary(metrics: dict[str, list[Sample]]) -> str:
@@ -67,8 +56,8 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
             [
                 label,
                 names.get(gpu, "") if not mig else "",
-                _gib(used.get(key, 0)),
-                _gib(total.get(key, 0)),
+                gib(used.get(key, 0), 1),
+                gib(total.get(key, 0), 1),
                 _pct(sm.get(key)),
                 _pct(bw.get(key)),
             ]
@@ -91,11 +80,15 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
     for key in sorted(mem, key=lambda k: (int(k[0]), int(k[2] or -1), k[4:])):
         gpu, _uuid, mig, _profile, ns, pod, container, process = key
         who = f"{ns}/{pod}/{container}" if pod else f"(process) {process}"
-        row = [gpu + (f"/{mig}" if mig else ""), who, _gib(mem[key]), _pct(csm.get(key)), _pct(cbw.get(key))]
+        row = [gpu + (f"/{mig}" if mig else ""), who, gib(mem[key], 1), _pct(csm.get(key)), _pct(cbw.get(key))]
         usage_rows.append([*row, _pct(dcgm_sm.get(key))] if dcgm_sm else row)
     tables = [
-        _table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows),
-        _table(["GPU", "who", "memory", "SM", "DRAM bw", *(["SM active (dcgm)"] if dcgm_sm else [])], usage_rows),
+        table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows, right=(2, 3, 4, 5)),
+        table(
+            ["GPU", "who", "memory", "SM", "DRAM bw", *(["SM active (dcgm)"] if dcgm_sm else [])],
+            usage_rows,
+            right=(2, 3, 4, 5),
+        ),
     ]
     pods = metrics.get(c.POD_INFO.name, [])
     if pods:
@@ -119,7 +112,7 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
                     note,
                 ]
             )
-        tables.append(_table(["pod", "workload", "model", "class", "team", "allocated GPUs", ""], pod_rows))
+        tables.append(table(["pod", "workload", "model", "class", "team", "allocated GPUs", ""], pod_rows))
     return "\n\n".join(tables)
 
 

@@ -8,7 +8,7 @@ token counters integrated from its rate signals since the server became ready, a
 histogram whose latency grows with the SM activity of the *other* processes the fake NVML has on the
 server's GPUs. ``/logs`` is the servers' log so far (all ranks interleaved) in that version's formats.
 
-Version rules (simulation choices drawn from ``shared/reference/vllm-memory.md``): the V1 engine from 0.8
+Version rules (simulation choices drawn from ``docs/reference/vllm-memory.md``): the V1 engine from 0.8
 (``engine`` label; V0 before, ``model_name`` only); ``kv_cache_usage_perc`` from 0.9 (``gpu_cache_usage_perc``
 before); ``inter_token_latency_seconds`` from 0.11 (``time_per_output_token_seconds`` before); the computed
 ``kv_cache_memory_bytes`` / ``kv_cache_size_tokens`` labels of ``cache_config_info`` from 0.11.

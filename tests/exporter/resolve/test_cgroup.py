@@ -21,7 +21,7 @@ def ref(pod: str | None, cid: str | None, runtime: str | None, qos: str | None) 
 
 
 CASES: list[tuple[str, ContainerRef | None]] = [
-    # The nine real lines of docs/reference (shared/reference/nvml-kubernetes.md).
+    # Nine real lines seen on nodes; docs/reference/nvml-kubernetes.md has the naming rules they follow.
     (
         "ref1_crio_v2_systemd_burstable.txt",
         ref(
