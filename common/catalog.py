@@ -188,6 +188,34 @@ GPU_TEMPERATURE = Metric(
     unit="celsius",
 )
 
+GPU_MPS_KERNEL_ACTIVE = Metric(
+    "gpuattr_gpu_mps_kernel_active_ratio",
+    Kind.GAUGE,
+    "On a GPU shared through MPS: share of the last interval in which a kernel of any MPS client ran (the "
+    "nvidia-cuda-mps-server's smUtil, to which NVML credits all its clients' work). Shared by the clients "
+    "listed in gpuattr_gpu_mps_clients; not a workload of its own.",
+    GPU,
+    Group.DEVICE,
+    unit="ratio",
+)
+GPU_MPS_CLIENTS = Metric(
+    "gpuattr_gpu_mps_clients",
+    Kind.GAUGE,
+    "Processes running as clients of the GPU's MPS server (nvmlDeviceGetMPSComputeRunningProcesses; "
+    "nvidia-smi type M+C).",
+    GPU,
+    Group.DEVICE,
+)
+GPU_MPS_SERVER_MEMORY = Metric(
+    "gpuattr_gpu_mps_server_memory_bytes",
+    Kind.GAUGE,
+    "GPU memory held by the MPS server process itself (nvidia-cuda-mps-server), in bytes: part of the GPU's "
+    "used memory that belongs to no workload.",
+    GPU,
+    Group.DEVICE,
+    unit="bytes",
+)
+
 # Usage per container --------------------------------------------------------------------------------
 CONTAINER_MEMORY = Metric(
     "gpuattr_container_gpu_memory_bytes",
@@ -205,16 +233,38 @@ CONTAINER_PROCESSES = Metric(
     USAGE_LABELS,
     Group.CONTAINER,
 )
-CONTAINER_SM_ACTIVE = Metric(
-    "gpuattr_container_gpu_sm_active_ratio",
+CONTAINER_KERNEL_ACTIVE = Metric(
+    "gpuattr_container_gpu_kernel_active_ratio",
     Kind.GAUGE,
-    "Fraction of the last interval in which the container's kernels ran on this GPU (NVML per-process "
-    "smUtil, summed over its processes, source=nvml). On a MIG instance with one container: the "
-    "instance's GPM SM activity (source=gpm). source=dcgm: dcgm-exporter's DCGM_FI_PROF_SM_ACTIVE of the "
-    "GPU split in proportion to the processes' smUtil. Select one source; never sum over it.",
+    "Share of the last interval in which a kernel of the container was running on this GPU: time, not "
+    "SMs (NVML per-process smUtil summed over its processes, nvidia-smi pmon's sm column; source=nvml). "
+    "The only client of an MPS server gets the server's smUtil (source=mps). A loop of tiny kernels can "
+    "read 20% here while its SMs are nearly idle: compare gpuattr_container_gpu_sm_active_ratio.",
     USAGE_LABELS + SOURCE,
     Group.CONTAINER,
     unit="ratio",
+    notes="Absent, with gpuattr_container_gpu_activity_unknown, where the driver does not measure it.",
+)
+CONTAINER_SM_ACTIVE = Metric(
+    "gpuattr_container_gpu_sm_active_ratio",
+    Kind.GAUGE,
+    "Share of the GPU's SMs busy with the container's work over the last interval, never more than the "
+    "device measured: the GPU's GPM SM activity split by the containers' kernel-time shares (source=gpm; a "
+    "MIG instance's own GPM for its only container), or dcgm-exporter's DCGM_FI_PROF_SM_ACTIVE split the "
+    "same way (source=dcgm). Absent on GPUs with neither. Select one source; never sum over it.",
+    USAGE_LABELS + SOURCE,
+    Group.CONTAINER,
+    unit="ratio",
+)
+CONTAINER_ACTIVITY_UNKNOWN = Metric(
+    "gpuattr_container_gpu_activity_unknown",
+    Kind.GAUGE,
+    "1 where the container holds this GPU or MIG instance but the driver does not measure its activity, "
+    "so its activity series are absent (unknown, not idle): reason=mps_shared (one of several MPS "
+    "clients; NVML credits all their work to the MPS server), mig_shared (one of several containers of a "
+    "MIG instance), driver (no per-process samples this interval).",
+    (*USAGE_LABELS, "reason"),
+    Group.CONTAINER,
 )
 CONTAINER_MEMORY_BANDWIDTH = Metric(
     "gpuattr_container_gpu_memory_bandwidth_ratio",
@@ -270,9 +320,11 @@ POD_INFO = Metric(
 CONTAINER_ALLOCATED = Metric(
     "gpuattr_container_gpu_allocated",
     Kind.GAUGE,
-    "1 per GPU, MIG instance or time-sliced replica the kubelet allocated to the container (pod-resources "
-    "API). Beside the usage series it makes allocated-but-idle and used-but-never-allocated one expression.",
-    GPU + MIG + K8S + ("resource",),
+    "1 per GPU, MIG instance or shared replica the kubelet allocated to the container (pod-resources API). "
+    "sharing: exclusive, time-slicing (a replica <uuid>::<n>), mps (a replica of a GPU whose MPS server "
+    "runs), mig, or mig-shared. Beside the usage series it makes allocated-but-idle and "
+    "used-but-never-allocated one expression.",
+    GPU + MIG + K8S + ("resource", "sharing"),
     Group.KUBERNETES,
 )
 

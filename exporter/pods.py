@@ -130,6 +130,7 @@ class PlacedAllocation:
     pod: str
     container: str
     resource: str
+    sharing: str  # exclusive, time-slicing, mps, mig or mig-shared
 
 
 class Allocations:
@@ -161,6 +162,7 @@ class Allocations:
         for a in self._last:
             dev = a.device
             where: tuple[int, str, str, str] | None = None
+            mps = False
             if dev.mig_uuid is not None and dev.mig_uuid in by_mig:
                 gpu, mig = by_mig[dev.mig_uuid]
                 where = (gpu.index, gpu.uuid, str(mig.gpu_instance), mig.profile)
@@ -169,14 +171,18 @@ class Allocations:
                 where = (gpu.index, gpu.uuid, str(mig.gpu_instance), mig.profile)
             elif dev.gpu_uuid in by_uuid:
                 gpu = by_uuid[dev.gpu_uuid]
-                where = (gpu.index, gpu.uuid, "", "")
+                where, mps = (gpu.index, gpu.uuid, "", ""), gpu.mps
             elif dev.gke_index is not None and 0 <= dev.gke_index < len(reading.gpus):
                 gpu = reading.gpus[dev.gke_index]
-                where = (gpu.index, gpu.uuid, "", "")
+                where, mps = (gpu.index, gpu.uuid, "", ""), gpu.mps
             if where is None:
                 unplaced.add(dev.raw)
                 continue
-            out.append(PlacedAllocation(*where, a.namespace, a.pod, a.container, a.resource))
+            if where[2]:
+                sharing = "mig" if dev.replica is None else "mig-shared"
+            else:
+                sharing = "exclusive" if dev.replica is None else "mps" if mps else "time-slicing"
+            out.append(PlacedAllocation(*where, a.namespace, a.pod, a.container, a.resource, sharing))
         if unplaced - self.unplaced:
             log.warning("kubelet allocations name devices NVML does not know: %s", sorted(unplaced - self.unplaced))
         self.unplaced = unplaced
@@ -210,7 +216,18 @@ class PodMetadata:
         alloc = family(c.CONTAINER_ALLOCATED)
         for p in placed:
             alloc.add_metric(
-                [str(p.gpu), p.gpu_uuid, p.mig_instance, p.mig_profile, p.namespace, p.pod, p.container, p.resource], 1
+                [
+                    str(p.gpu),
+                    p.gpu_uuid,
+                    p.mig_instance,
+                    p.mig_profile,
+                    p.namespace,
+                    p.pod,
+                    p.container,
+                    p.resource,
+                    p.sharing,
+                ],
+                1,
             )
         out.append(alloc)
 

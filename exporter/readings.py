@@ -20,6 +20,9 @@ class ProcessReading:
     sm_ratio: float | None  # 0..1, fraction of the interval its kernels ran; None when unknown
     mem_ratio: float | None  # 0..1, fraction of the interval the memory controller served it
     gpu_instance: int | None = None  # MIG GPU-instance id
+    role: str = ""
+    """``mps_server`` (nvidia-cuda-mps-server: NVML credits every MPS client's activity to it), ``mps_client``
+    (listed by nvmlDeviceGetMPSComputeRunningProcesses; memory right, no activity samples of its own), or ""."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class GpuReading:
     mig: tuple[MigReading, ...] = ()
     processes: tuple[ProcessReading, ...] = ()  # on a MIG GPU: empty; processes live in each MigReading
     process_activity_known: bool = False  # per-process sm/mem came from NVML this interval
+    mps: bool = False  # an MPS server runs here and serves the clients marked in ``processes``
     hung_call: str | None = None  # the NVML function this GPU's read is stuck in (then up is False)
 
 

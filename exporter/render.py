@@ -69,8 +69,22 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
                 mem_used.add_metric(mig_ids, m.memory_used_bytes)
             _activity(fams_by_name, mig_ids, m.gpm, snap.dcgm.get(DcgmKey(g.uuid, str(m.gpu_instance)), {}), None)
     out += [info, up, mem_total, mem_used, util, mctl, sm, occ, tensor, engine, bw, power, energy, temp]
+    mps_kernel, mps_clients, mps_memory = (
+        family(c.GPU_MPS_KERNEL_ACTIVE),
+        family(c.GPU_MPS_CLIENTS),
+        family(c.GPU_MPS_SERVER_MEMORY),
+    )
+    for server in snap.mps:
+        ids = [str(server.gpu), server.gpu_uuid]
+        mps_clients.add_metric(ids, server.clients)
+        if server.kernel_ratio is not None:
+            mps_kernel.add_metric(ids, server.kernel_ratio)
+        if server.memory_bytes is not None:
+            mps_memory.add_metric(ids, server.memory_bytes)
+    out += [mps_kernel, mps_clients, mps_memory]
 
     cmem, cproc = family(c.CONTAINER_MEMORY), family(c.CONTAINER_PROCESSES)
+    ckernel, cunknown = family(c.CONTAINER_KERNEL_ACTIVE), family(c.CONTAINER_ACTIVITY_UNKNOWN)
     csm, cbw = family(c.CONTAINER_SM_ACTIVE), family(c.CONTAINER_MEMORY_BANDWIDTH)
     cocc, ctensor, cengine = (
         family(c.CONTAINER_SM_OCCUPANCY),
@@ -99,13 +113,17 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
         if u.memory_known:
             cmem.add_metric(labels, u.memory_bytes)
         cproc.add_metric(labels, u.processes)
+        if u.activity_unknown:
+            cunknown.add_metric([*labels, u.activity_unknown], 1)
+        if u.kernel_ratio is not None:
+            ckernel.add_metric([*labels, u.kernel_source], u.kernel_ratio)
         if u.sm_ratio is not None:
             csm.add_metric([*labels, u.sm_source], u.sm_ratio)
         if u.bandwidth_ratio is not None:
             cbw.add_metric([*labels, u.bandwidth_source], u.bandwidth_ratio)
         for name, value in sorted(u.dcgm.items()):
             by_field[name].add_metric([*labels, "dcgm"], value)
-    out += [cmem, cproc, csm, cbw, cocc, ctensor, cengine]
+    out += [cmem, cproc, ckernel, csm, cbw, cocc, ctensor, cengine, cunknown]
 
     out += _exporter_families(snap, version)
     if dcgm_compat:

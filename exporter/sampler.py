@@ -14,7 +14,7 @@ from exporter.dcgm import DcgmSource
 from exporter.nvml.reader import NvmlReader
 from exporter.readings import NodeReading
 from exporter.render import Exposition, Renderer, families
-from exporter.snapshot import OwnerResolver, Snapshot, attribute
+from exporter.snapshot import MpsServer, OwnerResolver, Snapshot, attribute
 
 log = logging.getLogger("gpuattr.sampler")
 
@@ -76,7 +76,8 @@ class Sampler:
             reading = self.reader.read()
             dcgm = self.options.dcgm.read() if self.options.dcgm is not None else None
             dcgm_values = dcgm.values if dcgm is not None else {}
-            usages, vanished = attribute(reading, self.resolver, dcgm_values)
+            mps: list[MpsServer] = []
+            usages, vanished = attribute(reading, self.resolver, dcgm_values, mps)
             if len(usages) > self.options.max_usages:
                 # keep the biggest holders: a runaway of tiny processes must not drown the ones that matter
                 kept = sorted(usages, key=lambda u: u.memory_bytes, reverse=True)[: self.options.max_usages]
@@ -86,7 +87,7 @@ class Sampler:
                 before(reading)
             self.vanished_total += vanished
             self.samples_total += 1
-            snap = Snapshot(reading, usages, self.vanished_total, dcgm=dcgm_values)
+            snap = Snapshot(reading, usages, self.vanished_total, dcgm=dcgm_values, mps=mps)
             snap.stats = {
                 "samples_total": self.samples_total,
                 "sample_duration_seconds": self.last_duration_s,

@@ -86,16 +86,38 @@ class Usage:
     memory_bytes: int = 0
     memory_known: bool = False
     processes: int = 0
+    kernel_ratio: float | None = None
+    """Share of the interval in which a kernel of the owner ran (time, not SMs): NVML per-process smUtil
+    (``nvml``), or, for the only client of an MPS server, the server's smUtil (``mps``)."""
+    kernel_source: str = "nvml"
     sm_ratio: float | None = None
-    sm_source: str = "nvml"
+    """Share of the GPU's SMs busy for the owner: the device's GPM SM activity split by kernel-time share
+    (a MIG instance's own GPM for its only owner). None where the GPU has no GPM."""
+    sm_source: str = "gpm"
     bandwidth_ratio: float | None = None
     bandwidth_source: str = "nvml"
     dcgm: dict[str, float] = field(default_factory=dict)
     """dcgm-exporter's profiling fields (``exporter.dcgm.FIELDS`` keys) attributed to this owner, 0..1."""
+    activity_unknown: str = ""
+    """Why the owner's activity is not measured this interval (all activity values then None): ``mps_shared``
+    (one of several MPS clients: the driver credits all their work to the server), ``mig_shared`` (one of
+    several owners of a MIG instance), ``driver`` (no per-process samples this interval); "" when measured."""
 
     @property
     def key(self) -> tuple[int, str, Owner]:
         return (self.gpu, self.mig_instance, self.owner)
+
+
+@dataclass(frozen=True)
+class MpsServer:
+    """An MPS server on one GPU: not a workload, the channel its clients' kernels run through."""
+
+    gpu: int
+    gpu_uuid: str
+    memory_bytes: int | None  # the server process's own usedGpuMemory
+    kernel_ratio: float | None  # the server's smUtil: the share of time any client's kernel ran; None if unknown
+    memory_ratio: float | None  # the server's memUtil, all clients together
+    clients: int  # client processes
 
 
 @dataclass
@@ -106,6 +128,7 @@ class Snapshot:
     stats: dict[str, float] = field(default_factory=dict)
     dcgm: Mapping[DcgmKey, dict[str, float]] = field(default_factory=dict)
     """This sample's dcgm-exporter values by GPU and MIG instance; empty when off or down."""
+    mps: list[MpsServer] = field(default_factory=list)
 
 
 def _add(usage: Usage, proc: ProcessReading) -> None:
@@ -134,11 +157,15 @@ def _shares(primary: dict[Owner, float], fallback: dict[Owner, float]) -> dict[O
 
 
 def attribute(
-    reading: NodeReading, resolver: OwnerResolver, dcgm: Mapping[DcgmKey, dict[str, float]] | None = None
+    reading: NodeReading,
+    resolver: OwnerResolver,
+    dcgm: Mapping[DcgmKey, dict[str, float]] | None = None,
+    mps: list[MpsServer] | None = None,
 ) -> tuple[list[Usage], int]:
     """Sum processes per (GPU or MIG instance, owner); returns the usages and PIDs that vanished.
 
     ``dcgm`` holds dcgm-exporter's device-level fields; each is split across owners by their NVML activity.
+    MPS servers found on the way are appended to ``mps``: they are not owners.
     """
     dcgm = dcgm or {}
     usages: dict[tuple[int, str, Owner], Usage] = {}
@@ -147,7 +174,7 @@ def attribute(
     owners: dict[int, Owner | None] = {}
 
     resolver.begin(
-        {p.pid for g in reading.gpus if g.up for p in g.processes}
+        {p.pid for g in reading.gpus if g.up for p in g.processes if p.role != "mps_server"}
         | {p.pid for g in reading.gpus if g.up for m in g.mig for p in m.processes}
     )
 
@@ -176,14 +203,20 @@ def attribute(
                     _add(usage, proc)
                 # NVML has no per-process activity under MIG; GPM measures the instance. With one owner in
                 # the instance that is exactly the owner's activity; with several it cannot be split.
-                if len(members) == 1 and inst.gpm is not None:
-                    members[0].sm_ratio, members[0].sm_source = inst.gpm.sm_active, "gpm"
-                    members[0].bandwidth_ratio, members[0].bandwidth_source = inst.gpm.dram_bandwidth, "gpm"
                 if len(members) == 1:
-                    members[0].dcgm = dict(dcgm.get(DcgmKey(gpu.uuid, str(inst.gpu_instance)), {}))
+                    only = members[0]
+                    if inst.gpm is not None:
+                        only.sm_ratio, only.sm_source = inst.gpm.sm_active, "gpm"
+                        only.bandwidth_ratio, only.bandwidth_source = inst.gpm.dram_bandwidth, "gpm"
+                    only.dcgm = dict(dcgm.get(DcgmKey(gpu.uuid, str(inst.gpu_instance)), {}))
+                elif len(members) > 1:
+                    for usage in members:
+                        usage.activity_unknown = "mig_shared"
             continue
-        _attribute_full_gpu(gpu, usages, owner_of, live, dcgm.get(DcgmKey(gpu.uuid, ""), {}))
-        vanished += sum(1 for p in gpu.processes if owners.get(p.pid, Owner()) is None)
+        server = _attribute_full_gpu(gpu, usages, owner_of, live, dcgm.get(DcgmKey(gpu.uuid, ""), {}))
+        if server is not None and mps is not None:
+            mps.append(server)
+        vanished += sum(1 for p in gpu.processes if p.role != "mps_server" and owners.get(p.pid, Owner()) is None)
     resolver.prune(live)
     return sorted(usages.values(), key=lambda u: (u.gpu, u.mig_instance, u.owner)), vanished
 
@@ -194,12 +227,17 @@ def _attribute_full_gpu(
     owner_of: Callable[[int], Owner | None],
     live: set[int],
     dcgm: dict[str, float],
-) -> None:
+) -> MpsServer | None:
+    """Usage per owner on a whole GPU; the GPU's MPS server, if one runs there (it is not an owner)."""
     mine: dict[Owner, Usage] = {}
     sm: dict[Owner, float] = {}
     mem: dict[Owner, float] = {}
+    clients: set[Owner] = set()
+    servers = [p for p in gpu.processes if p.role == "mps_server"]
     for proc in gpu.processes:
         live.add(proc.pid)
+        if proc.role == "mps_server":
+            continue
         who = owner_of(proc.pid)
         if who is None:
             continue
@@ -207,18 +245,61 @@ def _attribute_full_gpu(
         if usage is None:
             usage = mine[who] = usages[(gpu.index, "", who)] = Usage(gpu.index, gpu.uuid, "", "", who)
         _add(usage, proc)
+        if proc.role == "mps_client":
+            clients.add(who)
         sm[who] = sm.get(who, 0.0) + (proc.sm_ratio or 0.0)
         mem[who] = mem.get(who, 0.0) + (proc.mem_ratio or 0.0)
+    server = _mps_server(gpu, servers, len([p for p in gpu.processes if p.role == "mps_client"]))
     if not gpu.process_activity_known:
-        return  # activity unknown this interval: report none rather than a wrong zero
+        for usage in mine.values():
+            usage.activity_unknown = "driver"
+        return server  # activity unknown this interval: report none rather than a wrong zero
+    kernel_source = dict.fromkeys(mine, "nvml")
+    if server is not None:
+        # Under MPS the driver gives every sample to the server. With one client owner, the server's time is
+        # exactly that owner's; with several, nothing says how it splits: their activity is unknown.
+        if len(clients) == 1:
+            (only,) = clients
+            sm[only] = server.kernel_ratio or 0.0
+            mem[only] = server.memory_ratio or 0.0
+            kernel_source[only] = "mps"
+        else:
+            for who in clients:
+                mine[who].activity_unknown = "mps_shared"
+                del sm[who], mem[who]
+    device_sm = gpu.gpm.sm_active if gpu.gpm is not None else None
     dram = gpu.gpm.dram_bandwidth if gpu.gpm is not None else None
     # Device-level measures are split by each owner's NVML activity: SM-side fields by smUtil, DRAM by
-    # memUtil (each falling back to the other when no owner shows that kind of activity).
+    # memUtil (each falling back to the other when no owner shows that kind of activity). An owner whose
+    # activity is unknown takes no share, so when one is present the device values cannot be split.
+    splittable = not any(u.activity_unknown for u in mine.values())
     by = {"sm": _shares(sm, mem), "mem": _shares(mem, sm)}
     for who, usage in mine.items():
-        usage.sm_ratio, usage.sm_source = min(1.0, sm[who]), "nvml"
+        if usage.activity_unknown:
+            continue
+        usage.kernel_ratio, usage.kernel_source = min(1.0, sm[who]), kernel_source[who]
+        if device_sm is not None and splittable:
+            usage.sm_ratio, usage.sm_source = device_sm * by["sm"][who], "gpm"
         if dram is None:
-            usage.bandwidth_ratio, usage.bandwidth_source = min(1.0, mem[who]), "nvml"
-        else:
+            usage.bandwidth_ratio, usage.bandwidth_source = min(1.0, mem[who]), kernel_source[who]
+        elif splittable:
             usage.bandwidth_ratio, usage.bandwidth_source = dram * by["mem"][who], "gpm"
-        usage.dcgm = {name: value * by[DCGM_SPLIT_BY[name]][who] for name, value in dcgm.items()}
+        if splittable:
+            usage.dcgm = {name: value * by[DCGM_SPLIT_BY[name]][who] for name, value in dcgm.items()}
+    return server
+
+
+def _mps_server(gpu: GpuReading, servers: list[ProcessReading], clients: int) -> MpsServer | None:
+    if not servers:
+        return None
+    known = [p.memory_bytes for p in servers if p.memory_bytes is not None]
+    kernel = [p.sm_ratio for p in servers if p.sm_ratio is not None]
+    memory = [p.mem_ratio for p in servers if p.mem_ratio is not None]
+    return MpsServer(
+        gpu.index,
+        gpu.uuid,
+        sum(known) if known else None,
+        min(1.0, sum(kernel)) if gpu.process_activity_known and kernel else None,
+        min(1.0, sum(memory)) if gpu.process_activity_known and memory else None,
+        clients,
+    )

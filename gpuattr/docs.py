@@ -26,23 +26,50 @@ Each series says which one it used in its `source` label, so a dashboard never m
 | `gpuattr_gpu_tensor_active_ratio` | `gpm` ANY_TENSOR_UTIL | `dcgm` PIPE_TENSOR_ACTIVE | — |
 | `gpuattr_gpu_engine_active_ratio` | `dcgm` GR_ENGINE_ACTIVE | — | — |
 
-**Per-container series** carry one value per source that can attribute it (select one `source`; never sum
-over it; summing the `gpm` or `dcgm` values over containers gives the device value):
+**Two activity measures per container**, each named for what it measures:
 
-| series | `nvml` | `gpm` | `dcgm` |
+- `gpuattr_container_gpu_kernel_active_ratio` is **time**: the share of the interval in which a kernel of the
+  container was running (NVML's per-process `smUtil`, what `nvidia-smi pmon` shows in its `sm` column). It
+  exists on every GPU NVML samples, but it says nothing about how much of the GPU those kernels used: on a
+  real H200 a loop of one-element kernels read 0.19 here while GPM measured its SMs 0.00025 active.
+- `gpuattr_container_gpu_sm_active_ratio` is **SMs**: the share of the GPU's SMs busy with the container's
+  work. It is the device's own measurement (GPM SM_UTIL, or dcgm-exporter's SM_ACTIVE) split across the
+  containers by their kernel-time shares, so the containers' values add up to what the device measured and
+  none can exceed it. On a GPU with neither GPM nor dcgm-exporter (before Hopper, without DCGM) it is absent:
+  kernel time is not passed off as SM activity.
+
+A container whose kernels run much of the time while its SMs stay nearly idle (tiny kernels, launch-bound
+loops, polling) is the waste `nvidia-smi` hides; the recording rule `…:sm_per_kernel_time:ratio` and the alert
+`GpuBusyButSmsIdle` find it.
+
+Per-container series carry one value per source that can attribute it (select one `source`; never sum over
+it; summing the `gpm` or `dcgm` values over containers gives the device value):
+
+| series | `nvml` / `mps` | `gpm` | `dcgm` |
 | --- | --- | --- | --- |
-| `gpuattr_container_gpu_sm_active_ratio` | per-process `smUtil`, summed per container (time its kernels ran) | the instance's SM_UTIL, for the only container of a MIG instance | the GPU's SM_ACTIVE split by `smUtil` share; the instance's value for the only container of a MIG instance |
-| `gpuattr_container_gpu_memory_bandwidth_ratio` | per-process `memUtil` | the GPU's DRAM_BW_UTIL split by `memUtil` share (when NVML saw no memory activity, by `smUtil`); MIG as above | DRAM_ACTIVE split the same way |
+| `gpuattr_container_gpu_kernel_active_ratio` | per-process `smUtil`, summed per container; `mps`: the MPS server's `smUtil` for its only client | — | — |
+| `gpuattr_container_gpu_sm_active_ratio` | — | the GPU's SM_UTIL split by kernel-time share; the instance's SM_UTIL for the only container of a MIG instance | the GPU's SM_ACTIVE split the same way; the instance's value for the only container of a MIG instance |
+| `gpuattr_container_gpu_memory_bandwidth_ratio` | per-process `memUtil` (`mps`: the server's) | the GPU's DRAM_BW_UTIL split by `memUtil` share (when NVML saw no memory activity, by `smUtil`); MIG as above | DRAM_ACTIVE split the same way |
 | `gpuattr_container_gpu_sm_occupancy_ratio`, `…_tensor_active_ratio`, `…_engine_active_ratio` | — | — | the DCGM field split by `smUtil` share; MIG as above |
 
-Per-process activity comes from `nvmlDeviceGetProcessesUtilizationInfo` (drivers R550+), falling back to
-`nvmlDeviceGetProcessUtilization`; each sample passes the newest timestamp seen before, so it covers
-exactly the interval since the previous sample. NVML has no per-process activity on MIG-enabled GPUs:
-with several containers in one MIG instance, their activity series are absent rather than guessed.
-Activity series are absent (not zero) for an interval in which the source could not tell: a dcgm-exporter
-that is down, slow (`--dcgm-timeout`) or answers garbage contributes nothing to that sample, never its
-previous values (`gpuattr_exporter_dcgm_up` says so). When NVML saw no activity on a GPU that DCGM reports
-busy, the device value stays unattributed (containers get 0) rather than being shared out by guess.
+## MPS
+
+Under NVIDIA's Multi-Process Service (a sharing mode of the NVIDIA device plugin) the driver lists the
+`nvidia-cuda-mps-server` process and its clients (`nvmlDeviceGetMPSComputeRunningProcesses`; nvidia-smi's
+type `M+C`), gives each client its own memory, and credits **every** per-process utilisation sample to the
+server. So the exporter:
+
+- attributes memory to the clients as usual, and never presents the server as a workload: its memory is
+  `gpuattr_gpu_mps_server_memory_bytes`, its activity (all clients together) `gpuattr_gpu_mps_kernel_active_ratio`,
+  and `gpuattr_gpu_mps_clients` counts the clients;
+- gives the server's activity to a client only when it is the GPU's **only** client owner (then the
+  server's time is exactly that client's time: `source="mps"`, and GPM or DCGM SM activity is its own);
+- with several client owners, reports their activity as **unknown**: no activity series, and
+  `gpuattr_container_gpu_activity_unknown{reason="mps_shared"} 1`. Nothing the driver says tells how the time
+  splits between them, so none is guessed. Idle alerts and the capacity review skip unknown activity rather
+  than read it as idle;
+- labels what the kubelet allocated: `gpuattr_container_gpu_allocated{sharing="mps"}` for a replica
+  (`<uuid>::<n>`) of a GPU whose MPS server runs, `time-slicing` for one without.
 
 dcgm-exporter pages are read with prometheus-client's parser and matched to GPUs by `UUID` (or `uuid`)
 and MIG instance by `GPU_I_ID`. Profiling fields are 0–1 ratios; older releases wrote "(in %)" in their

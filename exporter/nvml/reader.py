@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
@@ -420,12 +420,14 @@ class NvmlReader:
 
         mig: tuple[MigReading, ...] = ()
         processes: tuple[ProcessReading, ...] = ()
+        roles: dict[int, str] = {}
         activity_known = False
         gpm = None
         if mig_mode:
             mig = self._read_mig(dev)
         else:
             procs = self._running_processes(dev, h, scope)
+            roles = self._mps_roles(h, scope, procs)
             activity = self._process_activity(dev)
             activity_known = activity is not None
             processes = tuple(
@@ -434,6 +436,7 @@ class NvmlReader:
                     used,
                     (activity or {}).get(pid, (0.0, 0.0))[0] if activity is not None else None,
                     (activity or {}).get(pid, (0.0, 0.0))[1] if activity is not None else None,
+                    role=roles.get(pid, ""),
                 )
                 for pid, (used, _gi) in sorted(procs.items())
             )
@@ -455,6 +458,7 @@ class NvmlReader:
             mig=mig,
             processes=processes,
             process_activity_known=activity_known,
+            mps="mps_server" in roles.values() if not mig_mode else False,
         )
 
     # -- processes --------------------------------------------------------------------------------------
@@ -494,6 +498,27 @@ class NvmlReader:
             if prev is None or (used or 0) > (prev[0] or 0):
                 found[int(p.pid)] = (used, prev[1] if prev else None)
         return found
+
+    def _mps_roles(self, handle: Any, scope: str, procs: Mapping[int, object]) -> dict[int, str]:
+        """pid -> ``mps_client`` or ``mps_server`` on a GPU shared through MPS; empty otherwise.
+
+        The clients are what nvmlDeviceGetMPSComputeRunningProcesses lists; the server is the process the
+        compute list adds beside them whose name is ``nvidia-cuda-mps-server`` (``/proc/<pid>/comm`` cuts it
+        to ``nvidia-cuda-mps``). A driver without the MPS call, or a GPU without clients, gives no roles.
+        """
+        name = "nvmlDeviceGetMPSComputeRunningProcesses_v3"
+        if not procs or self.health.unsupported(name, scope):
+            return {}
+        listed = self._call_raw(name, scope, pynvml.nvmlDeviceGetMPSComputeRunningProcesses_v3, handle)
+        clients = {int(p.pid) for p in listed or ()}
+        if not clients:
+            return {}
+        roles = dict.fromkeys(clients & set(procs), "mps_client")
+        for pid in set(procs) - clients:
+            process_name = self._call_raw("nvmlSystemGetProcessName", scope, pynvml.nvmlSystemGetProcessName, pid)
+            if process_name is not None and _text(process_name).rsplit("/", 1)[-1].startswith("nvidia-cuda-mps"):
+                roles[pid] = "mps_server"
+        return roles
 
     def _process_activity(self, dev: _Device) -> dict[int, tuple[float, float]] | None:
         """pid -> (sm, mem) ratios since the last sample; None when the driver cannot tell.

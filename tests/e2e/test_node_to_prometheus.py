@@ -70,9 +70,15 @@ def test_two_time_sliced_pods_on_one_gpu_each_get_their_own_activity(tmp_path: P
         metrics = scrape(exporter.server.url)
     finally:
         exporter.stop()
-    sm = _by(metrics[c.CONTAINER_SM_ACTIVE.name], "gpu", "pod")
-    assert sm[("3", "vllm-qwen-1-5b-7b8c9d6f5-m7qzt")] == pytest.approx(0.55)
-    assert sm[("3", "tgi-phi3-mini-5f6d7c8b9-q9wrt")] == pytest.approx(0.2)
+    kernel = _by(metrics[c.CONTAINER_KERNEL_ACTIVE.name], "gpu", "pod")
+    assert kernel[("3", "vllm-qwen-1-5b-7b8c9d6f5-m7qzt")] == pytest.approx(0.55)
+    assert kernel[("3", "tgi-phi3-mini-5f6d7c8b9-q9wrt")] == pytest.approx(0.2)
+    # SM activity: the GPU's GPM SM activity split by those kernel-time shares, never above the device's
+    sm = {k: v for k, v in _by(metrics[c.CONTAINER_SM_ACTIVE.name], "gpu", "pod", "source").items() if k[0] == "3"}
+    device_sm = _by(metrics[c.GPU_SM_ACTIVE.name], "gpu", "source")[("3", "gpm")]
+    gpm = {k[1]: v for k, v in sm.items() if k[2] == "gpm"}
+    assert sum(gpm.values()) == pytest.approx(device_sm)
+    assert gpm["vllm-qwen-1-5b-7b8c9d6f5-m7qzt"] == pytest.approx(device_sm * 0.55 / 0.75)
     # dcgm-exporter would give both pods the whole GPU's number:
     assert _by(metrics[c.GPU_UTILIZATION.name], "gpu")[("3",)] == pytest.approx(0.75)
     bw = _by(metrics[c.CONTAINER_MEMORY_BANDWIDTH.name], "gpu", "pod")

@@ -35,9 +35,12 @@ def test_two_time_sliced_workloads_on_one_gpu_each_get_their_own_numbers(simulat
     by = {u.owner.process: u for u in usages}
     assert by["vllm"].memory_bytes == 30 * GiB and by["vllm"].processes == 1
     assert by["tgi"].memory_bytes == 21 * GiB and by["tgi"].processes == 2  # two processes, one owner
-    assert by["vllm"].sm_ratio == pytest.approx(0.6) and by["tgi"].sm_ratio == pytest.approx(0.3)
+    assert by["vllm"].kernel_ratio == pytest.approx(0.6) and by["tgi"].kernel_ratio == pytest.approx(0.3)
+    assert {u.kernel_source for u in usages} == {"nvml"}
     assert by["vllm"].bandwidth_ratio == pytest.approx(0.3)
     assert by["vllm"].bandwidth_source == "nvml"
+    # An A100 has no GPM and no dcgm-exporter runs here: SM activity is not invented from kernel time.
+    assert by["vllm"].sm_ratio is None and by["tgi"].sm_ratio is None
 
 
 def test_gpm_bandwidth_is_split_by_memory_activity_and_sums_to_the_device(simulate: Callable[..., Sim]) -> None:
@@ -63,7 +66,8 @@ def test_activity_is_absent_not_zero_when_the_driver_cannot_tell(simulate: Calla
     sim = simulate(raw, start=10)
     usages, _ = attribute(sim.reader.read(), CommandNameResolver("/nonexistent", sim.reader.process_name))
     assert usages[0].memory_bytes == GiB
-    assert usages[0].sm_ratio is None and usages[0].bandwidth_ratio is None
+    assert usages[0].kernel_ratio is None and usages[0].sm_ratio is None and usages[0].bandwidth_ratio is None
+    assert usages[0].activity_unknown == "driver"
 
 
 def test_one_container_in_a_mig_instance_gets_the_instance_activity(simulate: Callable[..., Sim]) -> None:
@@ -88,6 +92,8 @@ def test_one_container_in_a_mig_instance_gets_the_instance_activity(simulate: Ca
     assert solo.bandwidth_ratio == pytest.approx(0.25)
     # Two owners share instance 2: NVML cannot split the instance's activity, so none is reported.
     assert by[Owner(process="x")].sm_ratio is None and by[Owner(process="y")].sm_ratio is None
+    assert by[Owner(process="x")].activity_unknown == by[Owner(process="y")].activity_unknown == "mig_shared"
+    assert solo.activity_unknown == ""
 
 
 def test_the_usage_cap_keeps_the_biggest_holders_and_counts_what_it_drops(simulate: Callable[..., Sim]) -> None:
@@ -104,3 +110,36 @@ def test_the_usage_cap_keeps_the_biggest_holders_and_counts_what_it_drops(simula
     snap = sampler.sample_once()
     assert sampler.usages_dropped_total == 14  # seven per sample, counted cumulatively
     assert b"gpuattr_exporter_usages_dropped_total 14.0" in render(families(snap), 0).text
+
+
+def test_a_launch_bound_loop_is_busy_by_time_and_nearly_idle_by_sms(simulate: Callable[..., Sim]) -> None:
+    # As measured on a real H200 (tests/fixtures/h200-real/tiny-kernels-*): smUtil about 0.2, GPM SM active
+    # 0.00025. The time-based figure keeps NVML's number; the SM figure is bounded by what GPM measured.
+    raw = {
+        "name": "tiny",
+        "gpus": [{"index": 0, "model": "NVIDIA H200"}],
+        "processes": [
+            {"pid": 1, "name": "tiny", "gpus": [0], "memory": "612MiB", "sm": 0.2, "sm_fraction": 0.00125},
+        ],
+    }
+    sim = simulate(raw, start=10)
+    sim.reader.read()
+    sim.clock.advance(5)
+    node = sim.reader.read()
+    (usage,) = attribute(node, CommandNameResolver("/nonexistent", sim.reader.process_name))[0]
+    assert usage.kernel_ratio == pytest.approx(0.2) and usage.kernel_source == "nvml"
+    assert node.gpus[0].gpm is not None and node.gpus[0].gpm.sm_active == pytest.approx(0.00025)
+    assert usage.sm_ratio == pytest.approx(0.00025) and usage.sm_source == "gpm"
+    assert usage.sm_ratio < 0.02 * usage.kernel_ratio  # the "busy but doing little" signal's condition
+
+
+def test_sm_activity_is_the_devices_split_by_kernel_time_and_sums_to_it(simulate: Callable[..., Sim]) -> None:
+    sim = _pair(simulate)
+    node = sim.reader.read()
+    usages, _ = attribute(node, CommandNameResolver("/nonexistent", sim.reader.process_name))
+    device = node.gpus[0].gpm
+    assert device is not None and device.sm_active is not None
+    assert sum(u.sm_ratio or 0.0 for u in usages) == pytest.approx(device.sm_active)
+    by = {u.owner.process: u for u in usages}
+    assert by["vllm"].sm_ratio == pytest.approx(device.sm_active * 0.6 / 0.9)
+    assert all(u.sm_ratio is not None and u.sm_ratio <= device.sm_active for u in usages)
