@@ -34,7 +34,7 @@ from tests.conftest import VLLM_FIXTURES
 
 GiB = 2**30
 VLLM_FIXTURE = VLLM_FIXTURES
-CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "fixtures" / "configs"
 
 
 def config(name: str) -> dict[str, Any]:
