@@ -1,49 +1,18 @@
-"""The model-memory calculator against the shipped vLLM fixture, public model figures and hostile configs."""
+"""KV cache bytes per token per GPU: the shipped vLLM fixture, public models, hybrids and hostile configs."""
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attribution.model_memory import (
-    ConfigError,
-    KvSizing,
-    UnsupportedModel,
-    kv_capacity_tokens,
-    kv_sizing,
-    load_config,
-    main,
-    weight_sizing,
-)
-from attribution.safetensors_header import SafetensorsHeaderError
-from tests.attribution.test_safetensors_header import (
-    TINY,
-    TINY_BYTES,
-    TINY_CONFIG,
-    build_tiny_llama,
-    write_raw,
-    write_safetensors,
-)
-from tests.conftest import VLLM_FIXTURES
-
-GiB = 2**30
-VLLM_FIXTURE = VLLM_FIXTURES
-CONFIGS = Path(__file__).resolve().parent.parent / "fixtures" / "configs"
-
-
-def config(name: str) -> dict[str, Any]:
-    return load_config(CONFIGS / f"{name}.json")
-
-
-def kv(name: str, **kwargs: Any) -> KvSizing:
-    return kv_sizing(config(name), source=name, **kwargs)
-
+from attribution.model_memory.config import UnsupportedModel, load_config
+from attribution.model_memory.kv import kv_sizing
+from attribution.model_memory.weights import weight_sizing
+from common.units import GiB
+from tests.attribution.model_memory.configs import PER_LAYER, VLLM_FIXTURE, config, kv, small
 
 # --- the shipped vLLM 0.32 fixture ---------------------------------------------------------------------
 
@@ -61,70 +30,7 @@ def test_shipped_fixture_blocks_times_page_bytes_are_the_logged_kv_cache_memory(
     assert 8192 * 128 * per_token == 1_073_741_824 == GiB
 
 
-def test_a_1_gib_kv_budget_holds_the_logged_1_048_576_tokens() -> None:
-    tokens = kv_capacity_tokens(
-        gpu_memory_bytes=GiB,
-        gpu_memory_utilization=1.0,
-        weights_bytes_per_gpu=0,
-        activation_peak_bytes=0,
-        non_torch_bytes=0,
-        kv_bytes_per_token=1024,
-        block_size=128,
-    )
-    assert tokens == 1_048_576 == 8192 * 128
-
-
-def test_capacity_follows_the_budget_formula_and_rounds_down_to_blocks() -> None:
-    # 80 GiB × 0.9 − (15 + 1.5 + 0.5) GiB = 55 GiB; / 131,072 B = 450,560 tokens = 28,160 blocks of 16
-    args = {
-        "gpu_memory_bytes": 80 * GiB,
-        "gpu_memory_utilization": 0.9,
-        "weights_bytes_per_gpu": 15 * GiB,
-        "activation_peak_bytes": 3 * GiB // 2,
-        "non_torch_bytes": GiB // 2,
-        "kv_bytes_per_token": 131_072,
-    }
-    assert kv_capacity_tokens(**args) == 450_560  # type: ignore[arg-type]
-    assert kv_capacity_tokens(**(args | {"kv_bytes_per_token": 100_000}), block_size=16) == 590_544  # type: ignore[arg-type]
-
-
-def test_weights_beyond_the_budget_leave_no_capacity() -> None:
-    assert (
-        kv_capacity_tokens(
-            gpu_memory_bytes=24 * GiB,
-            gpu_memory_utilization=0.9,
-            weights_bytes_per_gpu=30 * GiB,
-            activation_peak_bytes=0,
-            non_torch_bytes=0,
-            kv_bytes_per_token=1024,
-        )
-        == 0
-    )
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
-        ({"gpu_memory_utilization": 0.0}, "gpu_memory_utilization"),
-        ({"weights_bytes_per_gpu": -1}, "weights_bytes_per_gpu"),
-        ({"kv_bytes_per_token": 0}, "kv_bytes_per_token"),
-    ],
-)
-def test_capacity_refuses_nonsense_inputs_naming_them(override: dict[str, Any], message: str) -> None:
-    args: dict[str, Any] = {
-        "gpu_memory_bytes": GiB,
-        "gpu_memory_utilization": 0.9,
-        "weights_bytes_per_gpu": 0,
-        "activation_peak_bytes": 0,
-        "non_torch_bytes": 0,
-        "kv_bytes_per_token": 1024,
-    }
-    with pytest.raises(ValueError, match=message):
-        kv_capacity_tokens(**(args | override))
-
-
-# --- public models ----------------------------------------------------------------------------------------
+# --- public models -------------------------------------------------------------------------------------
 
 
 def test_llama_3_1_8b_holds_131072_bytes_per_token_and_2_mib_per_16_token_block() -> None:
@@ -132,15 +38,6 @@ def test_llama_3_1_8b_holds_131072_bytes_per_token_and_2_mib_per_16_token_block(
     assert sizing.kv_bytes_per_token == 131_072
     assert sizing.kv_bytes_per_token * 16 == 2 * 2**20
     assert sizing.attention == "gqa"
-
-
-def test_llama_3_1_8b_weights_are_estimated_within_1_percent_of_14_99_gib() -> None:
-    weights = weight_sizing(config("llama-3.1-8b"))
-    assert weights.method == "estimate"
-    assert weights.weight_bytes == 8_030_261_248 * 2  # the published parameter count, in bf16
-    assert abs(weights.weight_bytes / GiB - 14.99) / 14.99 < 0.01
-    assert "8.03 B parameters" in weights.detail
-    assert "bfloat16" in weights.detail
 
 
 @pytest.mark.parametrize(
@@ -164,28 +61,10 @@ def test_qwen2_5_7b_cannot_split_its_28_heads_over_tp_8() -> None:
         kv("qwen2.5-7b", tensor_parallel=8)
 
 
-def test_qwen2_5_7b_weights_count_its_qkv_biases() -> None:
-    assert "7.62 B parameters" in weight_sizing(config("qwen2.5-7b")).detail  # published: 7.61 B (7,615,616,512)
-    assert weight_sizing(config("qwen2.5-7b")).weight_bytes == 7_615_616_512 * 2
-
-
 def test_mistral_7b_holds_131072_bytes_per_token_and_says_its_window_does_not_change_that() -> None:
     sizing = kv("mistral-7b-v0.1")
     assert sizing.kv_bytes_per_token == 131_072
     assert "sliding window 4096 on every layer" in sizing.method
-
-
-def test_mistral_7b_weights_are_about_7_24_b_parameters_or_13_5_gib() -> None:
-    weights = weight_sizing(config("mistral-7b-v0.1"))
-    assert "7.24 B parameters" in weights.detail
-    assert abs(weights.weight_bytes / GiB - 13.5) / 13.5 < 0.02
-
-
-def test_mixtral_counts_all_eight_experts_of_every_layer() -> None:
-    weights = weight_sizing(config("mixtral-8x7b-v0.1"))
-    assert "46.70 B parameters" in weights.detail  # published: 46.7 B
-    assert "32 MoE layers of 8 experts × 14336" in weights.detail
-    assert kv("mixtral-8x7b-v0.1").kv_bytes_per_token == 131_072
 
 
 @pytest.mark.parametrize("tp", [1, 8, 16])
@@ -194,17 +73,6 @@ def test_deepseek_v3_mla_latent_is_70272_bytes_per_token_on_every_tp_rank(tp: in
     assert sizing.kv_bytes_per_token == (512 + 64) * 61 * 2 == 70_272
     assert (sizing.attention, sizing.kv_heads_per_gpu, sizing.head_dim) == ("mla", None, None)
     assert "no K/V factor 2" in sizing.method
-
-
-def test_deepseek_v3_weights_estimate_counts_671_b_parameters_in_fp8_blocks() -> None:
-    weights = weight_sizing(config("deepseek-v3"))
-    assert "671.03 B parameters" in weights.detail  # published: 671 B plus a 14 B MTP module
-    assert "multi-token-prediction layer(s) not counted" in weights.detail
-    assert "F32 scale per 128×128 block" in weights.detail
-    assert 620 * GiB < weights.weight_bytes < 640 * GiB  # ≈1 B per parameter, bf16 embeddings and norms
-    unquantised = config("deepseek-v3")
-    del unquantised["quantization_config"]
-    assert weight_sizing(unquantised).weight_bytes == pytest.approx(2 * 671.03e9, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "mistral-7b-v0.1", "deepseek-v3"])
@@ -236,13 +104,6 @@ def test_gpt_oss_sliding_and_full_layers_group_without_padding() -> None:
     assert "no padding" in sizing.method
 
 
-def test_gpt_oss_weights_quantise_only_the_experts_to_mxfp4() -> None:
-    weights = weight_sizing(config("gpt-oss-20b"))
-    assert "20.91 B parameters" in weights.detail  # published: 21 B total
-    assert "mxfp4" in weights.detail
-    assert 12 * GiB < weights.weight_bytes < 14 * GiB  # the checkpoint is ≈13.8 GB
-
-
 def test_gemma_3_counts_the_padding_layers_of_its_5_to_1_hybrid() -> None:
     sizing = kv("gemma-3-27b-it")  # 62 layers: 52 sliding, 10 full; groups of 10 → 60 + 10 slots
     assert sizing.layers_per_gpu == 70
@@ -262,11 +123,6 @@ def test_a_hybrid_with_pipeline_parallel_is_refused() -> None:
         kv("gemma-3-27b-it", pipeline_parallel=2)
 
 
-def test_gemma_3_weights_are_refused_naming_the_missing_vocab_size() -> None:
-    with pytest.raises(UnsupportedModel, match=r"text_config\.vocab_size is missing"):
-        weight_sizing(config("gemma-3-27b-it"))
-
-
 def test_qwen3_next_linear_attention_hybrid_is_refused_naming_why() -> None:
     with pytest.raises(
         UnsupportedModel, match="qwen3-next-80b-a3b: model_type 'qwen3_next' mixes attention with Mamba"
@@ -276,23 +132,7 @@ def test_qwen3_next_linear_attention_hybrid_is_refused_naming_why() -> None:
         weight_sizing(config("qwen3-next-80b-a3b"))
 
 
-# --- hybrids, sliding windows, odd attention -----------------------------------------------------------------
-
-
-def small(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "model_type": "llama",
-        "num_hidden_layers": 12,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": 64,
-        "hidden_size": 512,
-        "torch_dtype": "bfloat16",
-    }
-    return {k: v for k, v in (base | fields).items() if v is not None}
-
-
-PER_LAYER = 2 * 4 * 64 * 2  # bytes per token per layer of small()
+# --- hybrids, sliding windows, odd attention -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -325,11 +165,6 @@ def test_unsized_or_broken_configs_are_refused_naming_the_field_and_why(fields: 
     with pytest.raises(UnsupportedModel, match=reason) as caught:
         kv_sizing(small(**fields), source="models/x/config.json")
     assert str(caught.value).startswith("models/x/config.json: ")
-
-
-def test_a_nested_text_config_names_its_fields_with_their_prefix() -> None:
-    with pytest.raises(UnsupportedModel, match=r"text_config\.num_hidden_layers is missing"):
-        kv_sizing({"model_type": "llava", "text_config": {"model_type": "llama"}})
 
 
 def test_gemma_2_alternates_sliding_and_full_layers_without_padding() -> None:
@@ -401,7 +236,8 @@ def test_impossible_serving_settings_are_value_errors(kwargs: dict[str, Any], me
         kv_sizing(small(), **kwargs)
 
 
-# --- properties ---------------------------------------------------------------------------------------------
+# --- properties ----------------------------------------------------------------------------------------
+
 
 _KEYS = st.sampled_from(
     [
@@ -495,204 +331,3 @@ def test_valid_gqa_configs_never_gain_kv_bytes_per_gpu_as_tp_grows(
     ]
     assert sizes == sorted(sizes, reverse=True)
     assert sizes[-1] > 0
-
-
-# --- weights -------------------------------------------------------------------------------------------------
-
-
-def test_safetensors_headers_give_the_exact_weight_bytes() -> None:
-    weights = weight_sizing(TINY_CONFIG, TINY)
-    assert weights.weight_bytes == TINY_BYTES
-    assert weights.method == "safetensors"
-    assert "headers of 2 shards" in weights.detail
-    assert "model.safetensors.index.json" in weights.detail
-
-
-def test_the_estimate_matches_the_exact_bytes_of_a_llama_layout() -> None:
-    estimate = weight_sizing(TINY_CONFIG)
-    assert estimate.method == "estimate"
-    assert estimate.weight_bytes == TINY_BYTES
-
-
-def test_multi_token_prediction_layers_are_left_out_of_the_exact_bytes(tmp_path: Path) -> None:
-    build_tiny_llama(tmp_path)
-    write_safetensors(tmp_path / "mtp.safetensors", {"model.layers.2.eh_proj.weight": ("BF16", [16, 32])})
-    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    index["weight_map"]["model.layers.2.eh_proj.weight"] = "mtp.safetensors"
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    with_mtp = TINY_CONFIG | {"num_nextn_predict_layers": 1}
-    weights = weight_sizing(with_mtp, tmp_path)
-    assert weights.weight_bytes == TINY_BYTES
-    assert "left out 1 tensors" in weights.detail
-    assert weight_sizing(TINY_CONFIG, tmp_path).weight_bytes == TINY_BYTES + 16 * 32 * 2
-
-
-def test_a_directory_without_safetensors_falls_back_to_the_estimate_and_says_so(tmp_path: Path) -> None:
-    weights = weight_sizing(TINY_CONFIG, tmp_path)
-    assert weights.method == "estimate"
-    assert weights.detail.startswith(f"no *.safetensors in {tmp_path}; architecture estimate")
-
-
-def test_a_broken_shard_is_an_error_not_an_estimate(tmp_path: Path) -> None:
-    write_raw(tmp_path / "model.safetensors", b"{", length=2**40)
-    with pytest.raises(SafetensorsHeaderError, match=r"model\.safetensors: header length"):
-        weight_sizing(TINY_CONFIG, tmp_path)
-
-
-def test_awq_int4_weights_take_half_a_byte_plus_group_scales_and_zeros() -> None:
-    cfg = TINY_CONFIG | {"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 8, "zero_point": True}}
-    # per linear: in×out/2 + (in/8)×out×2 (fp16 scales) + (in/8)×out/2 (packed zeros) = in×out × (1/2 + 1/4 + 1/16)
-    linear_params = 2 * (16 * 16 + 2 * 8 * 16 + 16 * 16 + 3 * 32 * 16)
-    plain_params = 2 * 64 * 16 + 2 * 2 * 16 + 16
-    expected = linear_params * 13 // 16 + plain_params * 2
-    assert weight_sizing(cfg).weight_bytes == expected
-
-
-def test_the_public_awq_llama_8b_is_about_a_third_of_bf16() -> None:
-    awq, bf16 = weight_sizing(config("llama-3.1-8b-instruct-awq-int4")), weight_sizing(config("llama-3.1-8b"))
-    assert 0.3 < awq.weight_bytes / bf16.weight_bytes < 0.4
-    assert "awq int4" in awq.detail
-    assert "embeddings, lm_head, norms, routers in float16" in awq.detail
-
-
-def test_bitsandbytes_4bit_and_fp8_per_tensor_are_estimated() -> None:
-    bnb = weight_sizing(TINY_CONFIG | {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}})
-    fp8 = weight_sizing(TINY_CONFIG | {"quantization_config": {"quant_method": "fp8"}})
-    assert "bitsandbytes 4-bit" in bnb.detail
-    assert bnb.weight_bytes < fp8.weight_bytes < TINY_BYTES
-
-
-def test_an_unknown_quantisation_is_refused_rather_than_guessed() -> None:
-    cfg = TINY_CONFIG | {"quantization_config": {"quant_method": "exl9"}}
-    with pytest.raises(UnsupportedModel, match="quant_method 'exl9' is not sized here"):
-        weight_sizing(cfg)
-
-
-# --- reading configs -----------------------------------------------------------------------------------------
-
-
-def test_load_config_reads_a_file_or_a_directory_holding_config_json() -> None:
-    assert load_config(VLLM_FIXTURE) == load_config(VLLM_FIXTURE / "config.json")
-    assert load_config(VLLM_FIXTURE)["num_hidden_layers"] == 4
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [(None, "no such file"), ("{broken", "not valid JSON"), ("[1]", "not a JSON object")],
-)
-def test_load_config_errors_name_the_path(tmp_path: Path, content: str | None, message: str) -> None:
-    path = tmp_path / "config.json"
-    if content is not None:
-        path.write_text(content)
-    with pytest.raises(ConfigError, match=message) as caught:
-        load_config(path)
-    assert str(path) in str(caught.value)
-
-
-def test_load_config_of_a_directory_without_one_names_the_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=f"{tmp_path} holds no config.json"):
-        load_config(tmp_path)
-
-
-# --- the CLI -------------------------------------------------------------------------------------------------
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
-    assert main([*args, "--json"]) == 0
-    result: dict[str, Any] = json.loads(capsys.readouterr().out)
-    return result
-
-
-def test_cli_json_carries_kv_and_weights_and_how_each_was_obtained(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_json(capsys, "--config", str(VLLM_FIXTURE))
-    assert out["kv_bytes_per_token"] == 1024
-    assert out["kv_method"].startswith("GQA: 2 (K and V) × 4 layers")
-    assert out["weight_method"] == "estimate"
-    assert out["weight_bytes"] == weight_sizing(load_config(VLLM_FIXTURE)).weight_bytes
-    assert "architecture estimate" in out["weight_detail"]
-    assert out["model_type"] == "llama"
-    assert "capacity_tokens" not in out
-
-
-def test_cli_plans_capacity_and_concurrency_for_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
-    weights = weight_sizing(load_config(VLLM_FIXTURE)).weight_bytes
-    out = run_json(
-        capsys,
-        *("--config", str(VLLM_FIXTURE / "config.json"), "--gpu-memory", str(GiB + weights)),
-        *("--gpu-memory-utilization", "1", "--activation-peak", "0", "--non-torch", "0B"),
-        *("--block-size", "128", "--max-model-len", "1024"),
-    )
-    assert out["kv_budget_bytes"] == GiB
-    assert out["capacity_tokens"] == 1_048_576
-    assert out["max_concurrency"] == 1024.0
-    assert out["kv_bytes_per_block"] == 128 * 1024
-
-
-def test_cli_uses_the_safetensors_in_model_dir_and_splits_weights_over_ranks(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    out = run_json(capsys, "--config", str(TINY), "--model-dir", str(TINY), "--tensor-parallel", "2")
-    assert (out["weight_method"], out["weight_bytes"], out["weight_bytes_per_gpu"]) == ("safetensors", TINY_BYTES, 6736)
-    assert out["kv_heads_per_gpu"] == 1
-
-
-def test_cli_flags_default_from_gpuattr_environment_variables(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("GPUATTR_MODEL_CONFIG", str(CONFIGS / "llama-3.1-70b.json"))
-    monkeypatch.setenv("GPUATTR_TENSOR_PARALLEL", "8")
-    monkeypatch.setenv("GPUATTR_KV_CACHE_DTYPE", "fp8")
-    out = run_json(capsys)
-    assert out["kv_bytes_per_token"] == 20_480
-
-
-def test_cli_gpu_defaults_are_stated_in_its_capacity_method(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_json(capsys, "--config", str(CONFIGS / "llama-3.1-8b.json"), "--gpu-memory", "80GiB")
-    assert out["gpu_memory_utilization"] == 0.9
-    assert out["activation_peak_bytes"] == 3 * GiB // 2
-    assert out["non_torch_bytes"] == GiB // 2
-    assert "activation peak 1.50 GiB + non-torch 0.50 GiB" in out["capacity_method"]
-    assert 400_000 < out["capacity_tokens"] < 460_000
-
-
-def test_cli_text_output_names_both_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        main(["--config", str(CONFIGS / "deepseek-v3.json"), "--tensor-parallel", "8", "--gpu-memory", "141GiB"]) == 0
-    )
-    text = capsys.readouterr().out
-    assert "KV cache: 70,272 B per token per GPU" in text
-    assert "(estimate)" in text
-    assert "capacity:" in text
-
-
-def test_cli_reports_kv_when_only_the_weights_cannot_be_sized(capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_json(capsys, "--config", str(CONFIGS / "gemma-3-27b-it.json"))
-    assert out["kv_bytes_per_token"] == 573_440
-    assert out["weight_bytes"] is None
-    assert "vocab_size is missing" in out["weight_detail"]
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ([], "--config is required"),
-        (["--config", "/nonexistent/config.json"], "/nonexistent/config.json: no such file"),
-        (["--config", str(CONFIGS / "qwen3-next-80b-a3b.json")], "qwen3-next-80b-a3b.json: model_type 'qwen3_next'"),
-        (["--config", str(VLLM_FIXTURE), "--gpu-memory", "lots"], "--gpu-memory: not a size: 'lots'"),
-        (["--config", str(VLLM_FIXTURE), "--tensor-parallel", "two"], "--tensor-parallel: invalid int value"),
-        (["--config", str(VLLM_FIXTURE), "--kv-cache-dtype", "fp2"], "kv_cache_dtype 'fp2'"),
-        (
-            ["--config", str(CONFIGS / "gemma-3-27b-it.json"), "--gpu-memory", "80GiB"],
-            r"text_config\.vocab_size is missing",
-        ),
-        (
-            ["--config", str(VLLM_FIXTURE), "--gpu-memory", "80GiB", "--gpu-memory-utilization", "2"],
-            "gpu_memory_utilization must be in",
-        ),
-    ],
-)
-def test_cli_errors_exit_2_naming_the_input(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("gpuattr model-memory: ")
-    assert re.search(message, err), err
