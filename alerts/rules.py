@@ -4,6 +4,9 @@
 ``alerts/prometheusrule.yaml`` (the same groups as a prometheus-operator PrometheusRule); CI fails when
 they are stale. Every alert carries ``severity``, a static ``summary``, a templated ``description`` that
 names the pod, model, GPU and the numbers, and a ``runbook_url`` to ``docs/runbooks/<alert>.md``.
+
+``alerts`` composes one builder per family (waste, vLLM, saturation, capacity review, the exporter's own
+health, GPU health, the exporter's other sources) into one group, in the order of the generated files.
 """
 
 from __future__ import annotations
@@ -23,21 +26,23 @@ RULE_FILE = "gpuattr-rules.yaml"
 OPERATOR_FILE = "prometheusrule.yaml"
 
 # Recording rules (level:metric:operations) -------------------------------------------------------------
-MEM_POD = "namespace_pod:gpuattr_container_gpu_memory_bytes:sum"
-MEM_NAMESPACE = "namespace:gpuattr_container_gpu_memory_bytes:sum"
-MEM_MODEL = "model:gpuattr_container_gpu_memory_bytes:sum"
-SM_POD = "namespace_pod:gpuattr_container_gpu_sm_active_ratio:sum"
-SM_NAMESPACE = "namespace:gpuattr_container_gpu_sm_active_ratio:sum"
-SM_MODEL = "model:gpuattr_container_gpu_sm_active_ratio:sum"
-SM_TEAM = "team:gpuattr_container_gpu_sm_active_ratio:sum"
-ALLOC_POD = "namespace_pod:gpuattr_container_gpu_allocated:sum"
-ALLOC_NAMESPACE = "namespace:gpuattr_container_gpu_allocated:sum"
-ALLOC_TEAM = "team:gpuattr_container_gpu_allocated:sum"
+# Dashboards read these names too (``alerts.rules as r``). The metric part of a name is the metric's own
+# (a vLLM one with ":" made "_"); the held, active-pods and KV-used ones exist only as recording rules.
+MEM_POD = f"namespace_pod:{c.CONTAINER_MEMORY.name}:sum"
+MEM_NAMESPACE = f"namespace:{c.CONTAINER_MEMORY.name}:sum"
+MEM_MODEL = f"model:{c.CONTAINER_MEMORY.name}:sum"
+SM_POD = f"namespace_pod:{c.CONTAINER_SM_ACTIVE.name}:sum"
+SM_NAMESPACE = f"namespace:{c.CONTAINER_SM_ACTIVE.name}:sum"
+SM_MODEL = f"model:{c.CONTAINER_SM_ACTIVE.name}:sum"
+SM_TEAM = f"team:{c.CONTAINER_SM_ACTIVE.name}:sum"
+ALLOC_POD = f"namespace_pod:{c.CONTAINER_ALLOCATED.name}:sum"
+ALLOC_NAMESPACE = f"namespace:{c.CONTAINER_ALLOCATED.name}:sum"
+ALLOC_TEAM = f"team:{c.CONTAINER_ALLOCATED.name}:sum"
 HELD = "namespace_pod_container:gpuattr_gpu_held_bytes:max"
 ACTIVE_PODS = "gpu:gpuattr_active_pods:count"
-VLLM_SPLIT = "namespace_pod_component:gpuattr_vllm_memory_bytes:sum"
+VLLM_SPLIT = f"namespace_pod_component:{c.VLLM_MEMORY.name}:sum"
 VLLM_KV_USED = "namespace_pod:gpuattr_vllm_kv_used:ratio"
-ITL_P95 = "namespace_pod:vllm_inter_token_latency_seconds:p95_5m"
+ITL_P95 = f"namespace_pod:{c.External.VLLM_INTER_TOKEN_LATENCY[0].replace(':', '_')}:p95_5m"
 
 CONTAINER_KEYS = "namespace, pod, container, gpu, gpu_uuid, mig_instance"
 # Per-container SM time that means "GPUs' worth used": NVML's per-process time on whole GPUs, GPM on MIG
@@ -49,8 +54,8 @@ K = "namespace, pod, container, gpu_uuid, mig_instance"
 
 
 def with_pod_labels(expr: str, labels: str, keys: str) -> str:
-    """``expr`` with ``labels`` of gpuattr_pod_info joined on (namespace, pod); kept without them when the pod
-    has no info series (Kubernetes metadata off, or not delivered yet)."""
+    """``expr`` with ``labels`` of the pod-info series (``POD_INFO``) joined on (namespace, pod); kept without
+    them when the pod has no info series (Kubernetes metadata off, or not delivered yet)."""
     return f"""
 (
 {textwrap.indent(expr, "  ")}
@@ -158,11 +163,28 @@ def recording_rules(config: AlertConfig) -> list[dict[str, str]]:
     ]
 
 
+# Where a container's GPU is, in a description: the GPU and, on a MIG-partitioned one, the instance.
+_GPU_PLACE = (
+    "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}{{ if $labels.mig_instance }}, "
+    "MIG instance {{ $labels.mig_instance }}{{ end }})"
+)
+
+
 def alerts(config: AlertConfig) -> list[Alert]:
-    gpu_place = (
-        "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}{{ if $labels.mig_instance }}, "
-        "MIG instance {{ $labels.mig_instance }}{{ end }})"
-    )
+    """Every alert, family by family, in the order of the generated files."""
+    return [
+        *waste_alerts(config),
+        *vllm_alerts(config),
+        *saturation_alerts(config),
+        *capacity_alerts(config),
+        *exporter_alerts(config),
+        *gpu_health_alerts(config),
+        *exporter_source_alerts(config),
+    ]
+
+
+def waste_alerts(config: AlertConfig) -> list[Alert]:
+    """A container that holds a GPU (memory or an allocation) and does not use it."""
     # Idle: held, no activity above the threshold, and activity known. A container that holds memory but
     # has no activity series (several in one MIG instance, or no GPM/DCGM on it) cannot be judged idle.
     unknown = f"""
@@ -178,69 +200,11 @@ def alerts(config: AlertConfig) -> list[Alert]:
         {textwrap.indent(_tidy(unknown), "    ")}
           )
     """
-    idle = with_pod_labels(_tidy(idle_core), "model, team", K)
-    saturated = f"""
-        {ACTIVE_PODS} >= 2
-        and on (gpu_uuid)
-        (
-          max by (gpu_uuid) ({c.GPU_SM_ACTIVE.name}{{mig_instance=""}}) > {config.saturation_threshold}
-          or
-          max by (gpu_uuid) ({c.GPU_MEMORY_BANDWIDTH.name}{{mig_instance=""}}) > {config.saturation_threshold}
-        )
-    """
-    neighbours = _fill(
-        '{{ range printf "max by (namespace, pod) (gpuattr_container_gpu_sm_active_ratio{gpu_uuid=%q, pod!=\\"\\"})'
-        ' > <<threshold>>" .Labels.gpu_uuid | query | sortByLabel "pod" }}{{ .Labels.namespace }}/{{ .Labels.pod }} '
-        "{{ end }}",
-        {"threshold": config.active_pod_threshold},
-    )
-    v = {
-        "gpu_place": gpu_place,
-        "idle_threshold": pct(config.idle_sm_threshold),
-        "idle_window": config.idle_window,
-        "kv_threshold": pct(config.kv_used_ratio_threshold),
-        "kv_for": config.kv_bloat_for,
-        "interference_for": config.interference_for,
-        "saturation": pct(config.saturation_threshold),
-        "neighbours": neighbours,
-        "itl_factor": f"{config.itl_rise_factor:g}",
-        "pressure": pct(config.memory_pressure_ratio),
-        "pressure_for": config.memory_pressure_for,
-        "underuse_window": config.underuse_window,
-        "underuse": pct(config.underuse_ratio),
-        "underuse_min": f"{config.underuse_min_gpus:g}",
-        "exporter_for": config.exporter_for,
-    }
-    itl_rising_core = f"""
-        (
-          {ITL_P95} > {config.itl_rise_factor} * avg_over_time({ITL_P95}[6h])
-        )
-        and on (namespace, pod)
-        (
-          max by (namespace, pod, gpu_uuid) ({c.CONTAINER_MEMORY.name}{{pod!="", mig_instance=""}})
-          * on (gpu_uuid) group_left () ({ACTIVE_PODS} >= 2)
-        )
-    """
-    itl_rising = with_pod_labels(_tidy(itl_rising_core), "model, team", "namespace, pod")
-    pressure = f"""
-        (
-          max by (gpu, gpu_uuid, mig_instance) ({c.GPU_MEMORY_USED.name})
-          / max by (gpu, gpu_uuid, mig_instance) ({c.GPU_MEMORY_TOTAL.name})
-          > {config.memory_pressure_ratio}
-        )
-        and on (gpu_uuid, mig_instance)
-        (
-          sum by (gpu_uuid, mig_instance) (deriv({c.CONTAINER_MEMORY.name}[15m])) > 0
-        )
-    """
-    underuse_text = """
-        {{ $labels.%s }} used {{ $value | humanizePercentage }} of the GPUs allocated to it over
-        <<underuse_window>> (alert below <<underuse>>, from <<underuse_min>> GPUs allocated on average).
-    """
+    v = {"gpu_place": _GPU_PLACE, "idle_threshold": pct(config.idle_sm_threshold), "idle_window": config.idle_window}
     return [
         Alert(
             "GpuAllocatedButIdle",
-            idle,
+            with_pod_labels(_tidy(idle_core), "model, team", K),
             config.idle_window,
             config.idle_severity,
             "A container holds a GPU it does not use.",
@@ -253,6 +217,13 @@ def alerts(config: AlertConfig) -> list[Alert]:
                 v,
             ),
         ),
+    ]
+
+
+def vllm_alerts(config: AlertConfig) -> list[Alert]:
+    """A vLLM server whose KV cache reservation is far larger than what it uses."""
+    v = {"kv_threshold": pct(config.kv_used_ratio_threshold), "kv_for": config.kv_bloat_for}
+    return [
         Alert(
             "VllmKvCacheOversized",
             with_pod_labels(f"{VLLM_KV_USED} < {config.kv_used_ratio_threshold}", "team", "namespace, pod, model"),
@@ -269,6 +240,57 @@ def alerts(config: AlertConfig) -> list[Alert]:
                 v,
             ),
         ),
+    ]
+
+
+def saturation_alerts(config: AlertConfig) -> list[Alert]:
+    """Pods that slow each other down on a shared GPU, and a GPU running out of memory."""
+    saturated = f"""
+        {ACTIVE_PODS} >= 2
+        and on (gpu_uuid)
+        (
+          max by (gpu_uuid) ({c.GPU_SM_ACTIVE.name}{{mig_instance=""}}) > {config.saturation_threshold}
+          or
+          max by (gpu_uuid) ({c.GPU_MEMORY_BANDWIDTH.name}{{mig_instance=""}}) > {config.saturation_threshold}
+        )
+    """
+    neighbours = _fill(
+        '{{ range printf "max by (namespace, pod) (<<sm>>{gpu_uuid=%q, pod!=\\"\\"})'
+        ' > <<threshold>>" .Labels.gpu_uuid | query | sortByLabel "pod" }}{{ .Labels.namespace }}/{{ .Labels.pod }} '
+        "{{ end }}",
+        {"sm": c.CONTAINER_SM_ACTIVE.name, "threshold": config.active_pod_threshold},
+    )
+    itl_rising_core = f"""
+        (
+          {ITL_P95} > {config.itl_rise_factor} * avg_over_time({ITL_P95}[6h])
+        )
+        and on (namespace, pod)
+        (
+          max by (namespace, pod, gpu_uuid) ({c.CONTAINER_MEMORY.name}{{pod!="", mig_instance=""}})
+          * on (gpu_uuid) group_left () ({ACTIVE_PODS} >= 2)
+        )
+    """
+    pressure = f"""
+        (
+          max by (gpu, gpu_uuid, mig_instance) ({c.GPU_MEMORY_USED.name})
+          / max by (gpu, gpu_uuid, mig_instance) ({c.GPU_MEMORY_TOTAL.name})
+          > {config.memory_pressure_ratio}
+        )
+        and on (gpu_uuid, mig_instance)
+        (
+          sum by (gpu_uuid, mig_instance) (deriv({c.CONTAINER_MEMORY.name}[15m])) > 0
+        )
+    """
+    v = {
+        "gpu_place": _GPU_PLACE,
+        "interference_for": config.interference_for,
+        "saturation": pct(config.saturation_threshold),
+        "neighbours": neighbours,
+        "itl_factor": f"{config.itl_rise_factor:g}",
+        "pressure": pct(config.memory_pressure_ratio),
+        "pressure_for": config.memory_pressure_for,
+    }
+    return [
         Alert(
             "GpuSharedAndSaturated",
             saturated,
@@ -286,7 +308,7 @@ def alerts(config: AlertConfig) -> list[Alert]:
         ),
         Alert(
             "VllmLatencyRisingWithNeighbour",
-            itl_rising,
+            with_pod_labels(_tidy(itl_rising_core), "model, team", "namespace, pod"),
             config.interference_for,
             config.interference_severity,
             "A vLLM server's inter-token latency rises while a neighbour on its GPU is active.",
@@ -314,13 +336,28 @@ def alerts(config: AlertConfig) -> list[Alert]:
                 v,
             ),
         ),
+    ]
+
+
+def capacity_alerts(config: AlertConfig) -> list[Alert]:
+    """A namespace or team that uses a small share of the GPUs allocated to it (the capacity review)."""
+    text = """
+        {{ $labels.%s }} used {{ $value | humanizePercentage }} of the GPUs allocated to it over
+        <<underuse_window>> (alert below <<underuse>>, from <<underuse_min>> GPUs allocated on average).
+    """
+    v = {
+        "underuse_window": config.underuse_window,
+        "underuse": pct(config.underuse_ratio),
+        "underuse_min": f"{config.underuse_min_gpus:g}",
+    }
+    return [
         Alert(
             "GpuAllocationUnderusedByNamespace",
             _underuse("namespace", ALLOC_NAMESPACE, SM_NAMESPACE, config),
             config.underuse_for,
             config.underuse_severity,
             "A namespace uses a small share of the GPUs allocated to it.",
-            _fill("Namespace " + underuse_text % "namespace", v),
+            _fill("Namespace " + text % "namespace", v),
         ),
         Alert(
             "GpuAllocationUnderusedByTeam",
@@ -328,8 +365,15 @@ def alerts(config: AlertConfig) -> list[Alert]:
             config.underuse_for,
             config.underuse_severity,
             "A team uses a small share of the GPUs allocated to it.",
-            _fill("Team " + underuse_text % "team", v),
+            _fill("Team " + text % "team", v),
         ),
+    ]
+
+
+def exporter_alerts(config: AlertConfig) -> list[Alert]:
+    """The exporter's own health: Prometheus cannot scrape it, or it cannot talk to the driver."""
+    v = {"exporter_for": config.exporter_for}
+    return [
         Alert(
             "GpuAttrExporterDown",
             f'{c.External.PROMETHEUS_UP}{{job="{config.exporter_job}"}} == 0',
@@ -354,6 +398,13 @@ def alerts(config: AlertConfig) -> list[Alert]:
                 v,
             ),
         ),
+    ]
+
+
+def gpu_health_alerts(config: AlertConfig) -> list[Alert]:
+    """A GPU that cannot be read: the driver is stuck in a call on it, or it fell off the bus."""
+    v = {"exporter_for": config.exporter_for}
+    return [
         Alert(
             "GpuAttrNvmlCallHung",
             f"max by (job, instance, gpu, gpu_uuid, call) ({c.EXPORTER_NVML_HUNG.name}) == 1",
@@ -377,6 +428,12 @@ def alerts(config: AlertConfig) -> list[Alert]:
             "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) on {{ $labels.instance }} answers GpuIsLost: "
             "its workloads are failing and the node likely needs a drain and a reset.",
         ),
+    ]
+
+
+def exporter_source_alerts(config: AlertConfig) -> list[Alert]:
+    """The exporter's other sources: Kubernetes API, kubelet, the host's PIDs, dcgm-exporter."""
+    return [
         Alert(
             "GpuAttrKubernetesApiUnreachable",
             f"{c.EXPORTER_KUBERNETES_UP.name} == 0",

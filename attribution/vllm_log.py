@@ -1,7 +1,7 @@
 """What vLLM says about itself at start-up: weights, KV cache and memory budget, read from its log.
 
 vLLM publishes no metric for its weights or its memory budget; they are only in the start-up log, in
-formats that changed from 0.3 to today (``shared/reference/vllm-memory.md`` §2). This module reads every
+formats that changed from 0.3 to today (``docs/reference/vllm-memory.md`` §2). This module reads every
 documented format under any line prefix: vLLM's own (``INFO mm-dd hh:mm:ss [file.py:N]``), process tags
 (``(VllmWorkerProcess pid=…)``, ``(RayWorkerWrapper pid=…, ip=…)``, ``(EngineCore_DP0 pid=…)``), ANSI
 colours, container-log prefixes (``svc-1  | ``, Kubernetes/CRI ``<time> stdout F``, ``--timestamps``) and
@@ -25,10 +25,12 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-GiB = 2**30
-MiB = 2**20
+from common import envflags
+from common.tables import table
+from common.units import GiB, MiB, gib
+
 LINE_CAP = 64 * 1024  # characters of one line examined; the rest of a longer line is skipped
 
 _UNIT_BYTES = {"GiB": GiB, "GB": GiB, "MiB": MiB, "MB": MiB}  # vLLM's "GB" means GiB
@@ -254,10 +256,6 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _gib(value: float) -> str:
-    return f"{value / GiB:.2f}"
-
-
 class _Scan:
     """Everything seen so far; ``facts()`` turns it into a VllmLogFacts."""
 
@@ -397,7 +395,7 @@ class _Scan:
             return None
         if len({round(v) for v in values}) > 1:
             notes.append(
-                f"{label} differs by rank ({_gib(min(values))}-{_gib(max(values))} GiB); the largest is reported"
+                f"{label} differs by rank ({min(values) / GiB:.2f}-{gib(max(values))}); the largest is reported"
             )
         return round(max(values))
 
@@ -476,7 +474,7 @@ class _Scan:
             notes.append("num_gpu_blocks overridden from 0: kv_cache_bytes is the available memory, not the override")
         if len({round(v) for v in available}) <= 1:
             return round(available[0])
-        spread = f"({_gib(available[0])}-{_gib(available[-1])} GiB)"
+        spread = f"({available[0] / GiB:.2f}-{gib(available[-1])})"
         for counts, unit in ((self.tokens, "tokens"), (self.blocks, "blocks")):
             if len(counts) == len(available) and len(set(counts)) > 1 and max(counts) > 0:
                 per_unit = available[-1] / max(counts)  # the largest rank: the least rounding
@@ -551,7 +549,7 @@ def render_table(facts: VllmLogFacts, source: str) -> str:
     rows: list[tuple[str, str]] = [("vLLM version", show(facts.vllm_version))]
     for label, name in _SIZES:
         value = getattr(facts, name)
-        rows.append((label, "-" if value is None else f"{value / GiB:.2f} GiB ({value:,} B)"))
+        rows.append((label, "-" if value is None else f"{gib(value)} ({value:,} B)"))
     concurrency = "-"
     if facts.max_concurrency is not None:
         concurrency = f"{facts.max_concurrency:.2f}x"
@@ -565,31 +563,42 @@ def render_table(facts: VllmLogFacts, source: str) -> str:
         ("gpu_memory_utilization", show(facts.gpu_memory_utilization)),
         ("ranks", show(facts.ranks)),
     ]
-    width = max(len(label) for label, _ in rows)
     out = [f"vLLM memory facts from {source}"]
-    out += [f"  {label.ljust(width)}  {value}" for label, value in rows]
+    out += [f"  {line}" for line in table(("fact", "value"), rows).splitlines()]
     out += [f"  note: {note}" for note in facts.notes]
     return "\n".join(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``gpuattr vllm-log FILE [--json]``: the memory facts of a vLLM log; exit 2 naming the file on error."""
-    parser = argparse.ArgumentParser(
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors, from a flag or a GPUATTR_* variable, as one line (``main`` prints it and exits 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(
         prog="gpuattr vllm-log",
-        description="What a vLLM server's start-up log says about its GPU memory (sizes in GiB = 2^30 B).",
+        description="What a vLLM server's start-up log says about its GPU memory (sizes in GiB = 2^30 B). Every "
+        "flag is also an environment variable GPUATTR_<FLAG>.",
     )
     parser.add_argument("file", metavar="FILE", help="the vLLM server log; - reads standard input")
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=os.environ.get("GPUATTR_JSON", "").lower() in {"1", "true", "yes", "on"},
-        help="print JSON instead of a table (absent figures are null) [env GPUATTR_JSON]",
-    )
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table (absent figures are null)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpuattr vllm-log FILE [--json]``: the memory facts of a vLLM log; exit 2 naming the file on error."""
+    parser = _build_parser()
     try:
+        args = envflags.parse_args(parser, argv)
         facts = parse_file(args.file)
-    except VllmLogError as exc:
-        print(f"gpuattr vllm-log: error: {exc}", file=sys.stderr)
+    except (_UsageError, VllmLogError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"source": args.file, **facts.to_json()}, indent=2))

@@ -5,22 +5,20 @@ that one value (None) and is counted; a GPU that falls off the bus is marked dow
 still read; a missing driver leaves ``nvml_up`` false and initialisation is retried on each sample.
 
 Each GPU is read on a thread of its own, and the node-level calls on another, under one deadline per
-sample (``call_timeout_s``). A call that does not return in time is not waited for again: that GPU is
-reported down with the call that hangs named (``GpuReading.hung_call``), the other GPUs are read as usual,
-and the GPU is read again once the call returns. A C call cannot be interrupted, so the thread stays parked
-in it; nothing more is sent to that thread until it comes back.
+sample (``call_timeout_s``), through ``exporter.nvml.workers``. A call that does not return in time is not
+waited for again: that GPU is reported down with the call that hangs named (``GpuReading.hung_call``), the
+other GPUs are read as usual, and the GPU is read again once the call returns. A C call cannot be
+interrupted, so the thread stays parked in it; nothing more is sent to that thread until it comes back.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -28,6 +26,7 @@ from typing import Any, TypeVar
 import pynvml
 
 from exporter.nvml.health import CallHealth, error_code_name
+from exporter.nvml.workers import CallHungError, Workers
 from exporter.readings import GpmReading, GpuReading, MigReading, NodeReading, ProcessReading
 
 log = logging.getLogger("gpuattr.nvml")
@@ -57,63 +56,6 @@ class NvmlDownError(Exception):
     """NVML answered Uninitialized/DriverNotLoaded mid-run; re-initialise on the next sample."""
 
 
-class _Worker:
-    """One daemon thread that runs the NVML work of one GPU (or of the node), a job at a time.
-
-    ``current_call`` names the NVML function the thread is inside, so a call that hangs can be named.
-    """
-
-    def __init__(self, name: str, local: threading.local, on_cpu: Callable[[float], None]) -> None:
-        self.name = name
-        self._on_cpu = on_cpu
-        self.current_call = ""
-        self.pending: Future[Any] | None = None
-        self.hung_reported = False
-        self._local = local
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    @property
-    def busy(self) -> bool:
-        """A job was handed over and has not finished (it may be stuck in a C call)."""
-        return self.pending is not None and not self.pending.done()
-
-    @property
-    def stuck_in(self) -> str | None:
-        """The NVML function a busy worker is inside; None when it is idle."""
-        return (self.current_call or "unknown") if self.busy else None
-
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-        self.pending = future
-        self._jobs.put((fn, future))
-        return future
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-    def _run(self) -> None:
-        self._local.worker = self
-        while (job := self._jobs.get()) is not None:
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            cpu0 = time.thread_time()
-            try:
-                result = fn()
-            except BaseException as exc:  # handed to the sampler thread, which decides
-                self._finish(cpu0)
-                future.set_exception(exc)
-            else:
-                self._finish(cpu0)
-                future.set_result(result)
-
-    def _finish(self, cpu0: float) -> None:
-        self.current_call = ""
-        self._on_cpu(time.thread_time() - cpu0)
-
-
 @dataclass
 class _GpmState:
     sample: Any = None  # c_nvmlGpmSample_t of the previous sample
@@ -132,7 +74,6 @@ class _Device:
     process_call: str | None = None  # which running-processes call this driver answers
     gpm: dict[int | None, _GpmState] = field(default_factory=dict)  # by GPU-instance id (None = device)
     was_lost: bool = False
-    worker: _Worker | None = None
 
 
 def _text(value: object) -> str:
@@ -163,11 +104,14 @@ class NvmlReader:
         self.clamped_total = 0
         self._devices: list[_Device] = []
         self._init_logged: str | None = None
-        self._local = threading.local()
-        self._node_worker: _Worker | None = None
+        self.workers: Workers[int | None] = Workers(_thread_name)
+        """The thread of each GPU (by index) and of the node (None) that the NVML calls run on."""
         self._count_lock = threading.Lock()
-        self.worker_cpu_seconds_total = 0.0
+
+    @property
+    def worker_cpu_seconds_total(self) -> float:
         """CPU time the NVML worker threads spent; the sampler adds it to its own."""
+        return self.workers.cpu_seconds_total
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def ensure_initialized(self) -> bool:
@@ -192,18 +136,16 @@ class NvmlReader:
         return True
 
     def shutdown(self) -> None:
-        parked = [dev.uuid for dev in self._devices if dev.worker is not None and dev.worker.busy]
+        stuck = set(self.workers.shutdown())  # the threads end; a parked one once its call returns
+        parked = [dev.uuid for dev in self._devices if dev.index in stuck]
         for dev in self._devices:
-            if dev.worker is not None and dev.worker.busy:
+            if dev.index in stuck:
                 continue  # its thread is inside a call that hangs: leave its state alone
             try:
                 self._free_gpm(dev)
             except NvmlDownError:  # the library is already gone: nothing left to free
                 dev.gpm.clear()
-            if dev.worker is not None:
-                dev.worker.stop()
-        node = self._node_worker
-        if node is not None and node.busy:
+        if None in stuck:
             parked.append("node")
         if self.initialized and not parked:
             try:
@@ -212,9 +154,6 @@ class NvmlReader:
                 log.debug("nvmlShutdown: %s", exc)
         elif parked:
             log.warning("leaving NVML initialised: a call on %s has not returned", ", ".join(parked))
-        if node is not None:
-            node.stop()
-            self._node_worker = None
         self.initialized = False
         self._devices = []
 
@@ -271,38 +210,32 @@ class NvmlReader:
         """One sample of the whole node, never waiting on NVML longer than ``call_timeout_s``."""
         now = self.wall_clock()
         deadline = time.monotonic() + self.call_timeout_s
-        node = self._worker_for(None)
         if not self.initialized:
-            if node.busy:  # nvmlInit from an earlier sample has not returned
-                self._hung(node, "node", None)
-                return self._down(now)
-            self._came_back(node, "node")
-            started = node.submit(self.ensure_initialized)
-            try:
-                if not started.result(timeout=max(0.0, deadline - time.monotonic())):
+            self._came_back(None, "node")
+            try:  # refused while nvmlInit from an earlier sample has not returned
+                started = self.workers.submit(None, self.ensure_initialized)
+                if not self.workers.wait(None, started, deadline):
                     return self._down(now)
-            except FuturesTimeout:
-                self._hung(node, "node", None)
+            except CallHungError as hung:
+                self._hung(hung, "node", None)
                 return self._down(now)
 
         futures: dict[int, Future[GpuReading]] = {}
         readings: dict[int, GpuReading] = {}
         for dev in self._devices:
-            worker = self._worker_for(dev)
-            if worker.busy:  # still inside the call that hung at an earlier sample
-                readings[dev.index] = self._hung_reading(dev, worker)
-                continue
-            self._came_back(worker, dev.uuid)
-            futures[dev.index] = worker.submit(partial(self._read_device, dev))
+            self._came_back(dev.index, dev.uuid)
+            try:
+                futures[dev.index] = self.workers.submit(dev.index, partial(self._read_device, dev))
+            except CallHungError as hung:  # still inside the call that hung at an earlier sample
+                readings[dev.index] = self._hung_reading(dev, hung)
         driver_gone = False
         for dev in self._devices:
             if (future := futures.get(dev.index)) is None:
                 continue
             try:
-                readings[dev.index] = future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FuturesTimeout:
-                assert dev.worker is not None
-                readings[dev.index] = self._hung_reading(dev, dev.worker)
+                readings[dev.index] = self.workers.wait(dev.index, future, deadline)
+            except CallHungError as hung:
+                readings[dev.index] = self._hung_reading(dev, hung)
             except NvmlDownError:
                 driver_gone = True
         if driver_gone:
@@ -310,8 +243,7 @@ class NvmlReader:
             self.initialized = False
             for dev in self._devices:
                 dev.gpm.clear()
-                if dev.worker is not None:
-                    dev.worker.stop()  # a parked thread ends once its call returns
+                self.workers.forget(dev.index)  # a parked thread ends once its call returns
             self._devices = []
             return self._down(now)
         gpus = tuple(readings[dev.index] for dev in self._devices)
@@ -322,7 +254,7 @@ class NvmlReader:
             gpus,
             self.health.snapshot(),
             self.clamped_total,
-            hung_call=node.stuck_in,
+            hung_call=self.workers.hung_call(None),
         )
 
     def _down(self, now: float) -> NodeReading:
@@ -332,38 +264,18 @@ class NvmlReader:
             now,
             errors=self.health.snapshot(),
             clamped_total=self.clamped_total,
-            hung_call=self._worker_for(None).stuck_in,
+            hung_call=self.workers.hung_call(None),
         )
 
     # -- calls that hang -----------------------------------------------------------------------------------
-    def _worker_for(self, dev: _Device | None) -> _Worker:
-        if dev is None:
-            if self._node_worker is None:
-                self._node_worker = _Worker("nvml-node", self._local, self._add_cpu)
-            return self._node_worker
-        if dev.worker is None:
-            dev.worker = _Worker(f"nvml-gpu{dev.index}", self._local, self._add_cpu)
-        return dev.worker
-
-    def _workers(self) -> list[_Worker]:
-        """Every live worker thread (tests wait on these)."""
-        found = [dev.worker for dev in self._devices if dev.worker is not None]
-        return found + ([self._node_worker] if self._node_worker is not None else [])
-
-    def _add_cpu(self, seconds: float) -> None:
-        with self._count_lock:
-            self.worker_cpu_seconds_total += seconds
-
     def _entering(self, call: str) -> None:
         """Note which NVML function this worker thread is about to be inside."""
-        worker: _Worker | None = getattr(self._local, "worker", None)
-        if worker is not None:
-            worker.current_call = call
+        self.workers.entering(call)
 
-    def _hung(self, worker: _Worker, scope: str, dev: _Device | None) -> str:
-        call = worker.stuck_in or "unknown"
-        if not worker.hung_reported:
-            worker.hung_reported = True
+    def _hung(self, hung: CallHungError, scope: str, dev: _Device | None) -> str:
+        """Count and log a hang the first time it is noticed; the call that hangs."""
+        call = hung.call
+        if hung.first:
             self.health.timed_out(call, scope)
             where = f"GPU {dev.index} ({dev.uuid})" if dev is not None else "the node"
             log.error(
@@ -375,13 +287,12 @@ class NvmlReader:
             )
         return call
 
-    def _came_back(self, worker: _Worker, scope: str) -> None:
-        if worker.hung_reported:
-            worker.hung_reported = False
+    def _came_back(self, key: int | None, scope: str) -> None:
+        if self.workers.reclaim(key):
             log.info("the NVML call that hung on %s has returned; reading it again", scope)
 
-    def _hung_reading(self, dev: _Device, worker: _Worker) -> GpuReading:
-        call = self._hung(worker, dev.uuid, dev)
+    def _hung_reading(self, dev: _Device, hung: CallHungError) -> GpuReading:
+        call = self._hung(hung, dev.uuid, dev)
         return GpuReading(dev.index, dev.uuid, dev.name, up=False, hung_call=call)
 
     def _read_device(self, dev: _Device) -> GpuReading:
@@ -681,9 +592,6 @@ class NvmlReader:
 
     def process_name(self, pid: int) -> str | None:
         """The command name NVML knows for a PID; None when the process is gone or NVML does not answer."""
-        node = self._worker_for(None)
-        if node.busy:
-            return None
 
         def ask() -> str | None:
             self._entering("nvmlSystemGetProcessName")
@@ -693,10 +601,18 @@ class NvmlReader:
                 return None
 
         try:
-            return node.submit(ask).result(timeout=self.call_timeout_s)
-        except FuturesTimeout:
-            self._hung(node, "node", None)
+            asked = self.workers.submit(None, ask)
+        except CallHungError:  # a node-level call has not returned
             return None
+        try:
+            return self.workers.wait(None, asked, time.monotonic() + self.call_timeout_s)
+        except CallHungError as hung:
+            self._hung(hung, "node", None)
+            return None
+
+
+def _thread_name(key: int | None) -> str:
+    return "nvml-node" if key is None else f"nvml-gpu{key}"
 
 
 def _compute_processes_v1(handle: Any) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -14,6 +15,7 @@ import yaml
 
 from alerts.config import AlertConfig, AlertConfigError, load_config
 from alerts.rules import RULE_FILE, render, stale, write
+from common import catalog as c
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ALERTS_DIR = ROOT / "alerts"
@@ -134,6 +136,22 @@ def test_firing_expectations_check_severity_and_every_annotation() -> None:
 
 def test_the_generated_files_are_current() -> None:
     assert stale(ALERTS_DIR, AlertConfig()) == []
+
+
+def _external_names() -> set[str]:
+    values = [v for k, v in vars(c.External).items() if k.isupper()]
+    return {n for v in values for n in ((v,) if isinstance(v, str) else v)} - {c.External.PROMETHEUS_UP}
+
+
+def test_the_rule_builders_type_no_metric_name_and_take_each_from_the_catalog() -> None:
+    """Every metric name (ours, vLLM's, and vLLM's with ":" made "_" inside a recording-rule name) comes from
+    ``common.catalog``, so renaming a metric there renames it in the rules."""
+    names = {m.name for m in c.all_metrics()} | _external_names()
+    names |= {n.replace(":", "_") for n in names}
+    assert "gpuattr_container_gpu_memory_bytes" in names and "vllm_inter_token_latency_seconds" in names
+    source = (ALERTS_DIR / "rules.py").read_text(encoding="utf-8")
+    typed = {n for n in names if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", source)}
+    assert not typed, f"alerts/rules.py types {sorted(typed)}: take them from common.catalog"
 
 
 def test_a_yaml_override_changes_the_generated_window_and_threshold(tmp_path: Path) -> None:

@@ -12,10 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attribution.vllm_log import LINE_CAP, VllmLogError, VllmLogFacts, main, parse_file, parse_log
+from common.units import GiB, MiB
 from tests.conftest import VLLM_FIXTURES
 
-GiB = 2**30
-MiB = 2**20
 LOGS = Path(__file__).resolve().parent / "fixtures" / "logs"
 REAL = VLLM_FIXTURES
 
@@ -444,6 +443,27 @@ def test_the_command_exits_2_naming_the_file(tmp_path: Path, capsys: pytest.Capt
     assert str(empty) in capsys.readouterr().err
     assert main([str(tmp_path / "absent.log")]) == 2
     assert "absent.log" in capsys.readouterr().err
+
+
+def test_the_json_flag_can_come_from_gpuattr_json(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPUATTR_JSON", "true")
+    assert main([str(LOGS / "v0.4-gpu-blocks.log")]) == 0
+    assert json.loads(capsys.readouterr().out)["num_gpu_blocks"] == 7406
+    monkeypatch.setenv("GPUATTR_JSON", "false")
+    assert main([str(LOGS / "v0.4-gpu-blocks.log")]) == 0
+    assert capsys.readouterr().out.startswith("vLLM memory facts from ")
+
+
+def test_a_bad_environment_value_is_one_line_naming_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPUATTR_JSON", "maybe")
+    assert main([str(LOGS / "v0.4-gpu-blocks.log")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == ["gpuattr vllm-log: error: GPUATTR_JSON: expected true or false, got 'maybe'"]
 
 
 # --- size -----------------------------------------------------------------------------------------------

@@ -512,7 +512,7 @@ def test_an_alert_configuration_bomb_is_refused_with_a_short_message_naming_the_
 
 
 # --- d. model files the attribution side reads ---------------------------------------------------------------
-# kv_sizing over arbitrary configs is fuzzed in tests/attribution/test_model_memory.py; what was missing is the
+# kv_sizing over arbitrary configs is fuzzed in tests/attribution/model_memory/test_kv.py; what was missing is the
 # file itself, integers past the float range, the weight estimate, and the safetensors headers and index a model
 # directory holds.
 
@@ -581,7 +581,7 @@ NOISY_MODEL = st.builds(
                  "num_attention_heads": 8, "num_key_value_heads": 1})  # fmt: skip  # was an OverflowError
 @example(config={"head_dim": 10**400, "num_hidden_layers": 1, "num_attention_heads": 8})  # a 400-digit KV size
 def test_the_kv_and_weight_sizing_of_any_config_are_positive_sizes_or_value_errors(config: dict[str, Any]) -> None:
-    # kv_sizing is fuzzed in tests/attribution/test_model_memory.py, but not with integers past the float range.
+    # kv_sizing is fuzzed in tests/attribution/model_memory/test_kv.py, but not with integers past the float range.
     sizing, refused = _attempt(lambda: weight_sizing(config), ValueError, "weights")  # UnsupportedModel is one
     assert refused != "", "a refusal says why"
     assert refused is not None or (isinstance(sizing, WeightSizing) and sizing.weight_bytes > 0)

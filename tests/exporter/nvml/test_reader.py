@@ -269,7 +269,7 @@ def _timed_read(sim: Sim) -> tuple[NodeReading, float]:
 def _wait_idle(sim: Sim) -> None:
     """Until the thread parked in the hung call has come back (the fake polls the clock every 10 ms)."""
     deadline = time.monotonic() + 5
-    while any(w.busy for w in sim.reader._workers()) and time.monotonic() < deadline:
+    while sim.reader.workers.hung() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
