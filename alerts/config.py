@@ -35,12 +35,20 @@ class AlertConfig:
     """Prometheus job label of the exporter's targets (for the target-down alert)."""
 
     idle_sm_threshold: float = 0.01
-    """SM activity (0..1) at or below which a container counts as idle."""
+    """Kernel time (0..1) at or below which a container counts as idle (SM activity on a shared MIG instance)."""
     idle_window: str = "2h"
     """How long a container must stay idle while holding a GPU before the alert fires."""
     idle_memory_bytes: int = 1 * 2**30
     """GPU memory a container must hold to count as holding a GPU when nothing was allocated to it."""
     idle_severity: str = "warning"
+
+    busy_kernel_threshold: float = 0.15
+    """Kernel time (0..1) above which a container counts as keeping its GPU busy."""
+    busy_sm_per_kernel_threshold: float = 0.1
+    """SM activity per unit of kernel time below which that busy time does little (1 would be every SM busy
+    whenever a kernel runs; a launch-bound loop of tiny kernels measured 0.0013 on a real H200)."""
+    busy_but_idle_for: str = "30m"
+    busy_but_idle_severity: str = "info"
 
     kv_used_ratio_threshold: float = 0.25
     """Peak KV cache in use as a share of what vLLM reserved, below which the reservation is bloated."""

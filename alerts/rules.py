@@ -31,10 +31,14 @@ OPERATOR_FILE = "prometheusrule.yaml"
 MEM_POD = f"namespace_pod:{c.CONTAINER_MEMORY.name}:sum"
 MEM_NAMESPACE = f"namespace:{c.CONTAINER_MEMORY.name}:sum"
 MEM_MODEL = f"model:{c.CONTAINER_MEMORY.name}:sum"
-SM_POD = f"namespace_pod:{c.CONTAINER_SM_ACTIVE.name}:sum"
-SM_NAMESPACE = f"namespace:{c.CONTAINER_SM_ACTIVE.name}:sum"
-SM_MODEL = f"model:{c.CONTAINER_SM_ACTIVE.name}:sum"
-SM_TEAM = f"team:{c.CONTAINER_SM_ACTIVE.name}:sum"
+# "GPUs' worth used" is kernel time (the one measure every GPU gives, MPS and MIG included); the SM-activity
+# rules below say how much of the SMs that time used.
+SM_POD = f"namespace_pod:{c.CONTAINER_KERNEL_ACTIVE.name}:sum"
+SM_NAMESPACE = f"namespace:{c.CONTAINER_KERNEL_ACTIVE.name}:sum"
+SM_MODEL = f"model:{c.CONTAINER_KERNEL_ACTIVE.name}:sum"
+SM_TEAM = f"team:{c.CONTAINER_KERNEL_ACTIVE.name}:sum"
+SMS_POD = f"namespace_pod:{c.CONTAINER_SM_ACTIVE.name}:sum"
+SM_PER_KERNEL = "namespace_pod_container_gpu:gpuattr_container_gpu_sm_per_kernel_time:ratio"
 ALLOC_POD = f"namespace_pod:{c.CONTAINER_ALLOCATED.name}:sum"
 ALLOC_NAMESPACE = f"namespace:{c.CONTAINER_ALLOCATED.name}:sum"
 ALLOC_TEAM = f"team:{c.CONTAINER_ALLOCATED.name}:sum"
@@ -45,11 +49,17 @@ VLLM_KV_USED = "namespace_pod:gpuattr_vllm_kv_used:ratio"
 ITL_P95 = f"namespace_pod:{c.External.VLLM_INTER_TOKEN_LATENCY[0].replace(':', '_')}:p95_5m"
 
 CONTAINER_KEYS = "namespace, pod, container, gpu, gpu_uuid, mig_instance"
-# Per-container SM time that means "GPUs' worth used": NVML's per-process time on whole GPUs, GPM on MIG
-# instances (never both for one container). DCGM-split values are a different measure and stay out.
-SM_USED = f'{c.CONTAINER_SM_ACTIVE.name}{{pod!="", source=~"nvml|gpm"}}'
+# Per-container time that means "GPUs' worth used": kernel time on whole GPUs (NVML per-process, or the MPS
+# server's for its only client), the instance's GPM SM activity for the only container of a MIG instance
+# (never both for one container). DCGM-split values are a different measure and stay out.
+SM_USED = (
+    f'({c.CONTAINER_KERNEL_ACTIVE.name}{{pod!="", source=~"nvml|mps"}} '
+    f'or {c.CONTAINER_SM_ACTIVE.name}{{pod!="", mig_instance!="", source="gpm"}})'
+)
 # Neighbours share a GPU only outside MIG: MIG instances are isolated, though they share the parent's UUID.
-SM_USED_WHOLE_GPU = f'{c.CONTAINER_SM_ACTIVE.name}{{pod!="", mig_instance="", source=~"nvml|gpm"}}'
+SM_USED_WHOLE_GPU = f'{c.CONTAINER_KERNEL_ACTIVE.name}{{pod!="", mig_instance="", source=~"nvml|mps"}}'
+# Any measured activity of a container: kernel time, or SM activity (the only one on a shared MIG instance).
+ACTIVITY = f'{{__name__=~"{c.CONTAINER_KERNEL_ACTIVE.name}|{c.CONTAINER_SM_ACTIVE.name}"}}'
 K = "namespace, pod, container, gpu_uuid, mig_instance"
 
 
@@ -115,6 +125,7 @@ def recording_rules(config: AlertConfig) -> list[dict[str, str]]:
     info = c.POD_INFO.name
     alloc = c.CONTAINER_ALLOCATED.name
     itl = " or ".join(f"rate({name}_bucket[5m])" for name in c.External.VLLM_INTER_TOKEN_LATENCY)
+    sms_by_container = f'sum by (namespace, pod, source) ({c.CONTAINER_SM_ACTIVE.name}{{pod!=""}})'
     return [
         {"record": MEM_POD, "expr": f"sum by (namespace, pod) ({mem})"},
         {"record": MEM_NAMESPACE, "expr": f"sum by (namespace) ({mem})"},
@@ -123,6 +134,19 @@ def recording_rules(config: AlertConfig) -> list[dict[str, str]]:
         {"record": SM_NAMESPACE, "expr": f"sum by (namespace) ({SM_USED})"},
         {"record": SM_MODEL, "expr": f"sum by (model) ({SM_USED} * on (namespace, pod) group_left (model) {info})"},
         {"record": SM_TEAM, "expr": f"sum by (team) ({SM_USED} * on (namespace, pod) group_left (team) {info})"},
+        {"record": SMS_POD, "expr": f"max by (namespace, pod, source) ({sms_by_container})"},
+        {
+            # How much of the SMs a container's kernel time used: near 0 for tiny kernels, launch-bound loops
+            # and polling; near the device's SM activity per unit of kernel time for real work.
+            "record": SM_PER_KERNEL,
+            "expr": _tidy(
+                f"""
+                max by ({CONTAINER_KEYS}) ({c.CONTAINER_SM_ACTIVE.name}{{pod!="", mig_instance=""}})
+                /
+                (max by ({CONTAINER_KEYS}) ({c.CONTAINER_KERNEL_ACTIVE.name}{{pod!="", mig_instance=""}}) > 0)
+                """
+            ),
+        },
         {"record": ALLOC_POD, "expr": f"sum by (namespace, pod) ({alloc})"},
         {"record": ALLOC_NAMESPACE, "expr": f"sum by (namespace) ({alloc})"},
         {"record": ALLOC_TEAM, "expr": f"sum by (team) ({alloc} * on (namespace, pod) group_left (team) {info})"},
@@ -185,22 +209,38 @@ def alerts(config: AlertConfig) -> list[Alert]:
 
 def waste_alerts(config: AlertConfig) -> list[Alert]:
     """A container that holds a GPU (memory or an allocation) and does not use it."""
-    # Idle: held, no activity above the threshold, and activity known. A container that holds memory but
-    # has no activity series (several in one MIG instance, or no GPM/DCGM on it) cannot be judged idle.
+    # Idle: held, no activity above the threshold, and activity known. A container whose activity the driver
+    # does not measure (several MPS clients, several containers in one MIG instance) is unknown, not idle:
+    # it holds memory but has no activity series, or it is marked activity_unknown.
     unknown = f"""
         max by ({K}) ({c.CONTAINER_MEMORY.name}{{pod!=""}})
-        unless on ({K}) max by ({K}) (max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m]))
+        unless on ({K}) max by ({K}) (max_over_time({ACTIVITY}[10m]))
+        or max by ({K}) (max_over_time({c.CONTAINER_ACTIVITY_UNKNOWN.name}[10m]))
     """
     idle_core = f"""
         {HELD}
         unless on ({K})
-          (max by ({K}) (max_over_time({c.CONTAINER_SM_ACTIVE.name}[10m])) > {config.idle_sm_threshold})
+          (max by ({K}) (max_over_time({ACTIVITY}[10m])) > {config.idle_sm_threshold})
         unless on ({K})
           (
         {textwrap.indent(_tidy(unknown), "    ")}
           )
     """
-    v = {"gpu_place": _GPU_PLACE, "idle_threshold": pct(config.idle_sm_threshold), "idle_window": config.idle_window}
+    # Busy but doing little: kernel time above a threshold while the SM activity measured for the container
+    # (GPM or DCGM) is a small fraction of it. Only where SM activity is measured: never from kernel time alone.
+    busy_kernel = f'{c.CONTAINER_KERNEL_ACTIVE.name}{{pod!="", mig_instance=""}}'
+    busy_core = f"""
+        {SM_PER_KERNEL} < {config.busy_sm_per_kernel_threshold}
+        and on ({CONTAINER_KEYS})
+          max by ({CONTAINER_KEYS}) ({busy_kernel}) > {config.busy_kernel_threshold}
+    """
+    v = {
+        "gpu_place": _GPU_PLACE,
+        "idle_threshold": pct(config.idle_sm_threshold),
+        "idle_window": config.idle_window,
+        "busy_threshold": pct(config.busy_kernel_threshold),
+        "busy_for": config.busy_but_idle_for,
+    }
     return [
         Alert(
             "GpuAllocatedButIdle",
@@ -212,7 +252,24 @@ def waste_alerts(config: AlertConfig) -> list[Alert]:
                 """
                 {{ $labels.namespace }}/{{ $labels.pod }} (container {{ $labels.container }}{{ if $labels.model }},
                 model {{ $labels.model }}{{ end }}) holds <<gpu_place>> with {{ $value | humanize1024 }}B of its
-                memory, and its SM activity has stayed at or below <<idle_threshold>> for <<idle_window>>.
+                memory, and its kernels have run at most <<idle_threshold>> of the time for <<idle_window>>.
+                """,
+                v,
+            ),
+        ),
+        Alert(
+            "GpuBusyButSmsIdle",
+            with_pod_labels(_tidy(busy_core), "model, team", CONTAINER_KEYS),
+            config.busy_but_idle_for,
+            config.busy_but_idle_severity,
+            "A container's kernels keep the GPU busy while its SMs do almost nothing.",
+            _fill(
+                """
+                {{ $labels.namespace }}/{{ $labels.pod }} (container {{ $labels.container }}{{ if $labels.model }},
+                model {{ $labels.model }}{{ end }}) has had a kernel running on <<gpu_place>> more than
+                <<busy_threshold>> of the time for <<busy_for>>, yet its SMs were active only
+                {{ $value | humanizePercentage }} as much as that time: tiny kernels, a launch-bound loop or polling.
+                nvidia-smi shows this GPU as busy; it is mostly waiting.
                 """,
                 v,
             ),
@@ -258,7 +315,7 @@ def saturation_alerts(config: AlertConfig) -> list[Alert]:
         '{{ range printf "max by (namespace, pod) (<<sm>>{gpu_uuid=%q, pod!=\\"\\"})'
         ' > <<threshold>>" .Labels.gpu_uuid | query | sortByLabel "pod" }}{{ .Labels.namespace }}/{{ .Labels.pod }} '
         "{{ end }}",
-        {"sm": c.CONTAINER_SM_ACTIVE.name, "threshold": config.active_pod_threshold},
+        {"sm": c.CONTAINER_KERNEL_ACTIVE.name, "threshold": config.active_pod_threshold},
     )
     itl_rising_core = f"""
         (
