@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from attribution.job import window_hours
+from attribution.job import window_seconds
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
 from attribution.recommend import Item, pack
 from common import catalog as c
@@ -31,7 +31,7 @@ GiB = 2**30
 
 
 def _seconds(duration: str) -> float:
-    return window_hours(duration) * 3600
+    return window_seconds(duration)
 
 
 @dataclass
@@ -268,7 +268,7 @@ def run(
     headroom: float,
     prices: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    hours = window_hours(window)
+    hours = window_seconds(window) / 3600
     inputs = gather(client, window, at, resolution, idle)
     inputs.per_pod = priced(inputs.per_pod, prices or {}, price)
     inputs.previous = priced(inputs.previous, prices or {}, price)
@@ -452,8 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import time
 
     try:
-        window_hours(args.window)
-        window_hours(args.resolution)
+        window_seconds(args.window)
+        window_seconds(args.resolution)
     except ValueError as exc:
         print(f"gpuattr review: {exc}", file=sys.stderr)
         return 2
