@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from common import catalog as c
+from common.exposition import scrape
 from exporter import dcgm as dcgm_module
 from exporter.app import build
 from exporter.dcgm import DcgmSource, parse_aliases, parse_page
@@ -27,7 +28,6 @@ from exporter.readings import DcgmKey
 from exporter.settings import ExporterSettings
 from exporter.snapshot import CommandNameResolver, attribute
 from simulator.dcgm_exporter import SimDcgmExporter
-from simulator.demo import scrape
 from tests.conftest import SCENARIOS, Sim
 from tests.peers import free_port
 
