@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import re
 import socket
 import ssl
 import time
@@ -90,13 +91,13 @@ def _left(deadline: float) -> float:
     return left
 
 
+# scheme://user:password@ -- the user ends at the first ":", the password at the last "@" before the path
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#:]*):[^/?#]*@")
+
+
 def redact(url: str) -> str:
-    """The URL as errors show it: never with a password."""
-    parts = urllib.parse.urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+    """The URL as errors show it: never with a password (even in a URL too broken to parse)."""
+    return _PASSWORD.sub(r"\1:***@", url, count=1)
 
 
 def _target(url: str, shown: str) -> tuple[str, int, str, dict[str, str]]:

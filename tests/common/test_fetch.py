@@ -85,11 +85,26 @@ def test_a_refused_port_is_unreachable() -> None:
         ("file:///etc/passwd", "not an http(s) URL"),
         ("http://127.0.0.1:99999/", "not a valid URL"),
         ("http://127.0.0.1:1/a path", "not a valid URL"),
+        ("http://[::1/metrics", "not a valid URL"),
     ],
 )
 def test_a_bad_url_is_named(url: str, detail: str) -> None:
     error, _ = _fails(url, "bad_url", timeout_s=1)
     assert detail in error.detail
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:p@h:1/x", "http://u:***@h:1/x"),
+        ("https://u%40x:p@ss@h/x?y=z@w", "https://u%40x:***@h/x?y=z@w"),  # the last @ before the path ends it
+        ("http://u@h/x", "http://u@h/x"),  # no password, nothing to hide
+        ("http://h/x?user=a:b@c", "http://h/x?user=a:b@c"),  # not the authority
+        ("http://u:p@[::1/x", "http://u:***@[::1/x"),  # even where urlsplit gives up
+    ],
+)
+def test_redact_hides_the_password_and_nothing_else(url: str, shown: str) -> None:
+    assert redact(url) == shown
 
 
 def test_basic_auth_from_the_url_reaches_the_server_and_the_password_no_message(peer: SlowPeer) -> None:
