@@ -13,11 +13,15 @@ from common import catalog as c
 
 
 def from_endpoints(specs: Sequence[str], exporter_url: str, *, timeout_s: float = 10.0) -> Collected:
+    from prometheus_client.parser import text_string_to_metric_families
+
     from attribution.vllm_metrics import VllmMetricsError, fetch, parse_metrics
-    from simulator.demo import scrape
 
     problems: list[str] = ["one-shot mode: KV usage is a single reading (p50 = p95 = max)"]
-    exporter = scrape(exporter_url, timeout_s=timeout_s)
+    exporter: dict[str, list[tuple[dict[str, str], float]]] = {}  # the node exporter's page: name → samples
+    for fam in text_string_to_metric_families(fetch(exporter_url, timeout_s=timeout_s)):
+        for sample in fam.samples:
+            exporter.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
     memory: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for labels, value in exporter.get(c.CONTAINER_MEMORY.name, []):
         gpu = labels.get("gpu_uuid", "") + (f"/{labels['mig_instance']}" if labels.get("mig_instance") else "")
