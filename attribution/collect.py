@@ -3,14 +3,17 @@ window), from vLLM's start-up logs, and from model configs. What is missing is n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
 from attribution.split import ServerGpu
@@ -143,9 +146,13 @@ def progress(items: list[T], what: str, every: int = 50) -> Iterator[T]:
         yield item
 
 
-def kubernetes_logs(api_host: str | None = None, *, limit_bytes: int = 4 * 2**20) -> Callable[[str, str], str | None]:
+def kubernetes_logs(
+    api_host: str | None = None, *, limit_bytes: int = 4 * 2**20, timeout_s: float = 30.0
+) -> Callable[[str, str], str | None]:
     """Start-up logs from the Kubernetes API (pod logs), for ``add_logs(read=...)``. The first part of the log
-    is what matters (vLLM prints its memory lines at start-up); ``limit_bytes`` bounds what is read."""
+    is what matters (vLLM prints its memory lines at start-up): ``limit_bytes`` bounds what is read (asked of
+    the API server, and kept to should it send more). ``timeout_s`` bounds each pod's request as a whole,
+    however slowly the server sends. A log not read in full is named in a warning and read as None."""
     from kubernetes import client
 
     from exporter.resolve.kube import make_api_client
@@ -153,13 +160,66 @@ def kubernetes_logs(api_host: str | None = None, *, limit_bytes: int = 4 * 2**20
     core = client.CoreV1Api(make_api_client(api_host))
 
     def read(namespace: str, pod: str) -> str | None:
-        try:
-            return str(core.read_namespaced_pod_log(pod, namespace, limit_bytes=limit_bytes, _request_timeout=30))
-        except Exception as exc:  # the client raises ApiException, urllib3 and socket errors alike
-            log.warning("cannot read the log of %s/%s from the Kubernetes API: %s", namespace, pod, exc)
-            return None
+        deadline = time.monotonic() + timeout_s
+        outcome: list[bytes | Exception] = []
+
+        def request() -> None:
+            try:
+                response = core.read_namespaced_pod_log(
+                    pod, namespace, limit_bytes=limit_bytes, _preload_content=False, _request_timeout=timeout_s
+                )
+                outcome.append(_read_until(response, deadline, limit_bytes))
+            except Exception as exc:  # the client raises ApiException, urllib3 and socket errors alike
+                outcome.append(exc)
+
+        # In a thread, so that a server trickling even the answer's head cannot hold the job past the
+        # deadline (urllib3's time-out is per read); the thread ends by itself at urllib3's time-out then.
+        worker = threading.Thread(target=request, name=f"pod log {namespace}/{pod}", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()) + 0.25)  # a body cut at the deadline ends just after
+        got = outcome[0] if outcome else None
+        if isinstance(got, bytes):
+            return got.decode("utf-8", errors="replace")
+        status = getattr(got, "status", None)  # an ApiException's; 0 when there was no answer
+        if got is None or time.monotonic() >= deadline:
+            why = f"no complete answer within {timeout_s:g} s"
+        elif isinstance(status, int) and status > 0:
+            why = f"HTTP {status} {getattr(got, 'reason', None) or ''}".rstrip()
+        else:
+            why = str(got) or type(got).__name__
+        log.warning("cannot read the log of pod %s/%s from the Kubernetes API: %s", namespace, pod, why)
+        return None
 
     return read
+
+
+def _read_until(response: Any, deadline: float, limit: int) -> bytes:
+    """At most ``limit`` bytes of a urllib3 response, read before ``deadline``: a timer shuts the socket
+    down then, which ends a read however slowly the server sends."""
+
+    def cut() -> None:
+        with contextlib.suppress(Exception):  # already released, or no socket to shut down
+            response.shutdown()
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = response.read1(min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if time.monotonic() >= deadline:  # what the shut-down socket gave may be cut short
+            raise TimeoutError("deadline passed")
+        return b"".join(chunks)
+    finally:
+        timer.cancel()
+        response.close()  # not back to the pool with unread bytes
+        response.release_conn()
 
 
 def _log_file(logs_dir: Path, namespace: str, pod: str) -> Path | None:

@@ -8,30 +8,42 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
-from prometheus_client.metrics_core import Metric as Family
 
 from attribution.collect import Collected, add_logs, add_model_configs, from_prometheus
 from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, Packing, costs, pack, recommend
 from attribution.report import Result, families, terminal, to_json, write_files
 from attribution.split import split
+from common.envflags import ENV_PREFIX, parse_args
+from common.families import Families
+from common.fetch import FetchError, push_handler
+from common.units import parse_duration
 
 log = logging.getLogger("gpuattr.attribution")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+JOB = "gpuattr-attribution"
 
 
-def window_hours(window: str) -> float:
-    """Hours in a Prometheus duration such as ``7d`` or ``1h30m``."""
-    import re
+class Parser(argparse.ArgumentParser):
+    """A parser whose complaint about a ``GPUATTR_*`` variable is one line naming it: the variable is not on
+    the command line, so the usage would not point at it. Other mistakes get argparse's usage as ever."""
 
-    parts = re.findall(r"(\d+)([smhdw])", window)
-    if not parts or "".join(n + u for n, u in parts) != window:
-        raise ValueError(f"--window: expected a Prometheus duration such as 7d or 6h, got {window!r}")
-    return sum(int(n) * _UNITS[u] for n, u in parts) / 3600
+    def error(self, message: str) -> NoReturn:
+        if ENV_PREFIX in message:
+            self.exit(2, f"{self.prog}: {message}\n")
+        super().error(message)
+
+
+def window_seconds(window: str) -> float:
+    """Seconds in the ``--window`` (a Prometheus duration); ValueError naming the flag when it is not one."""
+    seconds = parse_duration(window, "--window")
+    if seconds <= 0:
+        raise ValueError(f"--window: must be longer than zero, got {window!r}")
+    return seconds
 
 
 def plan(frame_split: pd.DataFrame, recommendations: pd.DataFrame) -> Packing | None:
@@ -65,7 +77,7 @@ def run(collected: Collected, *, window: str, headroom: float, price: float) -> 
         frame,
         recs,
         price_per_gpu_hour=price,
-        window_hours=window_hours(window),
+        window_hours=window_seconds(window) / 3600,
         teams=collected.teams,
         tokens=collected.tokens,
     )
@@ -95,16 +107,8 @@ def collect(args: argparse.Namespace) -> Collected:
     return collected
 
 
-class _Collector:
-    def __init__(self) -> None:
-        self.fams: list[Family] = []
-
-    def collect(self) -> Iterator[Family]:
-        return iter(self.fams)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="gpuattr attribute", description="Split each vLLM server's GPU memory and recommend what to give back."
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -135,13 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if args.vllm and not args.exporter_url:
         print("gpuattr attribute: --vllm needs --exporter-url (the node's exporter, for GPU memory)", file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:
-        window_hours(args.window)
+        window_seconds(args.window)
         result = run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
     except ValueError as exc:
         print(f"gpuattr attribute: {exc}", file=sys.stderr)
@@ -157,10 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from prometheus_client import CollectorRegistry, push_to_gateway
 
         registry = CollectorRegistry()
-        collector = _Collector()
-        collector.fams = families(result)
-        registry.register(collector)
-        push_to_gateway(args.pushgateway, job="gpuattr-attribution", registry=registry)
+        registry.register(Families(families(result)))
+        try:
+            push_to_gateway(args.pushgateway, job=JOB, registry=registry, handler=push_handler(args.timeout))
+        except FetchError as exc:
+            print(f"gpuattr attribute: --pushgateway: {exc}", file=sys.stderr)
+            return 1
     if args.serve:
         return _serve(args, result)
     return 0
@@ -172,16 +178,16 @@ def _serve(args: argparse.Namespace, first: Result) -> int:
     from exporter.settings import host_port
 
     registry = CollectorRegistry()
-    collector = _Collector()
-    collector.fams = families(first)
+    collector = Families(families(first))
     registry.register(collector)
     host, port = host_port(args.serve)
     start_http_server(port, host, registry=registry)
     stop = threading.Event()
     while not stop.wait(args.every):
         try:
-            collector.fams = families(
-                run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
+            # replaced only once the whole run has worked: a failed run leaves the last good figures served
+            collector.replace(
+                families(run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour))
             )
         except Exception:
             log.exception("attribution run failed; serving the previous result")

@@ -14,10 +14,14 @@ from common import catalog as c
 
 def from_endpoints(specs: Sequence[str], exporter_url: str, *, timeout_s: float = 10.0) -> Collected:
     from attribution.vllm_metrics import VllmMetricsError, fetch, parse_metrics
-    from simulator.demo import scrape
+    from common.exposition import scrape
+    from common.fetch import FetchError
 
     problems: list[str] = ["one-shot mode: KV usage is a single reading (p50 = p95 = max)"]
-    exporter = scrape(exporter_url, timeout_s=timeout_s)
+    try:
+        exporter = scrape(exporter_url, timeout_s=timeout_s)
+    except FetchError as exc:  # without the exporter there is nothing to attribute: the job reports and stops
+        raise ValueError(f"--exporter-url {exc}") from exc
     memory: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for labels, value in exporter.get(c.CONTAINER_MEMORY.name, []):
         gpu = labels.get("gpu_uuid", "") + (f"/{labels['mig_instance']}" if labels.get("mig_instance") else "")

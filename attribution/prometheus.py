@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+from common.fetch import FetchError, fetch, redact
 
 MAX_RESPONSE_BYTES = 256 * 2**20
 
@@ -43,49 +43,58 @@ class PrometheusClient:
         if at is not None:
             params["time"] = f"{at:.3f}"
         body = self._get("/api/v1/query", params, expr)
+        server = redact(self.url)  # in messages: never a password
         try:
             data: dict[str, Any] = body.get("data") or {}
             kind, result = data.get("resultType"), data.get("result", [])
             if kind == "scalar":
                 return [Sample({}, float(result[1]))]
             if kind != "vector":
-                raise PrometheusError(f"{self.url}: query {expr!r} gave a {kind}, expected an instant vector")
+                raise PrometheusError(f"{server}: query {expr!r} gave a {kind}, expected an instant vector")
             return [
                 Sample({str(k): str(v) for k, v in item.get("metric", {}).items()}, float(item["value"][1]))
                 for item in result
             ]
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise PrometheusError(f"{self.url}: answer to {expr!r} is not a Prometheus result: {exc!r}") from exc
+            raise PrometheusError(f"{server}: answer to {expr!r} is not a Prometheus result: {exc!r}") from exc
 
     def _get(self, path: str, params: dict[str, str], expr: str) -> dict[str, Any]:
+        """The JSON answer to one request; 5xx, time-outs and unreachable servers are retried, 4xx are not.
+
+        ``timeout_s`` bounds each try as a whole (however slowly the server sends), not each socket read.
+        """
         url = self.url.rstrip("/") + path + "?" + urllib.parse.urlencode(params)
-        last: Exception | None = None
+        server = redact(self.url)
+        last: FetchError | None = None
         for attempt in range(self.retries + 1):
             started = time.perf_counter()
             try:
-                with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:  # noqa: S310 - configured URL
-                    raw: bytes = resp.read(MAX_RESPONSE_BYTES + 1)
-            except urllib.error.HTTPError as exc:
-                detail = exc.read(2000).decode(errors="replace")
-                if 400 <= exc.code < 500:  # a bad query does not get better by asking again
-                    raise PrometheusError(f"{self.url}: query {expr!r} refused (HTTP {exc.code}): {detail}") from exc
-                last = exc
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                raw = fetch(url, timeout_s=self.timeout_s, max_bytes=MAX_RESPONSE_BYTES).body
+            except FetchError as exc:
+                if exc.reason == "too_large":
+                    raise PrometheusError(
+                        f"{server}: answer to {expr!r} larger than {MAX_RESPONSE_BYTES} bytes"
+                    ) from exc
+                if exc.reason == "bad_url":
+                    raise PrometheusError(f"{server}: {exc.detail}") from exc
+                if exc.status is not None and 400 <= exc.status < 500:  # a bad query does not improve by asking again
+                    detail = exc.body[:2000].decode(errors="replace")
+                    raise PrometheusError(f"{server}: query {expr!r} refused (HTTP {exc.status}): {detail}") from exc
                 last = exc
             else:
-                if len(raw) > MAX_RESPONSE_BYTES:
-                    raise PrometheusError(f"{self.url}: answer to {expr!r} larger than {MAX_RESPONSE_BYTES} bytes")
                 try:
                     body = json.loads(raw)
                 except json.JSONDecodeError as exc:
-                    raise PrometheusError(f"{self.url}: answer to {expr!r} is not JSON") from exc
-                if body.get("status") != "success":
-                    raise PrometheusError(f"{self.url}: query {expr!r} failed: {body.get('error', body)}")
+                    raise PrometheusError(f"{server}: answer to {expr!r} is not JSON") from exc
+                if not isinstance(body, dict) or body.get("status") != "success":
+                    error = body.get("error", body) if isinstance(body, dict) else body
+                    raise PrometheusError(f"{server}: query {expr!r} failed: {error}")
                 self.warnings += [str(w) for w in body.get("warnings", [])]
                 return dict(body)
             finally:
                 self.waited_s += time.perf_counter() - started
                 self.queries += 1
-            time.sleep(min(2.0, 0.2 * 2**attempt))
-        reason = getattr(last, "reason", last)
-        raise PrometheusError(f"{self.url}: no answer to {expr!r} after {self.retries + 1} tries: {reason}")
+            if attempt < self.retries:
+                time.sleep(min(2.0, 0.2 * 2**attempt))
+        reason = last.detail if last is not None else "no try"
+        raise PrometheusError(f"{server}: no answer to {expr!r} after {self.retries + 1} tries: {reason}")

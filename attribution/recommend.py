@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-GiB = 2**30
+from common.units import GiB
 
 
 def recommend(split: pd.DataFrame, *, headroom: float = 0.2, min_kv_bytes: int = 0) -> pd.DataFrame:

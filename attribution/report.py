@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as Family
 
 from attribution.recommend import Packing
 from common import catalog as c
+from common.families import family
+from common.units import GiB
 
-GiB = 2**30
 COMPONENTS = (
     ("weights", "weights_bytes", "#4c78a8"),
     ("kv_used", "kv_used_max_bytes", "#f58518"),
@@ -160,43 +160,31 @@ def html_report(result: Result) -> str:
 """
 
 
+# The job's advice series and the column of each (the capacity review publishes its own), in catalog order.
+ADVICE = (
+    (c.VLLM_GPU_MEMORY_UTILIZATION, "gpu_memory_utilization"),
+    (c.VLLM_RECOMMENDED_GPU_MEMORY_UTILIZATION, "recommended_gpu_memory_utilization"),
+    (c.VLLM_RECLAIMABLE, "reclaimable_bytes"),
+)
+
+
 def families(result: Result) -> list[Family]:
     """The split as Prometheus series, for the dashboards and alerts."""
-    fam = GaugeMetricFamily(
-        c.VLLM_MEMORY.family, c.VLLM_MEMORY.help, labels=list(c.VLLM_MEMORY.labels), unit=c.VLLM_MEMORY.unit
-    )
+    fam = family(c.VLLM_MEMORY)
     for row in result.split.to_dict("records"):
         for name, column, _ in COMPONENTS:
             value = row[column]
             if value is not None and not pd.isna(value):
                 fam.add_metric([row["namespace"], row["pod"], row["gpu_uuid"], row["model"], name], float(value))
     out: list[Family] = [fam]
-    # the job's advice series (the capacity review publishes its own)
-    extra = {
-        m.name: m
-        for m in c.all_metrics()
-        if m.group is c.Group.ATTRIBUTION and m.name.startswith("gpuattr_vllm_") and m is not c.VLLM_MEMORY
-    }
     merged = result.split.merge(result.recommendations, on=["namespace", "pod", "model", "gpu_uuid"], how="left")
-    for metric in extra.values():
-        f = GaugeMetricFamily(metric.family, metric.help, labels=list(metric.labels), unit=metric.unit)
-        seen: set[tuple[str, ...]] = set()
+    for metric, column in ADVICE:
+        f = family(metric)
+        seen: set[tuple[str, ...]] = set()  # a per-server figure is published once, not once per GPU
         for row in merged.to_dict("records"):
-            values = {
-                "namespace": row["namespace"],
-                "pod": row["pod"],
-                "gpu_uuid": row["gpu_uuid"],
-                "model": row["model"],
-            }
-            labels = tuple(str(values[k]) for k in metric.labels)
-            if labels in seen:
-                continue
-            value = {
-                "gpuattr_vllm_reclaimable_bytes": row.get("reclaimable_bytes"),
-                "gpuattr_vllm_recommended_gpu_memory_utilization_ratio": row.get("recommended_gpu_memory_utilization"),
-                "gpuattr_vllm_gpu_memory_utilization_ratio": row.get("gpu_memory_utilization"),
-            }.get(metric.name)
-            if value is None or pd.isna(value):
+            labels = tuple(str(row[k]) for k in metric.labels)
+            value = row.get(column)
+            if labels in seen or value is None or pd.isna(value):
                 continue
             seen.add(labels)
             f.add_metric(list(labels), float(value))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-GiB = 2**30
+from common.units import GiB
 
 COLUMNS = (
     "namespace",

@@ -4,18 +4,13 @@
 label set changes with the version, so it is kept whole (``"None"`` becomes None). In V1 it carries an
 ``engine`` label (the data-parallel index) and no ``model_name``; the other series carry both, so engines
 are joined on ``engine``. A V0 page has no ``engine`` label at all and gives a single engine.
-Metric names follow both vLLM generations (``shared/reference/vllm-memory.md`` §1): the KV usage is
+Metric names follow both vLLM generations (``docs/reference/vllm-memory.md`` §1): the KV usage is
 ``vllm:kv_cache_usage_perc`` or, before 0.9, ``vllm:gpu_cache_usage_perc`` (both 0..1 fractions).
 """
 
 from __future__ import annotations
 
-import http.client
 import math
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -23,6 +18,8 @@ from types import MappingProxyType
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.catalog import External
+from common.fetch import FetchError
+from common.fetch import fetch as fetch_url
 
 # vLLM's series this module reads: (our field, the names that carry it, newest first).
 CACHE_CONFIG_INFO = External.VLLM_CACHE_CONFIG_INFO
@@ -39,7 +36,6 @@ _SAMPLES: dict[str, tuple[str, ...]] = {
 _WANTED = {name: (key, rank) for key, names in _SAMPLES.items() for rank, name in enumerate(names)}
 ENGINE_LABEL = "engine"
 MODEL_LABEL = "model_name"
-_READ_CHUNK = 1 << 16  # bytes read from the socket at a time
 
 
 class VllmMetricsError(ValueError):
@@ -204,37 +200,9 @@ def fetch(url: str, timeout_s: float = 5.0, max_bytes: int = 64 * 2**20) -> str:
 
     Any failure (refused, HTTP error, timeout, too large) raises VllmMetricsError naming the URL.
     """
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in {"http", "https"}:
-        raise VllmMetricsError(f"{url}: not an http(s) URL")
-    deadline = time.monotonic() + timeout_s
-    request = urllib.request.Request(url, headers={"Accept": "text/plain"})  # noqa: S310 - scheme checked above
-    chunks: list[bytes] = []
-    size = 0
-    timed_out = False
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - scheme checked above
-            while size <= max_bytes:
-                if time.monotonic() > deadline:  # a server that trickles bytes: the timeout is for the whole read
-                    timed_out = True
-                    break
-                chunk = response.read1(min(_READ_CHUNK, max_bytes + 1 - size))  # what is there, up to the size
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-    except urllib.error.HTTPError as exc:
-        raise VllmMetricsError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise VllmMetricsError(f"{url}: timed out after {timeout_s:g} s") from exc
-        raise VllmMetricsError(f"{url}: {exc.reason}") from exc
-    except TimeoutError as exc:
-        raise VllmMetricsError(f"{url}: timed out after {timeout_s:g} s") from exc
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise VllmMetricsError(f"{url}: {exc!r}") from exc
-    if timed_out:
-        raise VllmMetricsError(f"{url}: timed out after {timeout_s:g} s")
-    if size > max_bytes:
-        raise VllmMetricsError(f"{url}: page larger than {max_bytes:,} bytes")
-    return b"".join(chunks).decode("utf-8", errors="replace")
+        answer = fetch_url(url, timeout_s=timeout_s, max_bytes=max_bytes, headers={"Accept": "text/plain"})
+    except FetchError as exc:
+        detail = f"page larger than {max_bytes:,} bytes" if exc.reason == "too_large" else exc.detail
+        raise VllmMetricsError(f"{exc.url}: {detail}") from exc
+    return answer.text()

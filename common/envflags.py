@@ -76,11 +76,16 @@ def _convert(action: argparse.Action, raw: str, where: str) -> Any:
 def parse_args(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> argparse.Namespace:
-    """``parser.parse_args(argv)``, with ``GPUATTR_*`` variables standing in for flags not given."""
+    """``parser.parse_args(argv)``, with ``GPUATTR_*`` variables standing in for flags not given.
+
+    The parser is left as it was found (defaults and required flags), so it can parse again with
+    another environment.
+    """
     environ = os.environ if environ is None else environ
     annotate(parser)
+    options = _options(parser)
     from_env: dict[str, Any] = {}
-    for action in _options(parser):
+    for action in options:
         name = env_name(action.dest)
         if name not in environ:
             continue
@@ -88,15 +93,29 @@ def parse_args(
             from_env[action.dest] = _convert(action, environ[name], name)
         except ValueError as exc:
             parser.error(str(exc))
-        action.required = False
-    for group in parser._mutually_exclusive_groups:
-        if any(a.dest in from_env for a in group._group_actions):
-            group.required = False
-    parser.set_defaults(**from_env)
-    args = parser.parse_args(None if argv is None else list(argv))
-    for group in parser._mutually_exclusive_groups:  # a flag on the command line and its rival in the env
-        given = [a for a in group._group_actions if getattr(args, a.dest, None) not in (None, False, [], a.default)]
-        if len(given) > 1 and any(a.dest in from_env for a in given):
-            names = " and ".join(a.option_strings[0] if a.dest not in from_env else env_name(a.dest) for a in given)
-            parser.error(f"{names} cannot be used together")
+    # set_defaults overwrites each action's default: keep the declared ones to tell what was given
+    declared = {id(a): (a.default, a.required) for a in parser._actions}
+    saved_defaults = dict(parser._defaults)
+    saved_groups = [(group, group.required) for group in parser._mutually_exclusive_groups]
+    try:
+        for action in options:
+            if action.dest in from_env:
+                action.required = False
+        for group in parser._mutually_exclusive_groups:
+            if any(a.dest in from_env for a in group._group_actions):
+                group.required = False
+        parser.set_defaults(**from_env)
+        args = parser.parse_args(None if argv is None else list(argv))
+        for group in parser._mutually_exclusive_groups:  # rivals from the env, or one from the env and the CLI
+            given = [a for a in group._group_actions if getattr(args, a.dest, None) != declared[id(a)][0]]
+            if len(given) > 1 and any(a.dest in from_env for a in given):
+                names = " and ".join(env_name(a.dest) if a.dest in from_env else a.option_strings[0] for a in given)
+                parser.error(f"{names} cannot be used together")
+    finally:
+        for action in parser._actions:
+            action.default, action.required = declared[id(action)]
+        parser._defaults.clear()
+        parser._defaults.update(saved_defaults)
+        for group, required in saved_groups:
+            group.required = required
     return args

@@ -26,7 +26,9 @@ def family(metric: Metric) -> GaugeMetricFamily | CounterMetricFamily:
 
 
 def one(metric: Metric, value: float, labels: Sequence[str] = ()) -> GaugeMetricFamily | CounterMetricFamily:
-    """A family holding a single sample."""
+    """A family holding a single sample; ValueError unless there is one label value per label of ``metric``."""
+    if len(labels) != len(metric.labels):
+        raise ValueError(f"{metric.name} has labels {list(metric.labels)}, got values {list(labels)}")
     fam = family(metric)
     fam.add_metric(list(labels), value)
     return fam

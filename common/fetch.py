@@ -1,9 +1,11 @@
 """One bounded HTTP request, used by every outgoing call of the project.
 
-``timeout_s`` is the deadline for the whole exchange (connect, send, status line, headers, body), not
-for each socket read: a peer that trickles a byte a second is cut off at the deadline like one that
-never answers. The body is capped at ``max_bytes``. Every error is a :class:`FetchError` whose message
-names the URL and whose ``reason`` is a short label for error counters.
+``timeout_s`` is the deadline for the whole exchange (connect, TLS handshake, send, status line, headers,
+body), not for each socket read: every socket operation gets only the time left, so a peer that trickles
+a byte a second is cut off at the deadline like one that never answers. Name resolution is the one step
+the deadline does not bound (the system resolver has no time-out to give). The body is capped at
+``max_bytes``. Every error is a :class:`FetchError` whose message names the URL (never its password) and
+whose ``reason`` is a short label for error counters. Proxies (``HTTP_PROXY``...) are not used.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import re
 import socket
 import ssl
 import time
@@ -18,13 +21,18 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["FetchError", "Response", "fetch", "push_handler"]
+__all__ = ["DEFAULT_MAX_BYTES", "FetchError", "Response", "fetch", "push_handler", "redact"]
 
 DEFAULT_MAX_BYTES = 64 * 2**20
+_CHUNK = 65536
+_ERROR_BODY_BYTES = 65536  # what is kept of a refused answer's body
 
 
 class FetchError(Exception):
-    """A request that gave no usable answer. ``reason``: timeout, unreachable, http, too_large, bad_url."""
+    """A request that gave no usable answer. ``reason``: timeout, unreachable, http, too_large, bad_url.
+
+    ``status`` and ``body`` (the first 64 KiB) are set for ``http``; ``status`` also for ``too_large``.
+    """
 
     def __init__(self, url: str, reason: str, detail: str, status: int | None = None, body: bytes = b"") -> None:
         super().__init__(f"{url}: {detail}")
@@ -33,76 +41,98 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class Response:
-    url: str
+    url: str  # as errors show it: without a password
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names in lower case
     body: bytes = field(repr=False)
 
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
 
 
-class _DeadlineReader(io.RawIOBase):
-    """A socket read end that refuses to wait past a deadline, however the peer paces its bytes."""
+class _DeadlineSocket:
+    """What ``http.client`` asks of a socket (``sendall``, ``makefile``, ``close``), each operation given
+    only the time left before the deadline. ``close`` leaves the socket open: ``http.client`` closes the
+    connection once the head says so, while the body is still to be read; :func:`fetch` closes it after."""
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock, self._deadline = sock, deadline
+        self.sock, self._deadline = sock, deadline
+
+    def arm(self) -> None:
+        self.sock.settimeout(_left(self._deadline))
+
+    def sendall(self, data: bytes) -> None:
+        self.arm()
+        self.sock.sendall(data)
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        self._sock = sock
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("deadline passed")
-        self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
+        self._sock.arm()
+        return self._sock.sock.recv_into(buffer)
 
 
-class _SocketShim:
-    """What ``http.client.HTTPResponse`` asks of a socket: ``makefile("rb")``, here deadline-bound."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock, self._deadline = sock, deadline
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
 
 
-def _connection(url: str, timeout_s: float, context: ssl.SSLContext | None) -> tuple[http.client.HTTPConnection, str]:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise FetchError(url, "bad_url", "not an http(s) URL")
+# scheme://user:password@ -- the user ends at the first ":", the password at the last "@" before the path
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#:]*):[^/?#]*@")
+
+
+def redact(url: str) -> str:
+    """The URL as errors show it: never with a password (even in a URL too broken to parse)."""
+    return _PASSWORD.sub(r"\1:***@", url, count=1)
+
+
+def _target(url: str, shown: str) -> tuple[str, int, str, dict[str, str]]:
+    """host, port, request target and authorization header of an http(s) URL."""
     try:
+        parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise FetchError(url, "bad_url", f"bad port: {exc}") from None
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, port, timeout=timeout_s, context=context)
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout_s)
+        raise FetchError(shown, "bad_url", f"not a valid URL: {exc}") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise FetchError(shown, "bad_url", "not an http(s) URL")
+    auth: dict[str, str] = {}
+    if parts.username is not None:
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        auth["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return conn, target
+    if not target.isascii() or any(ch <= " " or ch == "\x7f" for ch in target):
+        raise FetchError(shown, "bad_url", "not a valid URL: a space, control or non-ASCII character in it")
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80), target, auth
 
 
-def _auth_header(url: str) -> dict[str, str]:
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None:
-        return {}
-    user = urllib.parse.unquote(parts.username)
-    password = urllib.parse.unquote(parts.password or "")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def _shown(url: str) -> str:
-    """The URL as errors show it: never with a password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+def _read(response: http.client.HTTPResponse, limit: int, *, truncate: bool = False) -> bytes | None:
+    """The body, or None when it is longer than ``limit`` (``truncate``: its first ``limit`` bytes)."""
+    want = limit if truncate else limit + 1
+    chunks: list[bytes] = []
+    size = 0
+    while size < want:
+        chunk = response.read1(min(_CHUNK, want - size))
+        if not chunk:
+            if response.length:  # the peer closed before the Content-Length it announced
+                raise http.client.IncompleteRead(b"".join(chunks), response.length)
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
 
 
 def fetch(
@@ -118,51 +148,57 @@ def fetch(
 ) -> Response:
     """``method url`` answered in full within ``timeout_s`` seconds and ``max_bytes`` bytes.
 
-    A status ``ok`` refuses raises FetchError with ``reason="http"``, the status and the first KiB of
-    the body (for the message). ``user:password@`` in the URL becomes basic authentication.
+    A status ``ok`` refuses raises FetchError with ``reason="http"``, the status and the start of the body.
+    ``user:password@`` in the URL becomes basic authentication. ``context`` is for https (default: the
+    system's trusted certificates, host name checked).
     """
-    shown = _shown(url)
+    shown = redact(url)
+    host, port, target, auth = _target(url, shown)
     deadline = time.monotonic() + timeout_s
-    conn, target = _connection(url, timeout_s, context)
-    all_headers = {"Connection": "close", **_auth_header(url), **(headers or {})}
+    tls = (context or ssl.create_default_context()) if url.lower().startswith("https:") else None
+    conn = http.client.HTTPSConnection(host, port, context=tls) if tls else http.client.HTTPConnection(host, port)
+    all_headers = {"Connection": "close", **auth, **(headers or {})}
+    sock: socket.socket | None = None
     try:
-        conn.connect()
-        if conn.sock is None:  # pragma: no cover - connect() either sets it or raises
-            raise OSError("no socket")
-        sock = conn.sock
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock = socket.create_connection((host, port), timeout=_left(deadline))
+        if tls is not None:
+            sock.settimeout(_left(deadline))
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        conn.sock = _DeadlineSocket(sock, deadline)
         conn.request(method, target, body=data, headers=all_headers)
-        response = http.client.HTTPResponse(_SocketShim(sock, deadline), method=method)  # type: ignore[arg-type]
-        response.begin()
-        status = response.status
-        chunks: list[bytes] = []
-        size = 0
-        while size <= max_bytes:
-            chunk = response.read1(min(65536, max_bytes + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > max_bytes:
-            raise FetchError(shown, "too_large", f"answer larger than {max_bytes:,} bytes", status)
-        body = b"".join(chunks)
-        answer = Response(shown, status, {k.lower(): v for k, v in response.getheaders()}, body)
+        response = conn.getresponse()
+        status, reason = response.status, response.reason
+        answer_headers = {k.lower(): v for k, v in response.getheaders()}
+        if not ok(status):
+            body = _read(response, min(max_bytes, _ERROR_BODY_BYTES), truncate=True) or b""
+        else:
+            whole = None if (response.length or 0) > max_bytes else _read(response, max_bytes)
+            if whole is None:
+                raise FetchError(shown, "too_large", f"answer larger than {max_bytes:,} bytes", status)
+            body = whole
     except FetchError:
         raise
     except TimeoutError as exc:
-        raise FetchError(shown, "timeout", f"no complete answer within {timeout_s:g} s") from exc
+        raise FetchError(shown, "timeout", f"timed out after {timeout_s:g} s") from exc
     except ssl.SSLError as exc:
-        raise FetchError(shown, "unreachable", f"TLS: {exc.reason or exc}") from exc
+        detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        raise FetchError(shown, "unreachable", f"TLS: {detail}") from exc
+    except (http.client.InvalidURL, UnicodeError) as exc:  # e.g. a host name IDNA cannot encode
+        raise FetchError(shown, "bad_url", f"not a valid URL: {exc}") from exc
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+        detail = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
         raise FetchError(shown, "unreachable", detail) from exc
     finally:
         conn.close()
-    if not ok(answer.status):
-        excerpt = answer.body[:1024].decode("utf-8", errors="replace").strip()
-        detail = f"HTTP {answer.status}" + (f": {excerpt}" if excerpt else "")
-        raise FetchError(shown, "http", detail, answer.status, answer.body)
-    return answer
+        if sock is not None:
+            sock.close()
+    if not ok(status):
+        detail = f"HTTP {status} {reason}".rstrip()
+        if "html" not in answer_headers.get("content-type", ""):  # an error page is noise in a message
+            excerpt = " ".join(body[:200].decode("utf-8", errors="replace").split())
+            detail += f": {excerpt}" if excerpt else ""
+        raise FetchError(shown, "http", detail, status, body)
+    return Response(shown, status, answer_headers, body)
 
 
 def push_handler(timeout_s: float) -> Callable[..., Callable[[], None]]:

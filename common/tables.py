@@ -8,6 +8,9 @@ from collections.abc import Iterable, Sequence
 def table(header: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterable[int] = ()) -> str:
     """``header`` and ``rows`` as aligned text; columns whose index is in ``right`` are right-aligned."""
     body = [list(map(str, header)), *(list(map(str, r)) for r in rows)]
+    for n, row in enumerate(body[1:], 1):
+        if len(row) != len(body[0]):
+            raise ValueError(f"table row {n} has {len(row)} cells, the header {len(body[0])}: {row!r}")
     widths = [max(len(r[i]) for r in body) for i in range(len(header))]
     align = set(right)
 

@@ -45,6 +45,8 @@ def parse_size(value: str | float | int) -> float:
         if value < 0:
             raise ValueError(f"a size cannot be negative: {short_repr(value)}")
         return finite(value, value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a size: {short_repr(value)} (expected e.g. '40GiB', '512MiB', '1.5GB' or bytes)")
     match = _SIZE.match(value)
     if not match:
         raise ValueError(f"not a size: {short_repr(value)} (expected e.g. '40GiB', '512MiB', '1.5GB' or bytes)")
@@ -81,7 +83,7 @@ def parse_duration(text: str, what: str = "duration") -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest Prometheus duration for a whole number of seconds (``90`` → ``1m30s``)."""
-    if seconds <= 0 or seconds != int(seconds):
+    if isinstance(seconds, bool) or not math.isfinite(seconds) or seconds <= 0 or seconds != int(seconds):
         raise ValueError(f"not a positive whole number of seconds: {seconds!r}")
     rest = int(seconds)
     out = []

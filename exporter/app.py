@@ -79,6 +79,7 @@ def build(settings: ExporterSettings, simulation: Any = None) -> Exporter:
             settings.node_name = simulation.scenario.node.name
     reader = NvmlReader(
         wall_clock=simulation.clock.wall if simulation is not None else time.time,
+        monotonic=simulation.clock.now if simulation is not None else time.monotonic,  # GPM spacing: sim time
         use_gpm=settings.gpm,
         interval_s=settings.interval,
         call_timeout_s=settings.nvml_timeout,

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +20,7 @@ from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.families import family
+from common.fetch import FetchError, fetch
 from exporter.readings import DcgmKey
 
 log = logging.getLogger("gpuattr.dcgm")
@@ -37,6 +36,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
 UUID_LABELS = ("UUID", "uuid")
 INSTANCE_LABELS = ("GPU_I_ID", "gpu_i_id")
 MAX_BODY_BYTES = 32 * 2**20  # a node's dcgm-exporter page is tens of KiB; refuse anything absurd
+# FetchError's reason -> the error counter's (a URL that cannot be fetched counts as unreachable).
+_ACCEPT = {"Accept": "text/plain"}
+_REASONS = {"timeout": "timeout", "http": "http", "too_large": "too_large", "unreachable": "unreachable"}
 
 
 class DcgmError(Exception):
@@ -156,22 +158,14 @@ class DcgmSource:
         return DcgmReading(values, self.wall_clock())
 
     def _fetch(self) -> str:
-        request = urllib.request.Request(self.url, headers={"Accept": "text/plain"})  # noqa: S310 - configured URL
+        """The page, read within ``timeout_s`` in all (a trickling peer is cut off) and ``MAX_BODY_BYTES``."""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
-                body: bytes = resp.read(MAX_BODY_BYTES + 1)
-        except TimeoutError as exc:
-            raise DcgmError("timeout", f"no answer within {self.timeout_s}s") from exc
-        except urllib.error.HTTPError as exc:
-            raise DcgmError("http", f"HTTP {exc.code}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, TimeoutError):
-                raise DcgmError("timeout", f"no answer within {self.timeout_s}s") from exc
-            raise DcgmError("unreachable", str(reason)) from exc
-        if len(body) > MAX_BODY_BYTES:
-            raise DcgmError("too_large", f"page larger than {MAX_BODY_BYTES} bytes")
+            answer = fetch(
+                self.url, timeout_s=self.timeout_s, max_bytes=MAX_BODY_BYTES, headers={"Accept": "text/plain"}
+            )
+        except FetchError as exc:
+            raise DcgmError(_REASONS.get(exc.reason, "unreachable"), exc.detail) from exc
         try:
-            return body.decode("utf-8")
+            return answer.body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DcgmError("parse", "page is not UTF-8") from exc

@@ -95,12 +95,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _attribution_of(servers: list[Any], exporter_url: str) -> str:
     """The attribution job in one-shot mode on the simulated vLLM servers (their /metrics and start-up logs)."""
-    import urllib.request
-
     from attribution.collect import add_logs
     from attribution.job import run
     from attribution.oneshot import from_endpoints
     from attribution.report import terminal
+    from common.fetch import fetch
 
     by_pod = {(s.namespace, s.pod): s for s in servers}
 
@@ -108,8 +107,7 @@ def _attribution_of(servers: list[Any], exporter_url: str) -> str:
         server = by_pod.get((namespace, pod))
         if server is None:
             return None
-        with urllib.request.urlopen(server.logs_url, timeout=5) as resp:  # noqa: S310 - the simulated server
-            return str(resp.read().decode())
+        return fetch(server.logs_url, timeout_s=5).body.decode()
 
     specs = [f"{s.namespace}/{s.pod}={s.metrics_url}" for s in servers if getattr(s, "rank", 0) == 0]
     collected = from_endpoints(specs, exporter_url)

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 import time
-import urllib.request
 from collections import defaultdict
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from common import catalog as c
+from common.exposition import Sample, scrape
 from common.tables import table
 from common.units import gib
-
-Sample = tuple[dict[str, str], float]
-
-
-def scrape(url: str, timeout_s: float = 5.0, context: ssl.SSLContext | None = None) -> dict[str, list[Sample]]:
-    """GET /metrics and parse it with prometheus-client's parser: name → [(labels, value)]."""
-    with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:  # noqa: S310 - our own URL
-        body = resp.read().decode()
-    out: dict[str, list[Sample]] = defaultdict(list)
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            out[s.name].append((dict(s.labels), float(s.value)))
-    return out
 
 
 def _pct(value: float | None) -> str:

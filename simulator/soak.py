@@ -13,13 +13,13 @@ import gc
 import os
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from common import catalog as c
+from common.fetch import fetch
 from exporter.app import Exporter, build
 from exporter.pods import KubeOwnerResolver
 from exporter.settings import ExporterSettings
@@ -104,8 +104,7 @@ class ChurnSoak:
         self.node.sync()  # create and delete this instant's pods, then let the watch catch up
         self._catch_up(alive_pods)
         self.exporter.sampler.sample_once()
-        with urllib.request.urlopen(self.exporter.server.url, timeout=10) as resp:  # noqa: S310 - our own server
-            body = resp.read().decode()
+        body = fetch(self.exporter.server.url, timeout_s=10).body.decode()
         gc.collect()
         point = Checkpoint(
             at_s=now,

@@ -23,6 +23,15 @@ H200_FIXTURES = FIXTURES / "h200-real"
 """What the driver of a real NVIDIA H200 reported under time-slicing, tiny kernels and MPS."""
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/exporter/golden/*.prom from what the exporter serves now (tests/exporter/test_golden.py)",
+    )
+
+
 @dataclass
 class Sim:
     scenario: Scenario

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -116,3 +118,61 @@ def test_the_split_is_published_as_catalog_series_and_pushed(http_peer: tuple[_R
     assert (method, path) == ("PUT", "/metrics/job/gpuattr-attribution")
     pushed = {f.name for f in text_string_to_metric_families(body.decode())}
     assert c.VLLM_MEMORY.family in pushed and "gpuattr_vllm_recommended_gpu_memory_utilization_ratio" in pushed
+
+
+def test_attribute_reads_its_flags_from_the_environment(
+    http_peer: tuple[_Recorder, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec, url = http_peer
+    collected = _collected()
+    asked: list[tuple[str, str]] = []
+
+    def collect(args: Any) -> Collected:
+        asked.append((args.prometheus, args.window))
+        return collected
+
+    from attribution import job as job_module
+
+    monkeypatch.setattr(job_module, "collect", collect)
+    # the required --prometheus/--vllm choice, and the push, from the environment alone
+    monkeypatch.setenv("GPUATTR_PROMETHEUS", "http://prometheus.example:9090")
+    monkeypatch.setenv("GPUATTR_PUSHGATEWAY", url.removeprefix("http://"))
+    monkeypatch.setenv("GPUATTR_WINDOW", "1d")
+    monkeypatch.setenv("GPUATTR_JSON", "yes")
+    assert main([]) == 0
+    assert asked == [("http://prometheus.example:9090", "1d")]
+    assert json.loads(capsys.readouterr().out)["window"] == "1d"
+    ((method, path, _),) = rec.requests
+    assert (method, path) == ("PUT", "/metrics/job/gpuattr-attribution")
+    assert main(["--window", "2h"]) == 0  # the command line wins over the environment
+    assert asked[-1] == ("http://prometheus.example:9090", "2h")
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GPUATTR_PROMETHEUS": "http://p", "GPUATTR_TIMEOUT": "soon"}, "GPUATTR_TIMEOUT"),
+        ({"GPUATTR_PROMETHEUS": "http://p", "GPUATTR_STATS": "maybe"}, "GPUATTR_STATS"),
+    ],
+)
+def test_a_bad_environment_value_is_one_line_naming_the_variable_and_exit_2(
+    env: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpuattr.cli import main as gpuattr
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        gpuattr(["attribute"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpuattr attribute: ") and named in err[0], err
+
+
+@pytest.mark.parametrize("window", ["7 days", "0d", "1h1h"])
+def test_a_window_that_is_not_a_positive_duration_is_refused_naming_the_flag(
+    window: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--prometheus", "http://127.0.0.1:1", "--window", window]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpuattr attribute: --window: "), err

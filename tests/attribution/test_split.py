@@ -156,15 +156,3 @@ def test_logged_parts_of_the_overhead_are_shown() -> None:
         GiB // 2,
         GiB // 4,
     )
-
-
-def test_slo_attainment_interpolates_inside_the_bucket_and_covers_both_latencies() -> None:
-    from attribution.review import Inputs, slo
-
-    pods = pd.DataFrame([{"namespace": "llm", "pod": "a", "model": "m"}])
-    histogram = {0.1: 50.0, 0.5: 90.0, float("inf"): 100.0}  # cumulative counts per le
-    inputs = Inputs(pods, pods, {}, {"ttft": {("llm", "a"): histogram}, "itl": {("llm", "a"): histogram}})
-    out = slo(inputs, {"ttft": 0.3, "itl": 0.5}).set_index("metric")
-    assert out.loc["ttft", "attainment"] == pytest.approx(0.70)  # halfway between 50 at 0.1 s and 90 at 0.5 s
-    assert out.loc["itl", "attainment"] == pytest.approx(0.90)
-    assert set(out["model"]) == {"m"}

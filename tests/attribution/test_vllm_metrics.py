@@ -5,11 +5,13 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from attribution.vllm_metrics import VllmMetricsError, fetch, parse_metrics
+from tests.common.slow_peer import SlowPeer
 from tests.conftest import VLLM_FIXTURES
 
 REAL = VLLM_FIXTURES
@@ -271,8 +273,30 @@ def test_fetch_gives_up_on_a_server_that_does_not_answer_in_time(server: str) ->
 
 def test_fetch_gives_up_on_a_server_that_trickles_bytes_past_the_timeout(server: str) -> None:
     url = f"{server}/trickle"
+    t0 = time.monotonic()
     with pytest.raises(VllmMetricsError, match=rf"^{url}: timed out after 0.3 s"):
         fetch(url, timeout_s=0.3)
+    assert time.monotonic() - t0 < 0.3 + 0.5
+
+
+@pytest.mark.parametrize("mode", ["trickle-head", "trickle-body"])
+def test_fetch_cuts_a_server_trickling_its_head_or_body_at_the_timeout(mode: str) -> None:
+    with SlowPeer(mode) as peer:  # a byte every 0.3 s: the page would take minutes
+        url = f"{peer.url}/metrics"
+        t0 = time.monotonic()
+        with pytest.raises(VllmMetricsError, match=rf"^{url}: timed out after 1 s$"):
+            fetch(url, timeout_s=1.0)
+        assert time.monotonic() - t0 < 1.0 + 0.5
+
+
+def test_fetch_names_the_url_without_its_password() -> None:
+    with SlowPeer("silent") as peer:
+        url = peer.url.replace("http://", "http://scraper:hunter2@") + "/metrics"
+        with pytest.raises(
+            VllmMetricsError, match=r"^http://scraper:\*\*\*@127\.0\.0\.1:\d+/metrics: timed out"
+        ) as info:
+            fetch(url, timeout_s=0.3)
+    assert "hunter2" not in str(info.value)
 
 
 def test_fetch_refuses_a_100_mb_page_beyond_max_bytes(server: str) -> None:

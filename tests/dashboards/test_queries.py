@@ -32,11 +32,11 @@ import yaml
 
 from alerts import rules as r
 from common import catalog as c
+from common.exposition import scrape
 from dashboards import build
 from exporter.app import Exporter
 from exporter.app import build as build_exporter
 from exporter.settings import ExporterSettings
-from simulator.demo import scrape
 from tests.conftest import ROOT, SCENARIOS
 from tests.peers import prometheus, stop_process
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from common import catalog as c
+from common.exposition import Sample, scrape
 from exporter.app import Exporter, build
 from exporter.settings import ExporterSettings
-from simulator.demo import Sample, scrape
 from tests.conftest import SCENARIOS
 from tests.peers import prometheus
 

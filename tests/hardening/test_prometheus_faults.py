@@ -16,6 +16,7 @@ import pytest
 
 from attribution.collect import from_prometheus, queries
 from attribution.prometheus import PrometheusClient, PrometheusError
+from tests.common.slow_peer import SlowPeer
 
 Answer = tuple[int, bytes, float]  # status, body, delay before answering (s)
 POD = {"namespace": "llm", "pod": "vllm-0", "gpu_uuid": "GPU-1", "mig_instance": "", "model": "org/m"}
@@ -97,6 +98,34 @@ def test_a_flapping_prometheus_is_retried_and_its_answer_used(prom: FakePromethe
     assert collected.problems == []
     assert len(collected.servers) == 1
     assert client.queries == 2 * QUERIES  # each query failed once, then answered
+
+
+@pytest.mark.parametrize("mode", ["trickle-body", "trickle-head"])
+def test_a_trickling_prometheus_is_cut_at_the_time_out_of_each_try(mode: str) -> None:
+    # The time-out bounds each try as a whole: a byte every 0.3 s would otherwise hold each try for minutes.
+    with SlowPeer(mode) as peer:
+        client = PrometheusClient(peer.url, timeout_s=1.0, retries=1)
+        t0 = time.monotonic()
+        with pytest.raises(
+            PrometheusError, match=rf"^{peer.url}: no answer to 'up' after 2 tries: timed out after 1 s"
+        ):
+            client.query("up")
+        elapsed = time.monotonic() - t0
+    assert elapsed < 2 * 1.0 + 0.2 + 0.5  # two tries and one back-off
+    assert client.queries == 2 and peer.requests == 2
+    assert 2 * 1.0 - 0.2 < client.waited_s < 2 * 1.0 + 0.5
+
+
+def test_a_refused_query_is_not_retried_and_a_server_error_is(prom: FakePrometheus) -> None:
+    prom.answer = lambda n: (400, b'{"status":"error","error":"parse error at char 3"}', 0.0)
+    client = PrometheusClient(prom.url, retries=2)
+    with pytest.raises(PrometheusError, match=r"refused \(HTTP 400\): .*parse error at char 3"):
+        client.query("up{")
+    assert prom.requests == 1
+    prom.answer = lambda n: (503, b"overloaded", 0.0)
+    with pytest.raises(PrometheusError, match=r"after 3 tries: HTTP 503 Service Unavailable: overloaded$"):
+        client.query("up")
+    assert prom.requests == 1 + 3
 
 
 def test_a_partial_response_is_used_and_reported_as_such(prom: FakePrometheus) -> None:

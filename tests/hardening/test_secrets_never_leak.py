@@ -24,9 +24,9 @@ import yaml
 
 from attribution.job import main as attribute
 from common import catalog as c
+from common.exposition import scrape
 from exporter.app import Exporter, build
 from exporter.settings import ExporterSettings
-from simulator.demo import scrape
 from tests.exporter.resolve.test_cmdline import (
     ALL_SECRETS,
     AWS_KEY_ID,

@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from common import catalog as c
+from common.exposition import scrape
 from exporter import dcgm as dcgm_module
 from exporter.app import build
 from exporter.dcgm import DcgmSource, parse_aliases, parse_page
@@ -27,7 +28,7 @@ from exporter.readings import DcgmKey
 from exporter.settings import ExporterSettings
 from exporter.snapshot import CommandNameResolver, attribute
 from simulator.dcgm_exporter import SimDcgmExporter
-from simulator.demo import scrape
+from tests.common.slow_peer import SlowPeer
 from tests.conftest import SCENARIOS, Sim
 from tests.peers import free_port
 
@@ -161,6 +162,16 @@ def test_an_unreachable_dcgm_exporter_is_counted_as_such() -> None:
     source = DcgmSource(f"http://127.0.0.1:{free_port()}/metrics", timeout_s=0.5)
     assert source.read() is None
     assert source.errors_total == {"unreachable": 1}
+
+
+@pytest.mark.parametrize("mode", ["trickle-body", "trickle-head"])
+def test_a_trickling_dcgm_exporter_is_cut_at_the_time_out_not_per_byte(mode: str) -> None:
+    with SlowPeer(mode) as peer:  # a byte every 0.3 s: each read is quick, the whole page never comes
+        source = DcgmSource(f"{peer.url}/metrics", timeout_s=1.0)
+        t0 = time.monotonic()
+        assert source.read() is None
+        assert time.monotonic() - t0 < 1.0 + 0.5
+    assert source.errors_total == {"timeout": 1} and not source.up
 
 
 def _time_sliced(simulate: Callable[..., Sim]) -> Sim:

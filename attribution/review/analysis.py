@@ -1,0 +1,188 @@
+"""The capacity review's figures from its inputs: each pod priced, allocation against use per dimension,
+traffic share against GPU share per model, SLO attainment, a consolidation plan and week-over-week trends.
+
+GPU-hours come integrated from PromQL (:mod:`attribution.review.data`), so a pod that held GPUs for part of
+the window counts for that part, and silence (no activity series) counts as zero use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from attribution.prometheus import PrometheusClient
+from attribution.recommend import Item, pack
+from attribution.review.data import DIMENSIONS, Inputs, gather
+from common.units import GiB, parse_duration
+
+
+def priced(per_pod: pd.DataFrame, prices: dict[str, float], default: float) -> pd.DataFrame:
+    """Each pod's cost over the window at its GPU model's price per GPU-hour (the default for others)."""
+    if per_pod.empty:
+        return per_pod.assign(cost=[], cost_idle=[])
+    rate = per_pod["gpu_model"].map(lambda m: prices.get(str(m), default))
+    return per_pod.assign(cost=per_pod["alloc_h"] * rate, cost_idle=per_pod["idle_h"] * rate)
+
+
+def by_dimension(per_pod: pd.DataFrame, dimension: str, hours: float) -> pd.DataFrame:
+    cols = ["alloc_h", "used_h", "mem_h", "idle_h", "cost", "cost_idle"]
+    if per_pod.empty:
+        return pd.DataFrame(
+            columns=["name", "gpus_allocated", "gpus_used_sm", "memory_share", "idle_gpu_hours", "cost", "cost_idle"]
+        )
+    g = per_pod.groupby(dimension, as_index=False)[cols].sum()
+    out = pd.DataFrame(
+        {
+            "name": g[dimension],
+            "gpus_allocated": g["alloc_h"] / hours,
+            "gpus_used_sm": g["used_h"] / hours,
+            "memory_share": (g["mem_h"] / g["alloc_h"]).where(g["alloc_h"] > 0),
+            "idle_gpu_hours": g["idle_h"],
+            "cost": g["cost"],
+            "cost_idle": g["cost_idle"],
+        }
+    )
+    return out.sort_values("cost_idle", ascending=False, ignore_index=True)
+
+
+def slo(inputs: Inputs, targets: dict[str, float]) -> pd.DataFrame:
+    """Per model and latency (``ttft``, ``itl``): the share of observations within the target, from the
+    histogram's bucket at the target (interpolated linearly inside a bucket, as histogram_quantile does)."""
+    rows = []
+    for metric, target_s in targets.items():
+        rows += [
+            {"model": m, "metric": metric, "target_s": target_s, "attainment": w / n}
+            for m, (w, n) in sorted(_attainment(inputs, inputs.latency_buckets.get(metric, {}), target_s).items())
+        ]
+    return pd.DataFrame(rows, columns=["model", "metric", "target_s", "attainment"])
+
+
+def _attainment(
+    inputs: Inputs, histograms: dict[tuple[str, str], dict[float, float]], target_s: float
+) -> dict[str, list[float]]:
+    models = inputs.per_pod.set_index(["namespace", "pod"])["model"].to_dict() if not inputs.per_pod.empty else {}
+    totals: dict[str, list[float]] = {}
+    for key, buckets in histograms.items():
+        les = sorted(buckets)
+        count = buckets.get(math.inf, 0.0)
+        if not count:
+            continue
+        within = 0.0
+        previous_le, previous_n = 0.0, 0.0
+        for le in les:
+            if le >= target_s:
+                n = buckets[le]
+                within = previous_n + (n - previous_n) * (
+                    (target_s - previous_le) / (le - previous_le) if le != math.inf and le > previous_le else 0.0
+                )
+                break
+            previous_le, previous_n = le, buckets[le]
+        model = models.get(key) or key[1]
+        acc = totals.setdefault(model, [0.0, 0.0])
+        acc[0] += within
+        acc[1] += count
+    return totals
+
+
+def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
+    """Right-sized footprints (peak memory + headroom per GPU; peak SM) packed with time-slicing where the
+    class allows it. Training keeps its GPUs (it saturates them by design); multi-GPU pods move whole."""
+    refused: dict[str, str] = {}
+    items: list[Item] = []
+    today = 0
+    gpu_bytes = int(per_pod["gpu_bytes"].max()) if not per_pod.empty and per_pod["gpu_bytes"].max() > 0 else 80 * GiB
+    for row in per_pod.to_dict("records"):
+        gpus = round(row["gpus"]) or 0
+        if gpus == 0:
+            continue
+        today += gpus
+        name = f"{row['namespace']}/{row['pod']}"
+        if row["workload_class"] == "training":
+            refused[name] = "training keeps its GPUs: it is built to saturate them"
+            items.append(Item(name, gpu_bytes, ranks=gpus))
+            continue
+        per_gpu = int(row["peak_mem"] / max(1, gpus) * (1 + headroom))
+        sm_share = float(row["peak_sm"]) / max(1, gpus)
+        # time-slicing shares SM time too: a footprint takes at least its SM share of a GPU's memory "slot"
+        items.append(Item(name, max(per_gpu, int(gpu_bytes * min(1.0, sm_share * (1 + headroom)))), ranks=gpus))
+    plan = pack(items, gpu_bytes, gpus_today=today)
+    return {
+        "gpus_today": today,
+        "gpus_needed": plan.gpus_needed,
+        "gpus_freed": today - plan.gpus_needed,
+        "refused": {**refused, **plan.refused},
+        "assumptions": [
+            f"footprint per GPU = peak memory × {1 + headroom:g}, "
+            f"and at least the peak SM share × {1 + headroom:g} of a GPU",
+            "inference, batch and experimentation workloads may share a GPU by time-slicing; "
+            "MIG where footprints fit a profile",
+            "multi-GPU pods move as a whole, each rank on a different GPU; all GPUs taken as the largest kind seen",
+        ],
+    }
+
+
+def run(
+    client: PrometheusClient,
+    *,
+    window: str,
+    at: float,
+    resolution: str,
+    price: float,
+    idle: float,
+    slo_ttft: float,
+    slo_itl: float = 0.1,
+    headroom: float,
+    prices: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    hours = parse_duration(window, "--window") / 3600
+    inputs = gather(client, window, at, resolution, idle)
+    inputs.per_pod = priced(inputs.per_pod, prices or {}, price)
+    inputs.previous = priced(inputs.previous, prices or {}, price)
+    by = {d: by_dimension(inputs.per_pod, d, hours) for d in DIMENSIONS}
+    models_rows = []
+    if not inputs.per_pod.empty:
+        serving = inputs.per_pod[inputs.per_pod["model"] != ""]
+        gpu_by_model = serving.groupby("model")["alloc_h"].sum() / hours
+        tokens_by_model: dict[str, float] = {}
+        for (ns, pod), n in inputs.tokens.items():
+            model = serving.set_index(["namespace", "pod"])["model"].get((ns, pod)) if not serving.empty else None
+            if model:
+                tokens_by_model[model] = tokens_by_model.get(model, 0.0) + n
+        all_tokens, all_gpus = sum(tokens_by_model.values()), float(gpu_by_model.sum())
+        for model, gpus in gpu_by_model.items():
+            tok = tokens_by_model.get(str(model), 0.0)
+            models_rows.append(
+                {
+                    "model": model,
+                    "tokens": tok,
+                    "traffic_share": tok / all_tokens if all_tokens else None,
+                    "gpu_share": gpus / all_gpus if all_gpus else None,
+                }
+            )
+    trends = []
+    for dimension in ("team", "namespace"):
+        now = by_dimension(inputs.per_pod, dimension, hours).set_index("name")["gpus_used_sm"]
+        before = (
+            by_dimension(inputs.previous, dimension, hours).set_index("name")["gpus_used_sm"]
+            if not inputs.previous.empty
+            else pd.Series(dtype=float)
+        )
+        for name in sorted(set(now.index) | set(before.index)):
+            a, b = float(now.get(name, 0.0)), float(before.get(name, 0.0))
+            trends.append(
+                {"dimension": dimension, "name": name, "gpus_used": a, "gpus_used_previous": b, "change": a - b}
+            )
+    return {
+        "window": window,
+        "by": {d: json.loads(frame.to_json(orient="records") or "[]") for d, frame in by.items()},
+        "models": models_rows,
+        "slo": json.loads(slo(inputs, {"ttft": slo_ttft, "itl": slo_itl}).to_json(orient="records") or "[]"),
+        "consolidation": consolidation(inputs.per_pod, headroom)
+        if not inputs.per_pod.empty
+        else {"gpus_today": 0, "gpus_needed": 0, "gpus_freed": 0, "refused": {}, "assumptions": []},
+        "trends": trends,
+        "problems": inputs.problems,
+    }
