@@ -300,7 +300,7 @@ def write_openmetrics(
     for w, gpus in pods:
         for node, gpu in gpus:
             constant(m.name, _render(m.labels, usage_labels(w, node, gpu, resource="nvidia.com/gpu")), "1")
-    m = c.CONTAINER_SM_ACTIVE
+    m = c.CONTAINER_KERNEL_ACTIVE
     family(m.family)
     for w, gpus in pods:
         values = [w.sm_at(t, end) for t in times]

@@ -28,10 +28,19 @@ def priced(per_pod: pd.DataFrame, prices: dict[str, float], default: float) -> p
 
 
 def by_dimension(per_pod: pd.DataFrame, dimension: str, hours: float) -> pd.DataFrame:
-    cols = ["alloc_h", "used_h", "mem_h", "idle_h", "cost", "cost_idle"]
+    cols = ["alloc_h", "used_h", "mem_h", "idle_h", "unknown_h", "cost", "cost_idle"]
     if per_pod.empty:
         return pd.DataFrame(
-            columns=["name", "gpus_allocated", "gpus_used_sm", "memory_share", "idle_gpu_hours", "cost", "cost_idle"]
+            columns=[
+                "name",
+                "gpus_allocated",
+                "gpus_used_sm",
+                "memory_share",
+                "idle_gpu_hours",
+                "unknown_gpu_hours",
+                "cost",
+                "cost_idle",
+            ]
         )
     g = per_pod.groupby(dimension, as_index=False)[cols].sum()
     out = pd.DataFrame(
@@ -41,6 +50,7 @@ def by_dimension(per_pod: pd.DataFrame, dimension: str, hours: float) -> pd.Data
             "gpus_used_sm": g["used_h"] / hours,
             "memory_share": (g["mem_h"] / g["alloc_h"]).where(g["alloc_h"] > 0),
             "idle_gpu_hours": g["idle_h"],
+            "unknown_gpu_hours": g["unknown_h"],
             "cost": g["cost"],
             "cost_idle": g["cost_idle"],
         }
@@ -184,5 +194,19 @@ def run(
         if not inputs.per_pod.empty
         else {"gpus_today": 0, "gpus_needed": 0, "gpus_freed": 0, "refused": {}, "assumptions": []},
         "trends": trends,
-        "problems": inputs.problems,
+        "problems": [*inputs.problems, *_unknown_activity(inputs.per_pod)],
     }
+
+
+def _unknown_activity(per_pod: pd.DataFrame) -> list[str]:
+    """A caveat naming the allocation whose activity the driver did not measure: neither used nor idle."""
+    if per_pod.empty or "unknown_h" not in per_pod or float(per_pod["unknown_h"].sum()) <= 0:
+        return []
+    pods = per_pod[per_pod["unknown_h"] > 0]
+    names = ", ".join(f"{ns}/{pod}" for ns, pod in list(zip(pods["namespace"], pods["pod"], strict=True))[:5])
+    more = f" and {len(pods) - 5} more" if len(pods) > 5 else ""
+    return [
+        f"{float(per_pod['unknown_h'].sum()):.0f} allocated GPU-hours had unknown activity (several MPS clients on "
+        f"one GPU, or several containers in one MIG instance: the driver does not measure them apart), counted "
+        f"neither as used nor as idle: {names}{more}"
+    ]

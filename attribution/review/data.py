@@ -29,7 +29,15 @@ def queries(window: str, resolution: str, idle: float) -> dict[str, str]:
     step_s = parse_duration(resolution, "--resolution")
     step_h = step_s / 3600
     alloc = c.CONTAINER_ALLOCATED.name
-    sm = f'{c.CONTAINER_SM_ACTIVE.name}{{pod!="", source=~"nvml|gpm"}}'
+    # GPUs' worth used: kernel time on whole GPUs (NVML, or the MPS server's for its only client); a MIG
+    # instance's GPM SM activity for its only container. A container whose activity the driver does not
+    # measure (several MPS clients, several containers in one MIG instance) is neither used nor idle.
+    sm = (
+        f'({c.CONTAINER_KERNEL_ACTIVE.name}{{pod!="", source=~"nvml|mps"}} '
+        f'or {c.CONTAINER_SM_ACTIVE.name}{{pod!="", mig_instance!="", source="gpm"}})'
+    )
+    keys = "namespace, pod, container, gpu_uuid, mig_instance"
+    unknown = f'max by ({keys}) ({c.CONTAINER_ACTIVITY_UNKNOWN.name}{{pod!=""}})'
     mem = f'{c.CONTAINER_MEMORY.name}{{pod!=""}}'
     total = f"max by (gpu_uuid, mig_instance) ({c.GPU_MEMORY_TOTAL.name})"
 
@@ -46,8 +54,9 @@ def queries(window: str, resolution: str, idle: float) -> dict[str, str]:
         "used_h": hours(f"sum by ({KEYS}) ({sm})"),
         "mem_h": hours(f"sum by ({KEYS}) ({mem} / on (gpu_uuid, mig_instance) group_left {total})"),
         "idle_h": hours(
-            f"sum by ({KEYS}) ({alloc} unless on (namespace, pod, container, gpu_uuid, mig_instance) ({sm} > {idle}))"
+            f"sum by ({KEYS}) ({alloc} unless on ({keys}) ({sm} > {idle}) unless on ({keys}) {unknown})"
         ),
+        "unknown_h": hours(f"sum by ({KEYS}) ({alloc} and on ({keys}) {unknown})"),
         "peak_mem": f"max by ({KEYS}) (max_over_time(({mem})[{window}:{resolution}]))",
         "peak_sm": f"max by ({KEYS}) (max_over_time(({sm})[{window}:{resolution}]))",
         "gpus": f"max by ({KEYS}) (max_over_time((count by ({KEYS}) ({alloc}))[{window}:{resolution}]))",
@@ -114,7 +123,17 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
                     "gpu_model": gpu_models.get(key, ""),
                     **{
                         name: values[name].get(key, 0.0)
-                        for name in ("alloc_h", "used_h", "mem_h", "idle_h", "peak_mem", "peak_sm", "gpus", "gpu_bytes")
+                        for name in (
+                            "alloc_h",
+                            "used_h",
+                            "mem_h",
+                            "idle_h",
+                            "unknown_h",
+                            "peak_mem",
+                            "peak_sm",
+                            "gpus",
+                            "gpu_bytes",
+                        )
                     },
                 }
             )

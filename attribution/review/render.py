@@ -41,6 +41,7 @@ DIMENSION_HEADER = (
     "GPUs' worth used",
     "memory share",
     "idle GPU-hours",
+    "activity unknown (GPU-hours)",
     "cost",
     "idle cost",
 )
@@ -58,6 +59,7 @@ def _dimension_row(r: dict[str, Any]) -> tuple[str, ...]:
         f"{r['gpus_used_sm']:.1f}",
         share,
         f"{r['idle_gpu_hours']:.0f}",
+        f"{r.get('unknown_gpu_hours') or 0:.0f}",
         f"{r['cost']:.0f}",
         f"{r['cost_idle']:.0f}",
     )
