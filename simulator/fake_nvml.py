@@ -119,8 +119,8 @@ def swing_split(means: dict[int, float], swing: float, seed: str) -> dict[int, f
     random one, ``(1 - swing) × m + swing × S × q``, where ``S`` is the sum of the means and ``q`` is drawn
     from a Dirichlet distribution whose expectation is the mean split (one gamma draw per process, seeded by
     ``seed`` and its pid): the sum ``S`` is kept in every sample and each process's expected share is its
-    mean. A share above 1 is capped and its excess given to the others in proportion to their headroom
-    (exact while ``S`` is at most the number of processes). Processes with a zero mean stay at zero.
+    mean. A share above 1 is capped and its excess given to the other busy processes in proportion to their
+    headroom (the sum stays exact, as each mean is at most 1). Processes with a zero mean stay at zero.
     """
     total = sum(means.values())
     if swing <= 0 or total <= 0:
@@ -135,7 +135,7 @@ def swing_split(means: dict[int, float], swing: float, seed: str) -> dict[int, f
     split = {pid: (1 - swing) * m + swing * total * draws[pid] / drawn for pid, m in means.items()}
     excess = sum(v - 1.0 for v in split.values() if v > 1.0)
     if excess > 0:
-        headroom = {pid: 1.0 - v for pid, v in split.items() if v < 1.0}
+        headroom = {pid: 1.0 - v for pid, v in split.items() if v < 1.0 and means[pid] > 0}
         room = sum(headroom.values())
         for pid, value in split.items():
             split[pid] = min(1.0, value) + (excess * headroom[pid] / room if pid in headroom and room else 0.0)
