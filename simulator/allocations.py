@@ -98,17 +98,20 @@ def allocatable(scenario: Scenario) -> list[tuple[str, list[str]]]:
     """``(resource, device IDs)`` the node can allocate, used or not.
 
     Each GPU without MIG under ``nvidia.com/gpu``: its UUID, or, on a GPU some container holds a
-    time-sliced replica of, its replicas ``<uuid>::0`` up to the highest replica used (the device plugin
-    advertises replicas instead of the GPU when sharing is on). Each MIG instance under the resource of
-    the container allocated it, else under ``nvidia.com/mig-<profile>``.
+    time-sliced or MPS replica of, its replicas ``<uuid>::0`` up to the highest replica used (the device
+    plugin advertises replicas instead of the GPU when sharing is on), under the resource of the first
+    container holding one (``nvidia.com/gpu.shared`` when the plugin renames shared GPUs). Each MIG instance
+    under the resource of the container allocated it, else under ``nvidia.com/mig-<profile>``.
     """
     replicas: dict[str, int] = {}  # GPU uuid → highest replica index allocated
+    replica_resource: dict[str, str] = {}  # GPU uuid → resource of the first container holding a replica
     mig_resource: dict[str, str] = {}  # MIG uuid → resource of the container holding it
     for pod in scenario.pods:
         for container in pod.containers:
             for device in device_ids(scenario, container, pod=pod):
                 if m := _UUID_REPLICA.fullmatch(device):
                     replicas[m.group(1)] = max(replicas.get(m.group(1), 0), int(m.group(2)))
+                    replica_resource.setdefault(m.group(1), container.resource)
                 elif device.startswith("MIG-"):
                     mig_resource.setdefault(device, container.resource)
     gpus: list[str] = []
@@ -122,7 +125,9 @@ def allocatable(scenario: Scenario) -> list[tuple[str, list[str]]]:
             continue
         uuid = scenario.gpu_uuid(gpu.index)
         if uuid in replicas:
-            gpus.extend(f"{uuid}::{n}" for n in range(replicas[uuid] + 1))
+            shared = [f"{uuid}::{n}" for n in range(replicas[uuid] + 1)]
+            resource = replica_resource[uuid]
+            (gpus if resource == GPU_RESOURCE else by_resource.setdefault(resource, [])).extend(shared)
         else:
             gpus.append(uuid)
     result: list[tuple[str, list[str]]] = [(GPU_RESOURCE, gpus)] if gpus else []

@@ -7,12 +7,28 @@ production NVML code, and any other NVML client such as nvitop, runs in CI again
 
 Functions the simulated driver does not export raise AttributeError here, which the binding reports
 as ``NVMLError_FunctionNotFound`` exactly as with an older real driver.
+
+What the simulated driver reports follows a real H200's (``tests/fixtures/h200-real/``):
+
+- **MPS** (a GPU with ``mps: true``): ``nvmlDeviceGetComputeRunningProcesses*`` list the MPS server first,
+  then its clients with their memory; ``nvmlDeviceGetMPSComputeRunningProcesses*`` list the clients only.
+  Per-process utilisation samples go to the server alone: smUtil is the clients' combined kernel-time
+  share and memUtil their combined memory-controller share (each capped at 100); clients have none.
+  Device utilisation, GPM and the simulated dcgm-exporter follow the clients' own activity.
+- **Time-slicing** (``timeslice_swing`` above 0): each sample's split of kernel time between the processes
+  of a GPU swings around their means, the sum per sample kept (see :func:`swing_split`).
+- **Kernel time is not SM activity**: smUtil is a process's ``sm``; GPM SM active is ``sm × sm_fraction``
+  and SM occupancy that times ``occupancy``, so a launch-bound loop of tiny kernels reads 20 % in NVML and
+  a few hundredths of a percent in GPM.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import itertools
+import math
+import random
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +45,8 @@ _DEVICE_STRIDE = 0x1_0000
 _MAX_MIG_DEVICES = 7
 _UTIL_BUFFER_S = 10.0  # how far back the simulated driver keeps per-process samples
 _UTIL_PERIOD_S = 1.0  # averaging window of nvmlDeviceGetUtilizationRates
-_OCCUPANCY_PER_ACTIVE = 0.6  # simulated warps resident per busy SM (no per-process model of occupancy)
+_SWING_SLOT_S = 1.0  # the driver's per-process sample period: one time-slice split per slot
+_SWING_CONCENTRATION = 2.0  # Dirichlet concentration of a slot's split: two equal processes split uniformly
 
 SUCCESS: int = pynvml.NVML_SUCCESS
 NOT_SUPPORTED: int = pynvml.NVML_ERROR_NOT_SUPPORTED
@@ -87,6 +104,42 @@ class UtilSample:
     timestamp_us: int
     sm: int
     mem: int
+
+
+def _slot_draw(seed: str) -> random.Random:
+    """A random generator seeded from text, the same in every run and Python process."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))  # noqa: S311 - a reproducible scenario, not a secret
+
+
+def swing_split(means: dict[int, float], swing: float, seed: str) -> dict[int, float]:
+    """One time-slice sample's kernel-time shares of the processes of a GPU (pid -> 0..1).
+
+    ``means``: each process's mean share over the sample's window. The split mixes the mean split with a
+    random one, ``(1 - swing) × m + swing × S × q``, where ``S`` is the sum of the means and ``q`` is drawn
+    from a Dirichlet distribution whose expectation is the mean split (one gamma draw per process, seeded by
+    ``seed`` and its pid): the sum ``S`` is kept in every sample and each process's expected share is its
+    mean. A share above 1 is capped and its excess given to the other busy processes in proportion to their
+    headroom (the sum stays exact, as each mean is at most 1). Processes with a zero mean stay at zero.
+    """
+    total = sum(means.values())
+    if swing <= 0 or total <= 0:
+        return dict(means)
+    draws = {
+        pid: _slot_draw(f"{seed}/{pid}").gammavariate(_SWING_CONCENTRATION * m / total, 1.0) if m > 0 else 0.0
+        for pid, m in means.items()
+    }
+    drawn = sum(draws.values())
+    if drawn <= 0 or not math.isfinite(drawn):
+        return dict(means)
+    split = {pid: (1 - swing) * m + swing * total * draws[pid] / drawn for pid, m in means.items()}
+    excess = sum(v - 1.0 for v in split.values() if v > 1.0)
+    if excess > 0:
+        headroom = {pid: 1.0 - v for pid, v in split.items() if v < 1.0 and means[pid] > 0}
+        room = sum(headroom.values())
+        for pid, value in split.items():
+            split[pid] = min(1.0, value) + (excess * headroom[pid] / room if pid in headroom and room else 0.0)
+    return split
 
 
 class FakeNvmlLibrary:
@@ -189,7 +242,8 @@ class FakeNvmlLibrary:
         if cached is not None and cached[0] == t:
             return cached[1]
         by_gpu: dict[int, list[ProcessSpec]] = {}
-        for proc in self.scenario.processes:
+        # the MPS server first, as a real driver lists it (it started before its clients connected)
+        for proc in sorted(self.scenario.processes, key=lambda p: not p.mps_server):
             if proc.alive(t):
                 for gpu in proc.gpus:
                     by_gpu.setdefault(gpu, []).append(proc)
@@ -212,7 +266,8 @@ class FakeNvmlLibrary:
 
     def _activity(self, target: _Target, t0: float, t1: float) -> dict[str, float]:
         """Device-level activity (0..1) over [t0, t1] from the processes on the target."""
-        sm = occupancy_src = tensor = kernel = dram = 0.0
+        sm = warps = tensor = kernel = dram = 0.0
+        occupancies = set()
         for proc in self.processes_on(target, t1):
             lo = max(t0, proc.start)
             if lo >= t1:
@@ -223,11 +278,14 @@ class FakeNvmlLibrary:
             sm += busy * proc.sm_fraction
             tensor += busy * proc.tensor_fraction
             dram += proc.mem_bw.mean(lo, t1) * share
-            occupancy_src += busy * proc.sm_fraction
+            warps += busy * proc.sm_fraction * proc.occupancy
+            occupancies.add(proc.occupancy)
+        # occupancy: SM active × the busy-SM-weighted occupancy of the processes (exactly one's when they agree)
+        per_active = occupancies.pop() if len(occupancies) == 1 else (warps / sm if sm > 0 else 0.0)
         return {
             "kernel": min(1.0, kernel),
             "sm": min(1.0, sm),
-            "occupancy": min(1.0, occupancy_src) * _OCCUPANCY_PER_ACTIVE,
+            "occupancy": min(1.0, sm) * per_active,
             "tensor": min(1.0, tensor),
             "dram": min(1.0, dram),
         }
@@ -240,20 +298,52 @@ class FakeNvmlLibrary:
             return []
         since = max((last_seen_us / 1e6) - self.clock.wall() + t1, t1 - _UTIL_BUFFER_S)
         faults = self.scenario.faults
-        out: list[UtilSample] = []
+        halves_per_call = 2 if faults.duplicate_util_samples else 1
+        # (pid, half, a, b, sm, mem): each process's mean activity over its window
+        rows: list[tuple[int, int, float, float, float, float]] = []
         for proc in self.processes_on(target, t1):
+            if proc.mps_client:
+                continue  # MPS clients' work is sampled under their server's PID
             lo = max(since, proc.start)
             if lo >= t1:
                 continue
-            halves = [(lo, (lo + t1) / 2), ((lo + t1) / 2, t1)] if faults.duplicate_util_samples else [(lo, t1)]
+            halves = [(lo, (lo + t1) / 2), ((lo + t1) / 2, t1)] if halves_per_call == 2 else [(lo, t1)]
             for i, (a, b) in enumerate(halves):
-                sm = round(proc.sm.mean(a, b) * 100)
-                mem = round(proc.mem_bw.mean(a, b) * 100)
-                if proc.pid in faults.util_over_100 and sm > 0:
-                    sm += 100
-                if sm or mem:
-                    stamp = now_us - (len(halves) - 1 - i) * max(1, int((b - a) * 1e6))
-                    out.append(UtilSample(proc.pid, stamp, sm, mem))
+                if proc.mps_server:
+                    clients = self._activity(_Target(target.gpu, None), a, b)  # the server adds none of its own
+                    rows.append((proc.pid, i, a, b, clients["kernel"], clients["dram"]))
+                else:
+                    rows.append((proc.pid, i, a, b, proc.sm.mean(a, b), proc.mem_bw.mean(a, b)))
+        rows = self._swing(target, rows)
+        out: list[UtilSample] = []
+        for pid, i, a, b, sm_mean, mem_mean in rows:
+            sm = round(sm_mean * 100)
+            mem = round(mem_mean * 100)
+            if pid in faults.util_over_100 and sm > 0:
+                sm += 100
+            if sm or mem:
+                stamp = now_us - (halves_per_call - 1 - i) * max(1, int((b - a) * 1e6))
+                out.append(UtilSample(pid, stamp, sm, mem))
+        return out
+
+    def _swing(
+        self, target: _Target, rows: list[tuple[int, int, float, float, float, float]]
+    ) -> list[tuple[int, int, float, float, float, float]]:
+        """Apply the GPU's ``timeslice_swing`` to one call's samples: each group of samples taken together
+        (the same half under the duplicate-samples fault) is split anew in the driver's sample slot of its end;
+        memUtil moves by the same factor as smUtil."""
+        swing = self._gpu(target.gpu).timeslice_swing
+        if swing <= 0 or len(rows) < 2:
+            return rows
+        out = []
+        for half in sorted({r[1] for r in rows}):
+            group = [r for r in rows if r[1] == half]
+            slot = math.floor(max(r[3] for r in group) / _SWING_SLOT_S)
+            seed = f"{self.scenario.name}/{target.gpu}/{slot}"
+            split = swing_split({r[0]: r[4] for r in group}, swing, seed)
+            for pid, i, a, b, sm, mem in group:
+                factor = split[pid] / sm if sm > 0 else 1.0
+                out.append((pid, i, a, b, split[pid], min(1.0, mem * factor)))
         return out
 
     # -- library --------------------------------------------------------------------------------------
@@ -502,12 +592,17 @@ class FakeNvmlLibrary:
         return SUCCESS
 
     # -- processes --------------------------------------------------------------------------------------
-    def _running(self, name: str, handle: Any, count: Any, infos: Any, *, graphics: bool = False) -> int:
+    def _running(
+        self, name: str, handle: Any, count: Any, infos: Any, *, graphics: bool = False, mps: bool = False
+    ) -> int:
+        """The compute (MPS server and clients alike), graphics (none) or MPS (clients only) processes."""
         target, ret = self._check(name, handle)
         if target is None:
             return ret
         t = self._t()
         procs = [] if graphics else self.processes_on(target, t)
+        if mps:
+            procs = [p for p in procs if p.mps_client]
         holder = _out(count)
         if infos is None or holder.value < len(procs):
             holder.value = len(procs)
@@ -539,6 +634,15 @@ class FakeNvmlLibrary:
         return self._running("nvmlDeviceGetGraphicsRunningProcesses_v3", handle, count, infos, graphics=True)
 
     _fn_nvmlDeviceGetGraphicsRunningProcesses_v2 = _fn_nvmlDeviceGetGraphicsRunningProcesses_v3
+
+    def _fn_nvmlDeviceGetMPSComputeRunningProcesses_v3(self, handle: Any, count: Any, infos: Any) -> int:
+        return self._running("nvmlDeviceGetMPSComputeRunningProcesses_v3", handle, count, infos, mps=True)
+
+    def _fn_nvmlDeviceGetMPSComputeRunningProcesses_v2(self, handle: Any, count: Any, infos: Any) -> int:
+        return self._running("nvmlDeviceGetMPSComputeRunningProcesses_v2", handle, count, infos, mps=True)
+
+    def _fn_nvmlDeviceGetMPSComputeRunningProcesses(self, handle: Any, count: Any, infos: Any) -> int:
+        return self._running("nvmlDeviceGetMPSComputeRunningProcesses", handle, count, infos, mps=True)
 
     def _util_target(self, name: str, handle: Any) -> tuple[_Target | None, int]:
         target, ret = self._check(name, handle)

@@ -8,6 +8,7 @@ allocations, so everything the exporter sees about a simulated node agrees.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 import uuid
@@ -150,6 +151,27 @@ class GpuSpec(_Strict):
     hangs: list[HangSpec] = Field(default_factory=list, description="NVML functions that block on this GPU")
     lost_at: float | None = Field(default=None, description="scenario second at which the GPU falls off the bus")
     recovers_at: float | None = None
+    mps: bool = Field(
+        default=False,
+        description=(
+            "an MPS control daemon serves this GPU: its CUDA processes are MPS clients (mps_client: true) that run "
+            "through one MPS server process (mps_server: true). As on a real driver, NVML lists the server and "
+            "the clients as compute processes, the clients alone as MPS processes, and gives per-process "
+            "utilisation samples to the server only (the clients' combined activity)"
+        ),
+    )
+    timeslice_swing: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description=(
+            "how far the time-slice scheduler swings the per-sample split of kernel time between the processes "
+            "(0: each sample reads its process's mean; 1: splits as wide as 86/12 then 11/88 on a real H200). "
+            "Each process's smUtil deviates deterministically (seeded by scenario name, GPU, PID and the "
+            "driver's one-second sample slot) around its mean; the processes' sum per sample and each "
+            "process's long-run mean are kept; memUtil follows smUtil's swing"
+        ),
+    )
 
     @model_validator(mode="after")
     def _known_errors(self) -> GpuSpec:
@@ -158,6 +180,13 @@ class GpuSpec(_Strict):
         for function, error in self.failing.items():
             if not isinstance(getattr(pynvml, f"NVML_ERROR_{error}", None), int):
                 raise ValueError(f"GPU {self.index}: {function} fails with unknown NVML error {error!r}")
+        if self.mps and self.mig:
+            raise ValueError(f"GPU {self.index}: MPS on MIG instances is not simulated; give 'mps' or 'mig', not both")
+        if self.mps and self.timeslice_swing:
+            raise ValueError(
+                f"GPU {self.index}: timeslice_swing does not apply under MPS, whose clients run concurrently and "
+                "whose only utilisation samples are the server's"
+            )
         return self
 
     @property
@@ -356,13 +385,62 @@ class ProcessSpec(_Strict):
     )
     sm: ActivitySignal = Field(default=0.0, description="fraction of time its kernels run (0..1)")
     mem_bw: ActivitySignal = Field(default=0.0, description="memory-controller busy fraction (0..1)")
-    sm_fraction: float = Field(default=1.0, gt=0, le=1, description="share of SMs its kernels fill")
+    sm_fraction: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description=(
+            "share of SMs its kernels fill: GPM SM active (and DCGM_FI_PROF_SM_ACTIVE) is sm × sm_fraction while "
+            "NVML's smUtil is sm. A launch-bound loop of one-element kernels reads smUtil 0.2 with sm_fraction "
+            "0.00125 (GPM SM active 0.00025 on a real H200)"
+        ),
+    )
     tensor_fraction: float = Field(default=0.5, ge=0, le=1, description="share of kernel time on tensor cores")
+    occupancy: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description=(
+            "resident warps per busy SM against the maximum: GPM SM occupancy is SM active × occupancy "
+            "(about 0.15 for a large bf16 matmul, 0.05 for one-element kernels, on a real H200)"
+        ),
+    )
     start: float = 0.0
     stop: float | None = None
     container: str | None = Field(default=None, description="'namespace/pod/container' it runs in")
     uid: int = 0
     vllm: VllmSpec | None = Field(default=None, description="the vLLM server this process is a GPU worker of")
+    mps_server: bool = Field(
+        default=False,
+        description=(
+            "the MPS server (command name 'nvidia-cuda-mps-server', about 66 MiB per GPU) of GPUs with 'mps': "
+            "true. Its utilisation samples are its clients' combined activity, so it gives no 'sm' or 'mem_bw' of "
+            "its own. Under Kubernetes it runs in the NVIDIA device plugin's MPS control daemon pod "
+            "(nvidia-device-plugin-mps-control-daemon, container mps-control-daemon-ctr), outside one when absent"
+        ),
+    )
+    mps_client: bool = Field(
+        default=False,
+        description=(
+            "a CUDA process that reaches its GPUs through their MPS server (nvidia-smi type 'M+C'): every GPU it "
+            "uses has 'mps': true and an MPS server alive over the client's whole lifetime. Its 'sm', 'mem_bw' "
+            "and 'sm_fraction' drive the device's utilisation, GPM and DCGM readings and the server's samples; "
+            "it has no samples of its own"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _mps_role(self) -> ProcessSpec:
+        if self.mps_server and self.mps_client:
+            raise ValueError(f"process {self.pid}: an MPS server is not also an MPS client; set one of the two")
+        if self.mps_server:
+            for name in ("sm", "mem_bw"):
+                if _signal_range(getattr(self, name)) != (0.0, 0.0):
+                    raise ValueError(
+                        f"process {self.pid}: an MPS server has no '{name}' of its own; its utilisation is its "
+                        "clients' (give them 'sm' and 'mem_bw')"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _memory_or_vllm(self) -> ProcessSpec:
@@ -379,6 +457,20 @@ class ProcessSpec(_Strict):
 
     def alive(self, t: float) -> bool:
         return self.start <= t and (self.stop is None or t < self.stop)
+
+
+def _overlap(a: ProcessSpec, b: ProcessSpec) -> bool:
+    """Whether two processes' lifetimes share an instant."""
+    a_ends_before_b = a.stop is not None and a.stop <= b.start
+    b_ends_before_a = b.stop is not None and b.stop <= a.start
+    return not (a_ends_before_b or b_ends_before_a)
+
+
+def _covers(server: ProcessSpec, client: ProcessSpec) -> bool:
+    """Whether ``server`` is alive over ``client``'s whole lifetime."""
+    if server.start > client.start:
+        return False
+    return server.stop is None or (client.stop is not None and client.stop <= server.stop)
 
 
 class OwnerSpec(_Strict):
@@ -496,8 +588,51 @@ class Scenario(_Strict):
                     raise ValueError(f"process {proc.pid} names MIG instance {proc.mig} but GPU {gi} has no MIG")
             if proc.container is not None and proc.container not in containers:
                 raise ValueError(f"process {proc.pid} runs in container {proc.container!r}, which no pod defines")
+        self._check_mps(by_index)
         self._derive_vllm_memory()
         return self
+
+    def _check_mps(self, by_index: dict[int, GpuSpec]) -> None:
+        """MPS roles fit their GPUs: clients and servers only on MPS GPUs, nothing else there, one server at a
+        time per GPU, and a server alive over each client's whole lifetime."""
+        servers: dict[int, list[ProcessSpec]] = {}
+        for proc in self.processes:
+            for gi in proc.gpus:
+                mps = by_index[gi].mps
+                if proc.mps_client and not mps:
+                    raise ValueError(
+                        f"process {proc.pid} is an MPS client (mps_client: true) on GPU {gi}, which does not run "
+                        "MPS (set 'mps: true' on the GPU)"
+                    )
+                if proc.mps_server and not mps:
+                    raise ValueError(
+                        f"process {proc.pid} is an MPS server (mps_server: true) on GPU {gi}, which does not run "
+                        "MPS (set 'mps: true' on the GPU)"
+                    )
+                if mps and not (proc.mps_client or proc.mps_server):
+                    raise ValueError(
+                        f"process {proc.pid} is on MPS GPU {gi} but is neither its MPS server nor a client: CUDA "
+                        "processes there connect through the server, so set 'mps_client: true'"
+                    )
+                if proc.mps_server:
+                    servers.setdefault(gi, []).append(proc)
+        for gi, procs in servers.items():
+            for a, b in itertools.combinations(procs, 2):
+                if _overlap(a, b):
+                    raise ValueError(
+                        f"processes {a.pid} and {b.pid} are both MPS servers of GPU {gi} at once; the control "
+                        "daemon runs one server per GPU at a time"
+                    )
+        for proc in self.processes:
+            if not proc.mps_client:
+                continue
+            for gi in proc.gpus:
+                if not any(_covers(server, proc) for server in servers.get(gi, ())):
+                    raise ValueError(
+                        f"process {proc.pid} is an MPS client on GPU {gi} but no MPS server (mps_server: true) on "
+                        f"that GPU is alive over its whole lifetime (from second {proc.start} to "
+                        f"{'the end' if proc.stop is None else f'second {proc.stop}'})"
+                    )
 
     def _device_memory(self, proc: ProcessSpec) -> int:
         gpu = self.gpus[proc.gpus[0]]
