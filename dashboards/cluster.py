@@ -76,7 +76,7 @@ def _summary_row(d: dash.Dashboard) -> dash.Dashboard:
         .with_panel(
             p.stat_panel(
                 "GPUs' worth used",
-                "Sum of per-container SM activity now (" + r.SM_NAMESPACE + "): 1.0 is one GPU's kernels "
+                "Sum of per-container kernel time now (" + r.SM_NAMESPACE + "): 1.0 is one GPU's kernels "
                 "running all the time. Compare with GPUs allocated to see how much of the allocation works.",
                 p.COUNT,
                 p.Query(f"sum({USED_NS})"),
@@ -126,12 +126,12 @@ def _summary_row(d: dash.Dashboard) -> dash.Dashboard:
             p.timeseries_panel(
                 "GPUs allocated against GPUs' worth used",
                 "Allocated GPUs (kubelet allocations) against the GPUs' worth their containers kept busy "
-                "(per-container SM activity, source nvml|gpm), and the allocated-but-unused difference "
+                "(per-container kernel time; GPM on MIG instances), and the allocated-but-unused difference "
                 "summed per pod. The gap between the two lines is the headroom you pay for.",
                 p.COUNT,
                 [
                     p.Query(f"sum({ALLOC_NS})", "allocated"),
-                    p.Query(f"sum({USED_NS})", "used (SM activity)"),
+                    p.Query(f"sum({USED_NS})", "used (kernel time)"),
                     p.Query(f"sum({UNUSED_POD})", "allocated but unused"),
                 ],
             )

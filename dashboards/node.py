@@ -7,13 +7,16 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from alerts import rules as r
 from common import catalog as c
 from dashboards import panels as p
-from dashboards.promql import GPU, IN_POD, MIG_ONLY, NODE, SOURCE, WHOLE_GPU, sel
+from dashboards.promql import GPU, IN_POD, KERNEL_SOURCES, MIG_ONLY, NODE, SOURCE, WHOLE_GPU, sel
 
 UID = "gpuattr-node-gpu"
 TITLE = "GPU attribution / Node and GPU"
 
 DEVICE = "instance, gpu, gpu_uuid, mig_instance"
 """One whole GPU or MIG instance of one node."""
+KERNEL = c.CONTAINER_KERNEL_ACTIVE
+MPS = "instance, gpu, gpu_uuid"
+MPS_SHARED = 'reason="mps_shared"'
 HOLDER = f"{DEVICE}, namespace, pod"
 MIG_HOLDER = "instance, gpu, gpu_uuid, mig_instance, mig_profile, namespace, pod"
 DEVICE_LEGEND = "{{instance}} GPU {{gpu}} {{mig_instance}}"
@@ -71,11 +74,20 @@ def _node_row(d: dash.Dashboard) -> dash.Dashboard:
             p.table_panel(
                 "Pods sharing a GPU",
                 "Every pod on a GPU or MIG instance that more than one pod holds memory on or was allocated "
-                "(time-slicing, MPS, or a process the kubelet did not allocate): the memory each holds and its "
-                "SM activity ($source). Shared GPUs are where neighbours slow each other down.",
+                "(time-slicing, MPS, or a process the kubelet did not allocate): the memory each holds, the "
+                "time its kernels ran and the share of SMs they kept busy ($source). Shared GPUs are where "
+                "neighbours slow each other down. Under MPS with several clients, activity is unknown (blank).",
                 p.BYTES,
                 [
                     p.Column(p.Query(SHARED), "memory held", p.BYTES),
+                    p.Column(
+                        p.Query(
+                            f"sum by ({HOLDER}) ({sel(c.CONTAINER_KERNEL_ACTIVE, NODE, IN_POD, KERNEL_SOURCES)}) "
+                            f"and on ({HOLDER}) {SHARED}"
+                        ),
+                        "kernel time",
+                        p.RATIO,
+                    ),
                     p.Column(
                         p.Query(
                             f"sum by ({HOLDER}) ({sel(c.CONTAINER_SM_ACTIVE, NODE, IN_POD, SOURCE)}) "
@@ -86,6 +98,30 @@ def _node_row(d: dash.Dashboard) -> dash.Dashboard:
                     ),
                 ],
                 labels=["instance", "gpu", "gpu_uuid", "mig_instance", "namespace", "pod"],
+                span=12,
+            )
+        )
+        .with_panel(
+            p.table_panel(
+                "MPS-shared GPUs",
+                "GPUs whose work runs through an MPS server (a sharing mode of the NVIDIA device plugin): its "
+                "clients, the share of time a kernel of any client ran (NVML credits all of it to the server), "
+                "the server's own memory, and the clients whose activity is therefore unknown. With several "
+                "clients the driver does not say who did what: unknown, not idle.",
+                p.RATIO,
+                [
+                    p.Column(p.Query(f"max by ({MPS}) ({sel(c.GPU_MPS_KERNEL_ACTIVE, NODE)})"), "kernel time", p.RATIO),
+                    p.Column(p.Query(f"max by ({MPS}) ({sel(c.GPU_MPS_CLIENTS, NODE)})"), "client processes", p.COUNT),
+                    p.Column(
+                        p.Query(f"max by ({MPS}) ({sel(c.GPU_MPS_SERVER_MEMORY, NODE)})"), "server memory", p.BYTES
+                    ),
+                    p.Column(
+                        p.Query(f"count by ({MPS}) ({sel(c.CONTAINER_ACTIVITY_UNKNOWN, NODE, MPS_SHARED)})"),
+                        "containers, activity unknown",
+                        p.COUNT,
+                    ),
+                ],
+                labels=["instance", "gpu", "gpu_uuid"],
                 span=12,
             )
         )
@@ -227,10 +263,26 @@ def _gpu_row(d: dash.Dashboard) -> dash.Dashboard:
         )
         .with_panel(
             p.timeseries_panel(
+                "Kernel time by pod",
+                "Share of time a kernel of each pod ran on this GPU (NVML per-process smUtil, as nvidia-smi pmon "
+                "shows; for the only client of an MPS server, the server's), stacked. Time, not SMs: a loop of "
+                "tiny kernels fills it while the SMs idle; compare the SM activity panel.",
+                p.RATIO,
+                [
+                    p.Query(
+                        f"sum by (namespace, pod, process) ({sel(KERNEL, NODE, GPU, KERNEL_SOURCES)})",
+                        POD_LEGEND,
+                    )
+                ],
+                stack=True,
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
                 "SM activity by pod",
-                "Per-container SM activity on this GPU summed per pod, stacked, from $source (nvml: the time "
-                "its kernels ran; gpm: the MIG instance's SM share; dcgm: DCGM SM_ACTIVE split by process). "
-                "Shows which pod keeps the GPU busy and which only holds it.",
+                "Share of the GPU's SMs busy with each pod's work, stacked, from $source (gpm: the GPU's GPM SM "
+                "activity split by kernel-time share; dcgm: DCGM SM_ACTIVE split the same way). Absent on GPUs "
+                "with neither. The stack never exceeds what the device measured.",
                 p.RATIO,
                 [
                     p.Query(
@@ -255,13 +307,14 @@ def _gpu_row(d: dash.Dashboard) -> dash.Dashboard:
                         POD_LEGEND + " ({{source}})",
                     )
                 ],
+                span=24,
             )
         )
         .with_panel(
             p.timeseries_panel(
-                "Interference: vLLM latency against the SM activity of the pods on this GPU",
+                "Interference: vLLM latency against the kernel time of the pods on this GPU",
                 f"p95 inter-token latency of every vLLM server on this GPU (recording rule {r.ITL_P95}, left "
-                "axis) against the SM activity of every pod on the GPU ($source, dashed, right axis). Latency "
+                "axis) against the kernel time of every pod on the GPU (dashed, right axis). Latency "
                 "that rises when a neighbour's activity does is interference: give the server its own GPU or "
                 "a MIG slice. Fires VllmLatencyRisingWithNeighbour.",
                 p.SECONDS,
@@ -271,8 +324,8 @@ def _gpu_row(d: dash.Dashboard) -> dash.Dashboard:
                         "{{namespace}}/{{pod}} p95 inter-token latency",
                     ),
                     p.Query(
-                        f"sum by (namespace, pod) ({sel(c.CONTAINER_SM_ACTIVE, NODE, GPU, IN_POD, SOURCE)})",
-                        "{{namespace}}/{{pod}} SM activity",
+                        f"sum by (namespace, pod) ({sel(KERNEL, NODE, GPU, IN_POD, KERNEL_SOURCES)})",
+                        "{{namespace}}/{{pod}} kernel time",
                     ),
                 ],
                 right_axis=[("B", p.RATIO)],

@@ -353,11 +353,10 @@ def query_variable(
 
 
 def source_variable() -> dash.CustomVariable:
-    """Which measurement of per-container activity to show (docs/metrics.md, "Where activity numbers come from")."""
+    """Which measurement of per-container SM activity and bandwidth to show (docs/metrics.md, "Where activity
+    numbers come from"); kernel time has its own panels and needs no choice."""
     options = [
-        ("nvml+gpm: kernel time on whole GPUs and GPM on MIG instances", "nvml|gpm"),
-        ("nvml: kernel time (per-process smUtil / memUtil)", "nvml"),
-        ("gpm: GPM share of SMs busy / DRAM bandwidth", "gpm"),
+        ("measured on the device: GPM where the GPU has it; NVML time for bandwidth elsewhere", "nvml|mps|gpm"),
         ("dcgm: dcgm-exporter profiling fields split by process", "dcgm"),
     ]
     # Grafana splits a custom variable's query on commas and each entry on " : " (text : value): no commas.
@@ -365,8 +364,8 @@ def source_variable() -> dash.CustomVariable:
         dash.CustomVariable("source")
         .label("Activity source")
         .description(
-            "Where per-container activity numbers come from. The series of one source never add up with "
-            "another's: pick one. nvml|gpm is what the recording rules count as GPUs' worth used."
+            "Where per-container SM activity and bandwidth come from. The series of one source never add up "
+            "with another's: pick one. Kernel time (NVML per-process smUtil) is shown apart: it is time, not SMs."
         )
         .values(", ".join(f"{text} : {value}" for text, value in options))
         .current(model.VariableOption(selected=True, text=options[0][0], value=options[0][1]))

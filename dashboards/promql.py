@@ -20,9 +20,19 @@ IN_POD = 'pod!=""'
 WHOLE_GPU = 'mig_instance=""'
 MIG_ONLY = 'mig_instance!=""'
 
-USED_SOURCES = "nvml|gpm"
-"""Per-container SM activity that means "GPUs' worth used" (as in the recording rules): NVML's time on
-whole GPUs, GPM on MIG instances, never both for one container."""
+KERNEL_SOURCES = 'source=~"nvml|mps"'
+GPM = 'source="gpm"'
+"""Per-container kernel time: NVML's per-process figure, or the MPS server's for its only client."""
+
+
+def used(*matchers: str) -> str:
+    """Per-container activity that means "GPUs' worth used" (as in the recording rules): kernel time on whole
+    GPUs, the instance's GPM SM activity for the only container of a MIG instance; never both for one."""
+    return (
+        f"({sel(c.CONTAINER_KERNEL_ACTIVE, *matchers, KERNEL_SOURCES)} "
+        f"or {sel(c.CONTAINER_SM_ACTIVE, *matchers, MIG_ONLY, GPM)})"
+    )
+
 
 PRICE = "$gpu_hour_price"
 """Price of one GPU for one hour, in USD (a dashboard variable)."""

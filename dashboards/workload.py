@@ -8,7 +8,19 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from alerts import rules as r
 from common import catalog as c
 from dashboards import panels as p
-from dashboards.promql import IN_POD, MODEL, NAMESPACE, NODE, PRICE, SOURCE, external, pod_labels, pods_matching, sel
+from dashboards.promql import (
+    IN_POD,
+    MODEL,
+    NAMESPACE,
+    NODE,
+    PRICE,
+    SOURCE,
+    external,
+    pod_labels,
+    pods_matching,
+    sel,
+    used,
+)
 
 UID = "gpuattr-workload-model"
 TITLE = "GPU attribution / Workload and model"
@@ -17,6 +29,9 @@ INFO = (NODE, NAMESPACE, MODEL)
 """Pods of the selected nodes, namespaces and models (the pod info series carries the node as ``instance``)."""
 WORKLOAD = "namespace, workload_kind, workload"
 WORKLOAD_LEGEND = "{{namespace}}/{{workload}}"
+
+
+BUSY_KEYS = "namespace, pod, container, gpu, gpu_uuid"
 
 
 def _usage(metric: c.Metric, *matchers: str) -> str:
@@ -54,9 +69,21 @@ def _model_row(d: dash.Dashboard) -> dash.Dashboard:
         )
         .with_panel(
             p.timeseries_panel(
+                "Kernel time by model (GPUs' worth)",
+                "Time a kernel of each model's pods ran, summed over its pods (GPM SM activity for the only pod "
+                "of a MIG instance): 1.0 is one GPU kept busy. Against the GPUs each model holds, it says which "
+                "models earn their hardware; the SM activity panel says how much of the SMs that time used.",
+                p.COUNT,
+                [p.Query(_per("model", used(NODE, NAMESPACE, IN_POD)), "{{model}}")],
+                span=12,
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
                 "SM activity by model (GPUs' worth)",
-                "Per-container SM activity ($source) summed over each model's pods: 1.0 is one GPU kept "
-                "busy. Against the GPUs each model holds, it says which models earn their hardware.",
+                "Share of the SMs each model's pods kept busy ($source: the device's GPM or DCGM SM activity split "
+                "by kernel time), summed over its pods. Far below the kernel-time line: kernels that run long "
+                "and do little (tiny kernels, launch-bound loops, polling).",
                 p.COUNT,
                 [
                     p.Query(
@@ -107,13 +134,14 @@ def _workload_row(d: dash.Dashboard) -> dash.Dashboard:
             p.table_panel(
                 "Workloads",
                 "Each workload (Deployment, StatefulSet, Job, … owning GPU pods): replicas, GPUs allocated, GPU "
-                "memory held, and SM activity and bandwidth in GPUs' worth ($source), now. A workload with "
-                "many GPUs allocated and little activity is the first to right-size.",
+                "memory held, kernel time and SM activity ($source) in GPUs' worth, now. A workload with many "
+                "GPUs allocated and little activity is the first to right-size.",
                 p.COUNT,
                 [
                     p.Column(p.Query(f"count by ({WORKLOAD}) ({info})"), "replicas", p.COUNT),
                     p.Column(p.Query(per_workload(sel(r.ALLOC_POD, NAMESPACE))), "GPUs allocated", p.COUNT),
                     p.Column(p.Query(per_workload(_usage(c.CONTAINER_MEMORY))), "GPU memory", p.BYTES),
+                    p.Column(p.Query(per_workload(used(NODE, NAMESPACE, IN_POD))), "kernel time (GPUs)", p.COUNT),
                     p.Column(
                         p.Query(per_workload(_usage(c.CONTAINER_SM_ACTIVE, SOURCE))), "SM activity (GPUs)", p.COUNT
                     ),
@@ -133,11 +161,38 @@ def _workload_row(d: dash.Dashboard) -> dash.Dashboard:
         )
         .with_panel(
             p.timeseries_panel(
-                "SM activity by workload (GPUs' worth)",
-                "Per-container SM activity ($source) summed over each workload's pods. Bursty lines are "
-                "inference following traffic; flat lines near zero are reservations.",
+                "Kernel time by workload (GPUs' worth)",
+                "Time a kernel of each workload's pods ran, summed over its pods. Bursty lines are inference "
+                "following traffic; flat lines near zero are reservations.",
                 p.COUNT,
-                [p.Query(per_workload(_usage(c.CONTAINER_SM_ACTIVE, SOURCE)), WORKLOAD_LEGEND)],
+                [p.Query(per_workload(used(NODE, NAMESPACE, IN_POD)), WORKLOAD_LEGEND)],
+            )
+        )
+        .with_panel(
+            p.table_panel(
+                "Busy but doing little",
+                "Containers whose kernels run more than 15% of the time while the SMs they get stay below a "
+                f"tenth of that ({r.SM_PER_KERNEL}): tiny kernels, launch-bound loops, polling. nvidia-smi shows "
+                "their GPUs busy; batching the work, CUDA graphs or a smaller GPU share would free them. Fires "
+                "GpuBusyButSmsIdle. Needs GPM or dcgm-exporter: kernel time alone cannot tell.",
+                p.RATIO,
+                [
+                    p.Column(
+                        p.Query(
+                            f"max by ({BUSY_KEYS}) ({_usage(c.CONTAINER_KERNEL_ACTIVE)}) > 0.15 "
+                            f"and on ({BUSY_KEYS}) ({sel(r.SM_PER_KERNEL, NAMESPACE)} < 0.1)"
+                        ),
+                        "kernel time",
+                        p.RATIO,
+                    ),
+                    p.Column(
+                        p.Query(f"max by ({BUSY_KEYS}) ({sel(r.SM_PER_KERNEL, NAMESPACE)} < 0.1)"),
+                        "SM activity per kernel time",
+                        p.RATIO,
+                    ),
+                ],
+                labels=["namespace", "pod", "container", "gpu", "gpu_uuid"],
+                sort_by="kernel time",
             )
         )
     )

@@ -12,7 +12,14 @@ from common.units import gib
 
 
 def _pct(value: float | None) -> str:
-    return "     -" if value is None else f"{value * 100:5.1f}%"
+    """A ratio as a percentage; a small non-zero one keeps its digits (0.025 %, not 0.0 %)."""
+    if value is None:
+        return "-"
+    return f"{value * 100:.3f}%" if 0 < value < 0.001 else f"{value * 100:.1f}%"
+
+
+def _one(metrics: dict[str, list[Sample]], name: str, gpu: str) -> float | None:
+    return next((v for lbl, v in metrics.get(name, []) if lbl.get("gpu") == gpu), None)
 
 
 def summary(metrics: dict[str, list[Sample]]) -> str:
@@ -54,26 +61,63 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
             tuple(lbl.get(k, "") for k in usage_keys): v for lbl, v in metrics.get(name, []) if lbl["source"] == source
         }
 
-    csm = {**by_source(c.CONTAINER_SM_ACTIVE.name, "gpm"), **by_source(c.CONTAINER_SM_ACTIVE.name, "nvml")}
+    kernel = {**by_source(c.CONTAINER_KERNEL_ACTIVE.name, "nvml"), **by_source(c.CONTAINER_KERNEL_ACTIVE.name, "mps")}
+    # SM activity: GPM where the GPU has it, else dcgm-exporter's; never kernel time passed off as SMs
+    csm = {**by_source(c.CONTAINER_SM_ACTIVE.name, "dcgm"), **by_source(c.CONTAINER_SM_ACTIVE.name, "gpm")}
     cbw = {
         **by_source(c.CONTAINER_MEMORY_BANDWIDTH.name, "nvml"),
+        **by_source(c.CONTAINER_MEMORY_BANDWIDTH.name, "mps"),
         **by_source(c.CONTAINER_MEMORY_BANDWIDTH.name, "gpm"),
     }
-    dcgm_sm = by_source(c.CONTAINER_SM_ACTIVE.name, "dcgm")
+    unknown = {
+        tuple(lbl.get(k, "") for k in usage_keys): lbl["reason"]
+        for lbl, _ in metrics.get(c.CONTAINER_ACTIVITY_UNKNOWN.name, [])
+    }
+    mps_gpus = {lbl["gpu"] for lbl, _ in metrics.get(c.GPU_MPS_CLIENTS.name, [])}
     usage_rows = []
     for key in sorted(mem, key=lambda k: (int(k[0]), int(k[2] or -1), k[4:])):
         gpu, _uuid, mig, _profile, ns, pod, container, process = key
         who = f"{ns}/{pod}/{container}" if pod else f"(process) {process}"
-        row = [gpu + (f"/{mig}" if mig else ""), who, gib(mem[key], 1), _pct(csm.get(key)), _pct(cbw.get(key))]
-        usage_rows.append([*row, _pct(dcgm_sm.get(key))] if dcgm_sm else row)
+        busy, sms = kernel.get(key), csm.get(key)
+        if key in unknown:
+            note = {
+                "mps_shared": "activity unknown: one of several MPS clients",
+                "mig_shared": "activity unknown: one of several in a MIG instance",
+            }.get(unknown[key], "activity unknown this interval")
+        elif busy is not None and sms is not None and busy > 0.15 and sms < 0.1 * busy:
+            note = "busy but its SMs are nearly idle"
+        else:
+            note = "MPS client" if gpu in mps_gpus else ""
+        usage_rows.append(
+            [
+                gpu + (f"/{mig}" if mig else ""),
+                who,
+                gib(mem[key], 1),
+                _pct(busy),
+                _pct(sms),
+                _pct(cbw.get(key)),
+                note,
+            ]
+        )
     tables = [
         table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows, right=(2, 3, 4, 5)),
         table(
-            ["GPU", "who", "memory", "SM", "DRAM bw", *(["SM active (dcgm)"] if dcgm_sm else [])],
+            ["GPU", "who", "memory", "kernel time", "SM active", "DRAM bw", ""],
             usage_rows,
             right=(2, 3, 4, 5),
         ),
     ]
+    mps_rows = [
+        [
+            lbl["gpu"],
+            f"{int(v)} clients",
+            _pct(_one(metrics, c.GPU_MPS_KERNEL_ACTIVE.name, lbl["gpu"])),
+            gib(_one(metrics, c.GPU_MPS_SERVER_MEMORY.name, lbl["gpu"]) or 0, 2),
+        ]
+        for lbl, v in sorted(metrics.get(c.GPU_MPS_CLIENTS.name, []), key=lambda s: int(s[0]["gpu"]))
+    ]
+    if mps_rows:
+        tables.append(table(["GPU", "MPS server", "kernel time, all clients", "server memory"], mps_rows, right=(2, 3)))
     pods = metrics.get(c.POD_INFO.name, [])
     if pods:
         allocated: dict[tuple[str, str], list[str]] = defaultdict(list)

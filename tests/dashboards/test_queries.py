@@ -1,11 +1,11 @@
 """Every query of every dashboard, with its variables substituted as Grafana would, against a real Prometheus.
 
 Prometheus (Debian's package) scrapes every second: the exporter on the inference scenario (in this process,
-built like ``gpuattr exporter``), the exporter on the MIG scenario (a subprocess: the fake NVML library is
-process-global), and a small HTTP server of this module that stands in for what is not simulated yet: the
+built like ``gpuattr exporter``), the exporters on the MIG scenario and on the MPS scenario (subprocesses: the fake
+NVML library is process-global), and a small HTTP server of this module that stands in for what is not simulated yet: the
 vLLM pods' own /metrics and the attribution job's output. It evaluates the generated recording rules
 (``alerts/gpuattr-rules.yaml``) every second. Each query must parse and return something: no panel of any
-dashboard is empty on these two nodes.
+dashboard is empty on these three nodes.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ GENERATED = ROOT / "dashboards" / "generated"
 RULES = ROOT / "alerts" / r.RULE_FILE
 INFERENCE = SCENARIOS / "h100-inference-node.yaml"
 MIG = SCENARIOS / "h100-8gpu-mig-node.yaml"
+MPS = SCENARIOS / "h200-mps-node.yaml"  # MPS clients, a launch-bound pod, time-slicing with swings
 READY_TIMEOUT_S = 40.0
 
 # Grafana's built-in variables, at values that fit a Prometheus that has scraped every second for a few
@@ -294,6 +295,7 @@ class Cluster:
     inference: str
     """The inference node's exporter target (its ``instance``)."""
     mig: str
+    mps: str
     places: dict[str, Placement]
 
     def gpu_of(self, server: VllmServer) -> str:
@@ -301,8 +303,9 @@ class Cluster:
 
 
 READY = (
-    'count(up{job=~"gpuattr|vllm|attribution"} == 1) == 4',
-    f"count(count by (instance) ({c.POD_INFO.name})) == 2",
+    'count(up{job=~"gpuattr|vllm|attribution"} == 1) == 5',
+    f"count(count by (instance) ({c.POD_INFO.name})) == 3",
+    f"{r.SM_PER_KERNEL}",
     f"{r.ALLOC_POD}",
     f"{r.SM_POD}",
     f"{r.VLLM_KV_USED}",
@@ -326,6 +329,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stdout=mig_log,
         stderr=subprocess.STDOUT,
     )
+    mps_port = _free_port()
+    mps_log = (tmp / "mps-exporter.log").open("wb")
+    mps_args = ["--simulate", str(MPS), "--kubernetes", "--listen", f"127.0.0.1:{mps_port}", "--interval", "0.5"]
+    mps_proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuattr", "exporter", *mps_args, "--sim-start", "60"],
+        cwd=ROOT,
+        stdout=mps_log,
+        stderr=subprocess.STDOUT,
+    )
     exporter: Exporter | None = None
     stand_in: StandIn | None = None
     try:
@@ -341,22 +353,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
         exporter.start()
         mig_url = f"http://127.0.0.1:{mig_port}/metrics"
+        mps_url = f"http://127.0.0.1:{mps_port}/metrics"
         _wait_http(mig_url, deadline, "the MIG node's exporter", mig_proc)
-        while not scrape(mig_url).get(c.POD_INFO.name) or not scrape(exporter.server.url).get(c.POD_INFO.name):
+        _wait_http(mps_url, deadline, "the MPS node's exporter", mps_proc)
+        while not all(scrape(url).get(c.POD_INFO.name) for url in (mig_url, mps_url, exporter.server.url)):
             if time.monotonic() > deadline:
                 pytest.fail("the simulated nodes never resolved their pods")
             time.sleep(0.2)
         places = _placements([exporter.server.url, mig_url])
         stand_in = StandIn(places)
         inference = exporter.server.url.removeprefix("http://").removesuffix("/metrics")
-        mig = f"127.0.0.1:{mig_port}"
+        mig, mps = f"127.0.0.1:{mig_port}", f"127.0.0.1:{mps_port}"
         stand_in_jobs = [
             {"job_name": name, "metrics_path": f"/{name}", "static_configs": [{"targets": [stand_in.address]}]}
             for name in ("vllm", "attribution")
         ]
         with prometheus(
             tmp,
-            [inference, mig],
+            [inference, mig, mps],
             evaluation_interval="1s",
             rule_files=[rules_every_second(tmp)],
             extra_scrape_configs=stand_in_jobs,
@@ -369,14 +383,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                         pytest.fail(f"never true within {READY_TIMEOUT_S}s: {expr}\n{log}")
                     time.sleep(0.25)
             time.sleep(1.5)  # one more rule evaluation and scrape, so every 1s-step subquery has a point
-            yield Cluster(prom, inference, mig, places)
+            yield Cluster(prom, inference, mig, mps, places)
     finally:
         if stand_in is not None:
             stand_in.close()
         if exporter is not None:
             exporter.stop()
         stop_process(mig_proc)
+        stop_process(mps_proc)
         mig_log.close()
+        mps_log.close()
 
 
 # Grafana's substitution ------------------------------------------------------------------------------------
@@ -488,8 +504,8 @@ def test_every_query_returns_data_with_every_variable_at_all(cluster: Cluster, n
 def test_every_query_returns_data_with_selected_values_escaped_as_grafana_does(cluster: Cluster, name: str) -> None:
     llama = cluster.places[LLAMA_8B.pod]
     chosen: dict[str, list[str] | str] = {
-        "node": [cluster.inference, cluster.mig],
-        "namespace": [LLAMA_8B.namespace],
+        "node": [cluster.inference, cluster.mig, cluster.mps],
+        "namespace": [LLAMA_8B.namespace, "risk"],  # risk: the launch-bound scorer on the MPS node
         "model": [llama.model],  # "meta-llama/Llama-3.1-8B-Instruct": the dots get escaped
         "pod": [LLAMA_8B.pod],
         "gpu": cluster.gpu_of(LLAMA_8B),
@@ -532,9 +548,10 @@ def test_variables_chain_node_to_namespace_to_model_and_node_to_gpu(cluster: Clu
     assert len({s["metric"][label] for s in cluster.prom.result(expr)}) == 8
 
 
-def test_the_cluster_counts_every_allocation_of_both_nodes(cluster: Cluster) -> None:
+def test_the_cluster_counts_every_allocation_of_the_three_nodes(cluster: Cluster) -> None:
     (allocated,) = _ask(cluster, "gpuattr-cluster-efficiency.json", "GPUs allocated")
-    assert float(allocated["value"][1]) == 5 + 10  # 4 GPUs + a time-sliced replica; 7 GPUs + 3 MIG instances
+    # 4 GPUs + a time-sliced replica; 7 GPUs + 3 MIG instances; 2 MPS replicas, 1 GPU, 2 time-sliced replicas
+    assert float(allocated["value"][1]) == 5 + 10 + 5
 
 
 def test_shares_of_the_allocation_used_are_fractions_and_training_uses_most_of_its_gpus(cluster: Cluster) -> None:
@@ -549,20 +566,43 @@ def test_shares_of_the_allocation_used_are_fractions_and_training_uses_most_of_i
     assert by_class["experimentation"] == 0  # idle notebooks
     assert all(0 <= v <= 1 for v in by_class.values())
     teams = _ask(cluster, name, "Allocation and use by team", "C")
-    assert {s["metric"]["team"] for s in teams} == {"search", "research", "support-bot", "data"}
+    assert {s["metric"]["team"] for s in teams} == {"search", "research", "support-bot", "data", "nlp", "risk"}
     assert all(0 <= float(s["value"][1]) <= 1 for s in teams)
 
 
-def test_the_shared_gpu_table_lists_the_two_time_sliced_pods(cluster: Cluster) -> None:
+def test_the_shared_gpu_table_lists_the_time_sliced_and_mps_pods(cluster: Cluster) -> None:
     rows = _ask(cluster, "gpuattr-node-gpu.json", "Pods sharing a GPU")
     assert {(s["metric"]["instance"], s["metric"]["pod"]) for s in rows} == {
         (cluster.inference, QWEN_1_5B.pod),
         (cluster.inference, "tgi-phi3-mini-5f6d7c8b9-q9wrt"),
+        (cluster.mps, "embed-encoder-6f8b9c7d5-q2w7x"),  # MPS clients
+        (cluster.mps, "jupyter-carol-0"),
+        (cluster.mps, "finetune-bert-base-0"),  # time-sliced
+        (cluster.mps, "nightly-embeddings-29012345-7xk2p"),
     }
+    kernel = {s["metric"]["pod"] for s in _ask(cluster, "gpuattr-node-gpu.json", "Pods sharing a GPU", "B")}
+    assert "jupyter-carol-0" not in kernel and "embed-encoder-6f8b9c7d5-q2w7x" not in kernel  # unknown, not 0
+    assert "finetune-bert-base-0" in kernel
+
+
+def test_the_mps_table_shows_the_servers_activity_and_its_clients_of_unknown_activity(cluster: Cluster) -> None:
+    board = "gpuattr-node-gpu.json"
+    (kernel,) = _ask(cluster, board, "MPS-shared GPUs", "A")
+    (clients,) = _ask(cluster, board, "MPS-shared GPUs", "B")
+    (unknown,) = _ask(cluster, board, "MPS-shared GPUs", "D")
+    assert kernel["metric"]["instance"] == cluster.mps and float(kernel["value"][1]) > 0.9
+    assert float(clients["value"][1]) == 2 and float(unknown["value"][1]) == 2
+
+
+def test_the_launch_bound_pod_is_busy_but_doing_little(cluster: Cluster) -> None:
+    rows = _ask(cluster, "gpuattr-workload-model.json", "Busy but doing little", "A")
+    assert {s["metric"]["pod"] for s in rows} == {"fraud-scorer-7d5f6c8b9-lm3tz"}
+    (ratio,) = _ask(cluster, "gpuattr-workload-model.json", "Busy but doing little", "B")
+    assert float(ratio["value"][1]) < 0.01
 
 
 def test_the_interference_panel_shows_the_vllm_server_on_the_gpu_and_every_pod_there(cluster: Cluster) -> None:
-    title = "Interference: vLLM latency against the SM activity of the pods on this GPU"
+    title = "Interference: vLLM latency against the kernel time of the pods on this GPU"
     latency = _ask(cluster, "gpuattr-node-gpu.json", title, "A")
     activity = _ask(cluster, "gpuattr-node-gpu.json", title, "B")
     assert [s["metric"]["pod"] for s in latency] == [QWEN_1_5B.pod]

@@ -130,6 +130,7 @@ def test_a_launch_bound_loop_is_busy_by_time_and_nearly_idle_by_sms(simulate: Ca
     assert usage.kernel_ratio == pytest.approx(0.2) and usage.kernel_source == "nvml"
     assert node.gpus[0].gpm is not None and node.gpus[0].gpm.sm_active == pytest.approx(0.00025)
     assert usage.sm_ratio == pytest.approx(0.00025) and usage.sm_source == "gpm"
+    assert usage.sm_ratio is not None and usage.kernel_ratio is not None
     assert usage.sm_ratio < 0.02 * usage.kernel_ratio  # the "busy but doing little" signal's condition
 
 

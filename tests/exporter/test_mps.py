@@ -9,15 +9,19 @@ only held memory.
 from __future__ import annotations
 
 import ast
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from prometheus_client.utils import floatToGoString
 
+from common import catalog as c
 from exporter.readings import GpmReading, GpuReading, NodeReading, ProcessReading
 from exporter.render import families, render
-from exporter.snapshot import MpsServer, Owner, OwnerResolver, Snapshot, attribute
-from tests.conftest import H200_FIXTURES
+from exporter.snapshot import CommandNameResolver, MpsServer, Owner, OwnerResolver, Snapshot, Usage, attribute
+from tests.conftest import H200_FIXTURES, SCENARIOS, Sim
+from tests.simulator.test_mps import BUSY, IDLE, SERVER, mps_gpu
 
 MiB = 2**20
 UUID = "GPU-a8c6ca6e-7bcb-4d25-e05a-cc3de6aa2830"
@@ -54,8 +58,8 @@ def _recorded(
             pid, sm, mem, _stamp = (int(x) for x in rest.split())
             util[pid] = (sm, mem)
         elif kind == "comm":
-            pid, name = rest.split(" ", 1)
-            comm[int(pid)] = name
+            number, name = rest.split(" ", 1)
+            comm[int(number)] = name
     return compute, mps, util, comm
 
 
@@ -120,9 +124,93 @@ def test_the_exposition_marks_unknown_activity_and_serves_the_mps_figures() -> N
     text = render(families(Snapshot(node, usages, 0, mps=servers)), 0).text.decode()
     assert f'gpuattr_gpu_mps_kernel_active_ratio{{gpu="0",gpu_uuid="{UUID}"}} 0.99' in text
     assert f'gpuattr_gpu_mps_clients{{gpu="0",gpu_uuid="{UUID}"}} 2.0' in text
-    assert f'gpuattr_gpu_mps_server_memory_bytes{{gpu="0",gpu_uuid="{UUID}"}} {floatToGoString(66 * MiB)}' in text
+    assert f'gpuattr_gpu_mps_server_memory_bytes{{gpu="0",gpu_uuid="{UUID}"}} {66 * MiB:.7e}' in text
     unknown = [line for line in text.splitlines() if line.startswith("gpuattr_container_gpu_activity_unknown{")]
     assert len(unknown) == 2 and all('reason="mps_shared"' in line for line in unknown)
     assert "gpuattr_container_gpu_kernel_active_ratio{" not in text  # absent, not 0
     samples = [line for line in text.splitlines() if not line.startswith("#")]
     assert not [line for line in samples if 'process="nvidia-cuda-mps' in line]  # the server is no owner
+
+
+# --- through the real binding, on the simulated driver -------------------------------------------------
+
+
+def _sampled(simulate: Callable[..., Sim], raw: dict[str, Any]) -> tuple[NodeReading, list[Usage], list[MpsServer]]:
+    sim = simulate(raw, start=10)
+    sim.reader.read()
+    sim.clock.advance(5)
+    node = sim.reader.read()
+    servers: list[MpsServer] = []
+    usages, _ = attribute(node, CommandNameResolver("/nonexistent", sim.reader.process_name), mps=servers)
+    return node, usages, servers
+
+
+def test_the_reader_tells_the_mps_server_from_its_clients(simulate: Callable[..., Sim]) -> None:
+    node, usages, servers = _sampled(simulate, mps_gpu())
+    gpu = node.gpus[0]
+    assert gpu.mps
+    roles = {p.pid: p.role for p in gpu.processes}
+    assert roles == {SERVER: "mps_server", BUSY: "mps_client", IDLE: "mps_client"}
+    assert {u.owner.process for u in usages} == {"w-computeM", "w-idleM"}
+    assert all(u.activity_unknown == "mps_shared" and u.kernel_ratio is None for u in usages)
+    (server,) = servers
+    assert server.kernel_ratio == pytest.approx(0.99) and server.clients == 2
+
+
+def test_the_busy_mps_client_alone_gets_its_kernel_time_and_its_gpm_sm_activity(simulate: Callable[..., Sim]) -> None:
+    raw = mps_gpu()
+    raw["processes"] = [p for p in raw["processes"] if p["pid"] != IDLE]
+    node, usages, _ = _sampled(simulate, raw)
+    (usage,) = usages
+    assert usage.kernel_ratio == pytest.approx(0.99) and usage.kernel_source == "mps"
+    device = node.gpus[0].gpm
+    assert device is not None and usage.sm_ratio is not None
+    assert usage.sm_ratio == pytest.approx(device.sm_active) and usage.sm_ratio > 0.9
+
+
+def test_a_gpu_without_mps_has_no_roles(simulate: Callable[..., Sim]) -> None:
+    raw = {
+        "name": "plain",
+        "gpus": [{"index": 0, "model": "NVIDIA H200"}],
+        "processes": [{"pid": 7, "name": "nvidia-cuda-mps-server", "gpus": [0], "memory": "1GiB", "sm": 0.5}],
+    }
+    node, usages, servers = _sampled(simulate, raw)
+    assert not node.gpus[0].mps and servers == []
+    assert usages[0].kernel_ratio == pytest.approx(0.5)  # no MPS list: a process of that name is a workload
+
+
+def test_the_shipped_mps_scenario_says_mps_in_the_allocations_and_never_idle_for_the_clients(tmp_path: Path) -> None:
+    from common.exposition import scrape
+    from exporter.app import build
+    from exporter.settings import ExporterSettings
+
+    exporter = build(
+        ExporterSettings(
+            simulate=str(SCENARIOS / "h200-mps-node.yaml"),
+            listen="127.0.0.1:0",
+            kubernetes=True,
+            sim_start=60.0,
+            interval=0.5,
+        )
+    )
+    exporter.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            metrics = scrape(exporter.server.url, timeout_s=5)
+            taken = sum(v for _, v in metrics.get(c.EXPORTER_SAMPLES.name, []))
+            if (taken >= 3 and metrics.get(c.CONTAINER_ALLOCATED.name)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        exporter.stop()
+    sharing = {lbl["pod"]: lbl["sharing"] for lbl, _ in metrics[c.CONTAINER_ALLOCATED.name]}
+    assert sharing["embed-encoder-6f8b9c7d5-q2w7x"] == "mps" and sharing["jupyter-carol-0"] == "mps"
+    assert "time-slicing" in {sharing[p] for p in sharing if p.startswith(("finetune", "nightly"))}
+    unknown = {lbl["pod"]: lbl["reason"] for lbl, _ in metrics[c.CONTAINER_ACTIVITY_UNKNOWN.name]}
+    assert unknown == {"embed-encoder-6f8b9c7d5-q2w7x": "mps_shared", "jupyter-carol-0": "mps_shared"}
+    kernel = {lbl["pod"] for lbl, _ in metrics.get(c.CONTAINER_KERNEL_ACTIVE.name, [])}
+    assert not kernel & set(unknown)  # unknown is absent, never 0
+    owners = {lbl["pod"] for lbl, _ in metrics[c.CONTAINER_MEMORY.name]}
+    assert not [p for p in owners if "mps-control-daemon" in p]  # the device plugin's MPS daemon is no workload
+    assert metrics[c.GPU_MPS_KERNEL_ACTIVE.name][0][1] > 0.9

@@ -272,7 +272,7 @@ def test_the_shipped_h200_node_shares_gpu_0_by_mps_as_the_device_plugin_does(sim
         for devices in container.devices
     }
     assert shared["search/embed-encoder-6f8b9c7d5-q2w7x"] == ("nvidia.com/gpu.shared", [f"{uuid}::0"])
-    assert shared["notebooks/jupyter-bob-0"] == ("nvidia.com/gpu.shared", [f"{uuid}::1"])
+    assert shared["notebooks/jupyter-carol-0"] == ("nvidia.com/gpu.shared", [f"{uuid}::1"])
     assert ("nvidia.com/gpu.shared", [f"{uuid}::0", f"{uuid}::1"]) in allocatable(scenario)
     server = next(p for p in scenario.processes if p.mps_server)
     assert server.container is not None and server.container.startswith(
