@@ -53,9 +53,7 @@ def queries(window: str, resolution: str, idle: float) -> dict[str, str]:
         "alloc_h": hours(f"sum by ({KEYS}) ({alloc})"),
         "used_h": hours(f"sum by ({KEYS}) ({sm})"),
         "mem_h": hours(f"sum by ({KEYS}) ({mem} / on (gpu_uuid, mig_instance) group_left {total})"),
-        "idle_h": hours(
-            f"sum by ({KEYS}) ({alloc} unless on ({keys}) ({sm} > {idle}) unless on ({keys}) {unknown})"
-        ),
+        "idle_h": hours(f"sum by ({KEYS}) ({alloc} unless on ({keys}) ({sm} > {idle}) unless on ({keys}) {unknown})"),
         "unknown_h": hours(f"sum by ({KEYS}) ({alloc} and on ({keys}) {unknown})"),
         "peak_mem": f"max by ({KEYS}) (max_over_time(({mem})[{window}:{resolution}]))",
         "peak_sm": f"max by ({KEYS}) (max_over_time(({sm})[{window}:{resolution}]))",

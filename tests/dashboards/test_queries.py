@@ -1,9 +1,9 @@
 """Every query of every dashboard, with its variables substituted as Grafana would, against a real Prometheus.
 
 Prometheus (Debian's package) scrapes every second: the exporter on the inference scenario (in this process,
-built like ``gpuattr exporter``), the exporters on the MIG scenario and on the MPS scenario (subprocesses: the fake
-NVML library is process-global), and a small HTTP server of this module that stands in for what is not simulated yet: the
-vLLM pods' own /metrics and the attribution job's output. It evaluates the generated recording rules
+built like ``gpuattr exporter``), the exporters on the MIG scenario and on the MPS scenario (subprocesses:
+the fake NVML library is process-global), and a small HTTP server of this module that stands in for what is not
+simulated yet: the vLLM pods' own /metrics and the attribution job's output. It evaluates the generated recording rules
 (``alerts/gpuattr-rules.yaml``) every second. Each query must parse and return something: no panel of any
 dashboard is empty on these three nodes.
 """
