@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
 from attribution.split import ServerGpu
 from common import catalog as c
+from common.fetch import redact
 
 log = logging.getLogger("gpuattr.attribution")
 
@@ -133,7 +134,7 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     teams = {k: v.get("team", "") for k, v in info.items()}
     # Thanos, Mimir and Prometheus with a failing remote read answer "success" with warnings such as
     # "partial response": the figures may be low, and the report must say so
-    problems += [f"{client.url} warned: {w}" for w in dict.fromkeys(client.warnings)]
+    problems += [f"{redact(client.url)} warned: {w}" for w in dict.fromkeys(client.warnings)]
     return Collected(servers, teams, tokens, problems)
 
 

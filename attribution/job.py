@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import pandas as pd
 
@@ -19,23 +18,13 @@ from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, Packing, costs, pack, recommend
 from attribution.report import Result, families, terminal, to_json, write_files
 from attribution.split import split
-from common.envflags import ENV_PREFIX, parse_args
+from common.envflags import Parser, parse_args
 from common.families import Families
 from common.fetch import FetchError, push_handler
 from common.units import parse_duration
 
 log = logging.getLogger("gpuattr.attribution")
 JOB = "gpuattr-attribution"
-
-
-class Parser(argparse.ArgumentParser):
-    """A parser whose complaint about a ``GPUATTR_*`` variable is one line naming it: the variable is not on
-    the command line, so the usage would not point at it. Other mistakes get argparse's usage as ever."""
-
-    def error(self, message: str) -> NoReturn:
-        if ENV_PREFIX in message:
-            self.exit(2, f"{self.prog}: {message}\n")
-        super().error(message)
 
 
 def window_seconds(window: str) -> float:
@@ -101,7 +90,7 @@ def collect(args: argparse.Namespace) -> Collected:
     if args.logs_from_kubernetes:
         from attribution.collect import kubernetes_logs
 
-        reader = kubernetes_logs(args.kube_api)
+        reader = kubernetes_logs(args.kube_api, timeout_s=args.timeout)
     add_logs(collected, Path(args.logs) if args.logs else None, read=reader)
     add_model_configs(collected, Path(args.model_configs) if args.model_configs else None)
     return collected
@@ -133,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--every", type=float, default=300.0, help="seconds between runs with --serve")
     p.add_argument("--pushgateway", help="push the split to this Pushgateway (for a CronJob)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per Prometheus query or scrape")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds for each whole request: a Prometheus query, a scrape, a pod log",
+    )
     p.add_argument("--stats", action="store_true", help="print timings (JSON) to standard error")
     return p
 

@@ -196,7 +196,7 @@ def parse_usage(text: str, gpu: int, wanted: set[str]) -> tuple[dict[str, dict[s
 
     names = {
         catalog.CONTAINER_MEMORY.name: "memory",
-        catalog.CONTAINER_SM_ACTIVE.name: "sm",
+        catalog.CONTAINER_KERNEL_ACTIVE.name: "sm",  # time its kernels ran: what the thresholds below mean
         catalog.CONTAINER_MEMORY_BANDWIDTH.name: "bandwidth",
     }
     out: dict[str, dict[str, float]] = {}

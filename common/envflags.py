@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from common.quoting import short_repr
 
@@ -119,3 +119,13 @@ def parse_args(
         for group, required in saved_groups:
             group.required = required
     return args
+
+
+class Parser(argparse.ArgumentParser):
+    """A parser whose complaint about a ``GPUATTR_*`` variable is one line naming it: the variable is not on
+    the command line, so the usage would not point at it. Other mistakes get argparse's usage as ever."""
+
+    def error(self, message: str) -> NoReturn:
+        if ENV_PREFIX in message:
+            self.exit(2, f"{self.prog}: {message}\n")
+        super().error(message)

@@ -10,12 +10,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from attribution.job import Parser
 from attribution.prometheus import PrometheusClient
 from attribution.review.analysis import run
 from attribution.review.publish import push
 from attribution.review.render import FORMATS, markdown, write
-from common.envflags import parse_args
+from common.envflags import Parser, parse_args
 from common.fetch import FetchError
 from common.quoting import InputError
 from common.units import parse_duration
