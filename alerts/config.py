@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from common.quoting import short_repr
+from common.units import parse_duration
 
 SEVERITIES = ("critical", "warning", "info")
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 
 
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/-]{1,200}")
@@ -94,6 +94,13 @@ def _finite(value: float) -> bool:
         return False
 
 
+def _is_duration(value: object) -> bool:
+    try:
+        return isinstance(value, str) and parse_duration(value) > 0
+    except ValueError:
+        return False
+
+
 def load_config(path: str | Path | None) -> AlertConfig:
     config = AlertConfig()
     if path is None:
@@ -119,7 +126,7 @@ def load_config(path: str | Path | None) -> AlertConfig:
             )
         if isinstance(default, float) and not _finite(value):
             raise AlertConfigError(f"alert config {path}: {key} must be a finite number, got {short_repr(value)}")
-        if key.endswith(("_window", "_for", "_interval")) and not _DURATION.match(str(value)):
+        if key.endswith(("_window", "_for", "_interval")) and not _is_duration(value):
             raise AlertConfigError(f"alert config {path}: {key} must be a Prometheus duration such as 30m or 1h30m")
         if isinstance(default, (int, float)) and value < 0:
             raise AlertConfigError(f"alert config {path}: {key} must not be negative, got {short_repr(value)}")

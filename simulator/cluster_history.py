@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from common import catalog as c
+from common.units import GiB
 
-GiB = 2**30
 WEEK_S = 7 * 86400
 DAY_S = 86400
 
@@ -299,7 +299,7 @@ def write_openmetrics(
     family(m.family)
     for w, gpus in pods:
         for node, gpu in gpus:
-            constant(m.name, _render(m.labels, usage_labels(w, node, gpu, resource="nvidia.com/gpu")), "1")
+            constant(m.name, _render(m.labels, usage_labels(w, node, gpu, resource="nvidia.com/gpu", sharing="exclusive")), "1")
     m = c.CONTAINER_KERNEL_ACTIVE
     family(m.family)
     for w, gpus in pods:

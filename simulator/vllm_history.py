@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from common import catalog as c
-
-GiB = 2**30
+from common.units import GiB
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import pytest
 
 from attribution.job import main
 from attribution.prometheus import PrometheusClient
-from simulator.vllm_history import GiB, SyntheticServer, fleet, write_openmetrics
+from common.units import GiB
+from simulator.vllm_history import SyntheticServer, fleet, write_openmetrics
 from tests.peers import Prometheus, prometheus
 
 WEEK = 7 * 86400

@@ -31,9 +31,9 @@ def test_the_backfilled_history_holds_the_cluster_as_built(month: Cluster) -> No
     assert _at(prom, "count(gpuattr_gpu_info)", end) == 400
     assert _at(prom, "count(count by (gpu_uuid) (gpuattr_gpu_memory_total_bytes))", end) == 400
     assert _at(prom, "sum(gpuattr_container_gpu_allocated)", end) == 160
-    used = 'avg_over_time(sum(gpuattr_container_gpu_sm_active_ratio{namespace="research"})[7d:30m])'
+    used = 'avg_over_time(sum(gpuattr_container_gpu_kernel_active_ratio{namespace="research"})[7d:30m])'
     assert _at(prom, used, end) == pytest.approx(20.0, rel=1e-9)
-    growth = 'avg_over_time(sum(gpuattr_container_gpu_sm_active_ratio{namespace="data"})[6d:30m])'
+    growth = 'avg_over_time(sum(gpuattr_container_gpu_kernel_active_ratio{namespace="data"})[6d:30m])'
     assert _at(prom, growth, end) == pytest.approx(20.0) and _at(prom, growth, end - 8 * DAY) == pytest.approx(10.0)
     fast = (
         'sum(increase(vllm:time_to_first_token_seconds_bucket{pod=~"qwen-.*",le="0.5"}[7d]))'
