@@ -299,7 +299,8 @@ def write_openmetrics(
     family(m.family)
     for w, gpus in pods:
         for node, gpu in gpus:
-            constant(m.name, _render(m.labels, usage_labels(w, node, gpu, resource="nvidia.com/gpu", sharing="exclusive")), "1")
+            labels = usage_labels(w, node, gpu, resource="nvidia.com/gpu", sharing="exclusive")
+            constant(m.name, _render(m.labels, labels), "1")
     m = c.CONTAINER_KERNEL_ACTIVE
     family(m.family)
     for w, gpus in pods:
