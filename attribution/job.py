@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -21,6 +23,7 @@ from attribution.split import split
 from common.envflags import Parser, parse_args
 from common.families import Families
 from common.fetch import FetchError, push_handler
+from common.quoting import InputError
 from common.units import parse_duration
 
 log = logging.getLogger("gpuattr.attribution")
@@ -132,8 +135,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+FORMATS = ("csv", "parquet", "json", "html")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Every flag checked before any query runs: an InputError naming the first bad one."""
+    for flag in ("prometheus", "exporter_url", "kube_api"):
+        url = getattr(args, flag)
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise InputError(f"--{flag.replace('_', '-')}: expected an http:// or https:// URL, got {url!r}")
+    for flag in ("headroom", "price_per_gpu_hour"):  # a negative headroom recommends less KV than the peak used
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--{flag.replace('_', '-')}: must be a number of zero or more, got {value}")
+    for flag in ("every", "timeout"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{flag}: must be a number of seconds above zero, got {value}")
+    try:
+        window_seconds(args.window)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    for flag in ("logs", "model_configs"):
+        folder = getattr(args, flag)
+        if folder is not None and not Path(folder).is_dir():
+            what = "is not a folder" if Path(folder).exists() else "does not exist"
+            raise InputError(f"--{flag.replace('_', '-')}: {folder!r} {what}")
+    unknown = [f for f in (part.strip() for part in args.format.split(",")) if f and f not in FORMATS]
+    if unknown:
+        raise InputError(f"--format: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out: {args.out!r} is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out: cannot create the folder {args.out!r}: {exc.strerror or exc}") from None
+    if args.serve is not None:
+        _, sep, port = args.serve.rpartition(":")
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+            raise InputError(f"--serve: expected HOST:PORT (e.g. 0.0.0.0:9100), got {args.serve!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    try:
+        validate(args)
+    except InputError as exc:
+        print(f"gpuattr attribute: {exc}", file=sys.stderr)
+        return 2
     if args.vllm and not args.exporter_url:
         print("gpuattr attribute: --vllm needs --exporter-url (the node's exporter, for GPU memory)", file=sys.stderr)
         return 2

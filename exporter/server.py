@@ -20,6 +20,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from common.quoting import InputError
 from exporter.render import Exposition
 
 log = logging.getLogger("gpuattr.server")
@@ -98,6 +99,31 @@ class _BoundedServer(ThreadingHTTPServer):
             log.warning("error serving %s", client_address, exc_info=True)
 
 
+def _tls_context(cert: str, key: str | None, client_ca: str | None) -> ssl.SSLContext:
+    """The server's TLS context; a missing or unreadable PEM file is one sentence naming it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(f"--tls-cert {cert!r} / --tls-key {key!r}: {_pem_reason(exc)}") from None
+    if client_ca:
+        try:
+            ctx.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError(f"--tls-client-ca {client_ca!r}: {_pem_reason(exc)}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _pem_reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return "not a PEM certificate with its matching private key"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read it: {exc.strerror}"
+    return f"cannot load it: {exc}"
+
+
 class MetricsServer:
     """Serves bytes the sampler rendered; a scrape makes no NVML call and renders nothing."""
 
@@ -122,15 +148,16 @@ class MetricsServer:
         self.timeout_s = timeout_s
         self._pacer = _Pacer(max_rate)
         handler = self._handler_class()
-        self.httpd = _BoundedServer((host, port), handler, max_connections)
+        ctx = _tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None  # before binding: no socket leaks
+        try:
+            self.httpd = _BoundedServer((host, port), handler, max_connections)
+        except OSError as exc:  # the port in use, an address not on this machine, a privileged port
+            raise InputError(
+                f"--listen {host}:{port}: cannot listen there: {exc.strerror or exc} "
+                "(another process on the port, or an address this machine does not have)"
+            ) from None
         self.tls = tls_cert is not None
-        if tls_cert:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(tls_cert, tls_key)
-            if tls_client_ca:
-                ctx.load_verify_locations(cafile=tls_client_ca)
-                ctx.verify_mode = ssl.CERT_REQUIRED
+        if ctx is not None:
             # the handshake runs on the connection's thread (in setup), not in the accept loop
             self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
             self.httpd.tls_context = ctx

@@ -136,6 +136,11 @@ class ExporterSettings:
             raise SettingsError("--tls-cert and --tls-key go together (GPUATTR_TLS_CERT, GPUATTR_TLS_KEY)")
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                what = "is not a file" if os.path.exists(path) else "does not exist"
+                raise SettingsError(f"{flag_name(name)} / {env_name(name)}: {path!r} {what}")
         if not self.max_request_rate >= 1:
             raise SettingsError(f"--max-request-rate / {env_name('max_request_rate')}: must be at least 1")
         if self.max_connections < 1:

@@ -7,12 +7,13 @@ attribution package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +121,15 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
     text = render_metrics_doc()
     target = Path(args.docs_output)
-    if args.check:
-        current = target.read_text(encoding="utf-8") if target.exists() else ""
-        if current != text:
-            print(f"{target} is stale: run `gpuattr docs` and commit the result", file=sys.stderr)
-            return 1
-        return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    with _writable("--output", target):
+        if args.check:
+            current = target.read_text(encoding="utf-8") if target.exists() else ""
+            if current != text:
+                print(f"{target} is stale: run `gpuattr docs` and commit the result", file=sys.stderr)
+                return 1
+            return 0
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
     print(f"wrote {target}")
     return 0
 
@@ -142,15 +144,31 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         print(f"gpuattr: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.alerts_out_dir)
-    if args.check:
-        outdated = stale(out_dir, config)
-        if outdated:
-            print(f"stale in {out_dir}: {', '.join(outdated)}; run `gpuattr alerts` and commit", file=sys.stderr)
-            return 1
-        return 0
-    for path in write(out_dir, config):
+    with _writable("--out-dir", out_dir, folder=True):
+        if args.check:
+            outdated = stale(out_dir, config)
+            if outdated:
+                print(f"stale in {out_dir}: {', '.join(outdated)}; run `gpuattr alerts` and commit", file=sys.stderr)
+                return 1
+            return 0
+        written = write(out_dir, config)
+    for path in written:
         print(f"wrote {path}")
     return 0
+
+
+@contextlib.contextmanager
+def _writable(flag: str, path: Path, *, folder: bool = False) -> Iterator[None]:
+    """A file or folder that cannot be read or written (a file where a folder goes, a folder under /proc):
+    one sentence naming the flag and the path, not a traceback."""
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {str(path)!r}: is a file, not a folder")
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise InputError(f"{flag} {str(path)!r}: cannot write there: {reason}{where}") from None
 
 
 def _env_float(name: str) -> float | None:
@@ -167,13 +185,17 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     from dashboards.build import stale, write
 
     out_dir = Path(args.dashboards_out_dir)
-    if args.check:
-        outdated = stale(out_dir)
-        if outdated:
-            print(f"stale in {out_dir}: {', '.join(outdated)}; run `gpuattr dashboards` and commit", file=sys.stderr)
-            return 1
-        return 0
-    for path in write(out_dir):
+    with _writable("--out-dir", out_dir, folder=True):
+        if args.check:
+            outdated = stale(out_dir)
+            if outdated:
+                print(
+                    f"stale in {out_dir}: {', '.join(outdated)}; run `gpuattr dashboards` and commit", file=sys.stderr
+                )
+                return 1
+            return 0
+        written = write(out_dir)
+    for path in written:
         print(f"wrote {path}")
     return 0
 

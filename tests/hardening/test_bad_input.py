@@ -1,0 +1,133 @@
+"""Every bad input gets one sentence naming it on standard error and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpuattr.cli import main
+from tests.conftest import ROOT
+
+SCENARIO = str(ROOT / "scenarios" / "h100-inference-node.yaml")
+
+
+def refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``gpuattr argv``; it must exit 2 with one line on stderr and no traceback. Returns that line."""
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's refusal
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("usage:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def test_a_port_in_use_is_named(capsys: pytest.CaptureFixture[str], busy_port: int) -> None:
+    line = refused(capsys, ["exporter", "--simulate", SCENARIO, "--listen", f"127.0.0.1:{busy_port}", "--run-for", "0"])
+    assert f"--listen 127.0.0.1:{busy_port}" in line
+    assert "in use" in line
+
+
+def test_a_missing_tls_certificate_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = str(tmp_path / "absent.pem")
+    line = refused(
+        capsys,
+        ["exporter", "--simulate", SCENARIO, "--listen", "127.0.0.1:0", "--tls-cert", missing, "--tls-key", missing],
+    )
+    assert "--tls-cert" in line and missing in line and "does not exist" in line
+
+
+def test_a_garbage_pem_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    argv = ["exporter", "--simulate", SCENARIO, "--listen", "127.0.0.1:0", "--run-for", "0"]
+    line = refused(capsys, [*argv, "--tls-cert", str(garbage), "--tls-key", str(garbage)])
+    assert str(garbage) in line and "PEM" in line
+
+
+@pytest.mark.parametrize("command", ["alerts", "dashboards"])
+def test_an_output_folder_that_is_a_file_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    line = refused(capsys, [command, "--out-dir", str(a_file)])
+    assert f"--out-dir '{a_file}'" in line and "not a folder" in line
+    assert a_file.read_text() == ""
+
+
+@pytest.mark.parametrize("argv", [["alerts", "--out-dir"], ["dashboards", "--out-dir"], ["docs", "--output"]])
+def test_an_output_that_cannot_be_written_is_named(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    target = "/proc/gpuattr-no-such-folder/out"
+    line = refused(capsys, [*argv, target])
+    assert f"{argv[1]} '{target}'" in line and "cannot write there" in line
+
+
+def test_docs_output_that_is_a_folder_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    line = refused(capsys, ["docs", "--output", str(tmp_path)])
+    assert f"--output '{tmp_path}'" in line and "directory" in line.lower()
+
+
+class _NoQueries:
+    """Stands in for Prometheus: a query made before the flags are checked fails the test."""
+
+    def __init__(self, *_: object, **__: object) -> None:
+        raise AssertionError("a query ran before the flags were checked")
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--format", "csv,pdf"], "--format: unknown 'pdf'"),
+        (["--serve", "banana"], "--serve: expected HOST:PORT"),
+        (["--headroom", "-1"], "--headroom"),
+        (["--price-per-gpu-hour", "-0.5"], "--price-per-gpu-hour"),
+        (["--logs", "/nonexistent/logs"], "--logs: '/nonexistent/logs' does not exist"),
+        (["--model-configs", "/nonexistent/models"], "--model-configs: '/nonexistent/models' does not exist"),
+        (["--every", "0"], "--every"),
+        (["--timeout", "-3"], "--timeout"),
+        (["--window", "forever"], "--window"),
+    ],
+)
+def test_attribute_refuses_a_bad_flag_before_any_query(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, flags: list[str], named: str
+) -> None:
+    monkeypatch.setattr("attribution.job.PrometheusClient", _NoQueries)
+    line = refused(capsys, ["attribute", "--prometheus", "http://prometheus.invalid:9090", *flags])
+    assert named in line
+
+
+def test_attribute_refuses_a_prometheus_that_is_not_a_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("attribution.job.PrometheusClient", _NoQueries)
+    assert "--prometheus: expected an http:// or https:// URL, got 'notaurl'" in refused(
+        capsys, ["attribute", "--prometheus", "notaurl"]
+    )
+
+
+def test_attribute_refuses_an_out_that_is_a_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("attribution.job.PrometheusClient", _NoQueries)
+    a_file = tmp_path / "report"
+    a_file.write_text("")
+    line = refused(capsys, ["attribute", "--prometheus", "http://p.invalid", "--out", str(a_file)])
+    assert f"--out: '{a_file}' is a file, not a folder" in line
