@@ -177,6 +177,8 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
         tokens = kv_capacity_tokens(**budget_args, kv_bytes_per_token=kv.kv_bytes_per_token, block_size=args.block_size)
+        if tokens == 0:
+            raise _UsageError(_does_not_fit(args, report["weight_bytes_per_gpu"], activation, non_torch, budget))
         report.update(
             gpu_memory_bytes=gpu,
             gpu_memory_utilization=args.gpu_memory_utilization,
@@ -196,6 +198,22 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
                 raise _UsageError(f"--max-model-len must be at least 1, got {args.max_model_len}")
             report.update(max_model_len=args.max_model_len, max_concurrency=tokens / args.max_model_len)
     return report
+
+
+def _does_not_fit(args: argparse.Namespace, weights: int, activation: int, non_torch: int, budget: int) -> str:
+    """Why no token of KV fits: the weights alone, the weights with the overheads, or less than one block."""
+    usable = args.gpu_memory * args.gpu_memory_utilization
+    where = f"--gpu-memory {gib(args.gpu_memory)}: does not fit"
+    of = f"of the {gib(usable)} vLLM may use ({gib(args.gpu_memory)} × {args.gpu_memory_utilization:g})"
+    if weights >= usable:
+        return f"{where}: the weights alone need {gib(weights)} per GPU {of}"
+    if budget <= 0:
+        need = weights + activation + non_torch
+        return (
+            f"{where}: the weights ({gib(weights)}), activation peak ({gib(activation)}) and non-torch memory "
+            f"({gib(non_torch)}) need {gib(need)} per GPU {of}, leaving nothing for the KV cache"
+        )
+    return f"{where}: {gib(budget)} is left for the KV cache, less than one block of {args.block_size} tokens"
 
 
 def _text(report: Mapping[str, Any]) -> str:

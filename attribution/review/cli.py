@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from attribution.prometheus import PrometheusClient
 from attribution.review.analysis import run
@@ -87,10 +88,25 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, float], list[str]]:
     ):
         if not math.isfinite(number) or number < 0:
             raise InputError(f"{flag}: expected a finite number, not negative, got {number}")
+    if args.timeout == 0:
+        raise InputError("--timeout: must be longer than zero seconds, got 0")
+    if args.idle_threshold > 1:
+        raise InputError(f"--idle-threshold: a fraction of SM activity, 0 to 1, got {args.idle_threshold}")
+    parts = urlsplit(args.prometheus)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError(f"--prometheus: expected an http:// or https:// URL, got {args.prometheus!r}")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InputError(f"--format: unknown format {unknown[0]!r} ({', '.join(FORMATS)})")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out: {args.out!r} is a file, not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out: cannot create the folder {args.out!r}: {exc.strerror or exc}") from None
     return prices, formats
 
 

@@ -131,3 +131,31 @@ def test_attribute_refuses_an_out_that_is_a_file(
     a_file.write_text("")
     line = refused(capsys, ["attribute", "--prometheus", "http://p.invalid", "--out", str(a_file)])
     assert f"--out: '{a_file}' is a file, not a folder" in line
+
+
+LLAMA_8B = str(ROOT / "tests" / "attribution" / "fixtures" / "configs" / "llama-3.1-8b.json")
+
+
+def test_model_memory_says_the_weights_alone_do_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    line = refused(capsys, ["model-memory", "--config", LLAMA_8B, "--gpu-memory", "8GiB"])
+    assert "--gpu-memory 8.00 GiB: does not fit: the weights alone need 14.96 GiB" in line
+    assert "of the 7.20 GiB vLLM may use" in line
+
+
+def test_model_memory_says_the_weights_and_overheads_do_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    line = refused(capsys, ["model-memory", "--config", LLAMA_8B, "--gpu-memory", "17GiB"])  # 15.3 GiB usable
+    assert "--gpu-memory 17.00 GiB: does not fit" in line and "leaving nothing for the KV cache" in line
+
+
+def test_review_refuses_bad_flags_before_any_query(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("attribution.review.cli.PrometheusClient", _NoQueries)
+    a_file = tmp_path / "report"
+    a_file.write_text("")
+    base = ["review", "--prometheus", "http://p.invalid"]
+    assert "--price H100: expected a finite number, not negative" in refused(capsys, [*base, "--price", "H100=-3"])
+    assert "--prometheus: expected an http" in refused(capsys, ["review", "--prometheus", "notaurl"])
+    assert f"--out: '{a_file}' is a file, not a folder" in refused(capsys, [*base, "--out", str(a_file)])
+    assert "--timeout: must be longer than zero" in refused(capsys, [*base, "--timeout", "0"])
+    assert "--idle-threshold" in refused(capsys, [*base, "--idle-threshold", "5"])
