@@ -13,7 +13,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.fetch import FetchError, fetch, redact
+from common.fetch import HTML_ANSWER, FetchError, fetch, looks_like_html, redact
 
 MAX_RESPONSE_BYTES = 256 * 2**20
 
@@ -78,13 +78,16 @@ class PrometheusClient:
                 if exc.reason == "bad_url":
                     raise PrometheusError(f"{server}: {exc.detail}") from exc
                 if exc.status is not None and 400 <= exc.status < 500:  # a bad query does not improve by asking again
-                    detail = exc.body[:2000].decode(errors="replace")
+                    detail = exc.detail if looks_like_html(exc.body) else exc.body[:2000].decode(errors="replace")
                     raise PrometheusError(f"{server}: query {expr!r} refused (HTTP {exc.status}): {detail}") from exc
                 last = exc
             else:
                 try:
                     body = json.loads(raw)
                 except json.JSONDecodeError as exc:
+                    if looks_like_html(raw):
+                        what = "the Prometheus HTTP API"
+                        raise PrometheusError(f"{server}: {HTML_ANSWER.format(what=what)}") from exc
                     raise PrometheusError(f"{server}: answer to {expr!r} is not JSON") from exc
                 if not isinstance(body, dict) or body.get("status") != "success":
                     error = body.get("error", body) if isinstance(body, dict) else body

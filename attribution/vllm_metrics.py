@@ -18,7 +18,7 @@ from types import MappingProxyType
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.catalog import External
-from common.fetch import FetchError
+from common.fetch import HTML_ANSWER, FetchError, looks_like_html
 from common.fetch import fetch as fetch_url
 
 # vLLM's series this module reads: (our field, the names that carry it, newest first).
@@ -158,6 +158,8 @@ def parse_metrics(text: str, source: str = "<metrics>") -> list[VllmEngine]:
 
     Raises VllmMetricsError naming ``source`` when the page is not Prometheus text or has no ``vllm:`` series.
     """
+    if looks_like_html(text):
+        raise VllmMetricsError(f"{source}: {HTML_ANSWER.format(what='Prometheus text')}")
     engines: dict[str | None, _Engine] = {}
     saw_vllm = False
     try:

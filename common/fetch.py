@@ -29,7 +29,8 @@ _ERROR_BODY_BYTES = 65536  # what is kept of a refused answer's body
 
 
 class FetchError(Exception):
-    """A request that gave no usable answer. ``reason``: timeout, unreachable, http, too_large, bad_url.
+    """A request that gave no usable answer. ``reason``: timeout, unreachable, http, too_large, bad_url
+    (and not_metrics, from :func:`common.exposition.scrape`).
 
     ``status`` and ``body`` (the first 64 KiB) are set for ``http``; ``status`` also for ``too_large``.
     """
@@ -37,6 +38,17 @@ class FetchError(Exception):
     def __init__(self, url: str, reason: str, detail: str, status: int | None = None, body: bytes = b"") -> None:
         super().__init__(f"{url}: {detail}")
         self.url, self.reason, self.detail, self.status, self.body = url, reason, detail, status, body
+
+
+def looks_like_html(body: bytes | str, content_type: str = "") -> bool:
+    """A web page (a login form, a proxy's error, a UI) where metrics or JSON were expected."""
+    if "html" in content_type.lower():
+        return True
+    head = (body[:512].decode("utf-8", errors="replace") if isinstance(body, bytes) else body[:512]).lstrip().lower()
+    return head.startswith(("<!doctype html", "<html", "<head", "<body", "<?xml"))
+
+
+HTML_ANSWER = "not {what}: an HTML page (a login page, a proxy, or the wrong path?)"
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from attribution.prometheus import PrometheusClient, PrometheusError
+from attribution.vllm_metrics import VllmMetricsError, parse_metrics
+from attribution.vllm_metrics import fetch as vllm_fetch
+from common.exposition import NotMetricsError, scrape
 from gpuattr.cli import main
 from tests.conftest import ROOT
 
@@ -159,3 +165,53 @@ def test_review_refuses_bad_flags_before_any_query(
     assert f"--out: '{a_file}' is a file, not a folder" in refused(capsys, [*base, "--out", str(a_file)])
     assert "--timeout: must be longer than zero" in refused(capsys, [*base, "--timeout", "0"])
     assert "--idle-threshold" in refused(capsys, [*base, "--idle-threshold", "5"])
+
+
+@pytest.fixture
+def html_server() -> Iterator[str]:
+    """A server that answers every path with a login page, as a proxy in front of the real one would."""
+
+    class Login(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!DOCTYPE html><html><body><form>Sign in</form></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Login)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_exporter_answering_html_is_named(capsys: pytest.CaptureFixture[str], html_server: str) -> None:
+    line = refused(capsys, ["attribute", "--vllm", f"llm/p={html_server}", "--exporter-url", html_server])
+    assert f"--exporter-url {html_server}: not Prometheus text: an HTML page" in line
+
+
+def test_scrape_names_the_url_of_an_html_answer(html_server: str) -> None:
+    with pytest.raises(NotMetricsError) as caught:
+        scrape(html_server)
+    assert str(caught.value).startswith(f"{html_server}: not Prometheus text: an HTML page")
+    assert isinstance(caught.value, ValueError)  # as the parser's errors were
+
+
+def test_a_vllm_url_answering_html_is_named(html_server: str) -> None:
+    with pytest.raises(VllmMetricsError) as caught:
+        parse_metrics(vllm_fetch(html_server), html_server)
+    assert str(caught.value).startswith(f"{html_server}: not Prometheus text: an HTML page")
+
+
+def test_prometheus_answering_html_is_named(html_server: str) -> None:
+    base = html_server.removesuffix("/metrics")
+    with pytest.raises(PrometheusError) as caught:
+        PrometheusClient(base, timeout_s=5, retries=0).query("up")
+    assert str(caught.value).startswith(f"{base}: not the Prometheus HTTP API: an HTML page")
