@@ -443,6 +443,15 @@ class ProcessSpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _fractions(self) -> ProcessSpec:
+        for name in ("sm", "mem_bw"):
+            span = _signal_range(getattr(self, name))
+            if span is not None and not (span[0] >= 0.0 and span[1] <= 1.0):
+                shown = f"{span[0]:g}" if span[0] == span[1] else f"{span[0]:g}..{span[1]:g}"
+                raise ValueError(f"process {self.pid}: '{name}' is a fraction of time, 0 to 1, got {shown}")
+        return self
+
+    @model_validator(mode="after")
     def _memory_or_vllm(self) -> ProcessSpec:
         if self.vllm is None and self.memory is None:
             raise ValueError(f"process {self.pid}: give its GPU 'memory' (or a 'vllm' block it follows from)")
@@ -552,13 +561,19 @@ class NodeSpec(_Strict):
     cuda_driver_version: int = 12080
 
 
+MAX_GPUS = 64
+"""GPUs a simulated node may have: the largest real nodes hold 8 to 16 (NVL72 racks 4 per node)."""
+MAX_PROCESSES = 50_000
+"""Processes (and pods) a scenario may list over its whole run: a churn soak lists a few thousand."""
+
+
 class Scenario(_Strict):
     name: str
     description: str = ""
     node: NodeSpec = Field(default_factory=NodeSpec)
-    gpus: list[GpuSpec] = Field(min_length=1)
-    processes: list[ProcessSpec] = Field(default_factory=list)
-    pods: list[PodSpec] = Field(default_factory=list)
+    gpus: list[GpuSpec] = Field(min_length=1, max_length=MAX_GPUS)
+    processes: list[ProcessSpec] = Field(default_factory=list, max_length=MAX_PROCESSES)
+    pods: list[PodSpec] = Field(default_factory=list, max_length=MAX_PROCESSES)
     faults: FaultSpec = Field(default_factory=FaultSpec)
     dcgm_exporter: DcgmExporterSpec = Field(default_factory=DcgmExporterSpec)
     _vllm: dict[int, VllmBudget] = PrivateAttr(default_factory=dict)
@@ -590,7 +605,51 @@ class Scenario(_Strict):
                 raise ValueError(f"process {proc.pid} runs in container {proc.container!r}, which no pod defines")
         self._check_mps(by_index)
         self._derive_vllm_memory()
+        self._check_memory_fits()
         return self
+
+    def _check_memory_fits(self) -> None:
+        """No process holds more memory than its GPU (or MIG instance) has, alone or with the processes alive
+        beside it at its start (each at its highest)."""
+        by_index = {g.index: g for g in self.gpus}
+        # per (GPU, MIG instance): (time, 0 = stops / 1 = starts, pid, bytes); stops first at a tie
+        events: dict[tuple[int, int | None], list[tuple[float, int, int, float]]] = {}
+        for proc in self.processes:
+            span = _signal_range(proc.memory) if proc.memory is not None else None
+            if span is None:
+                continue
+            for gi in proc.gpus:
+                gpu = by_index[gi]
+                inst = gpu.mig_instance(proc.mig) if proc.mig is not None else None
+                device = inst.memory_bytes if inst is not None else gpu.memory_bytes
+                if span[1] > device:
+                    where = f"GPU {gi}" + (f" MIG instance {proc.mig}" if proc.mig is not None else "")
+                    raise ValueError(
+                        f"process {proc.pid}: holds up to {span[1] / GIB:.2f} GiB, more than the "
+                        f"{device / GIB:.2f} GiB {where} has"
+                    )
+                timeline = events.setdefault((gi, proc.mig), [])
+                timeline.append((proc.start, 1, proc.pid, span[1]))
+                if proc.stop is not None:
+                    timeline.append((proc.stop, 0, proc.pid, span[1]))
+        for (gi, mig), timeline in events.items():
+            gpu = by_index[gi]
+            inst = gpu.mig_instance(mig) if mig is not None else None
+            device = inst.memory_bytes if inst is not None else gpu.memory_bytes
+            alive: dict[int, float] = {}
+            total = 0.0
+            for t, starts, pid, held in sorted(timeline):
+                if not starts:
+                    total -= alive.pop(pid, 0.0)
+                    continue
+                alive[pid] = held
+                total += held
+                if total > device:
+                    pids = ", ".join(str(p) for p in sorted(alive))
+                    raise ValueError(
+                        f"processes {pids} hold up to {total / GIB:.2f} GiB together on GPU {gi} at second {t:g}, "
+                        f"more than the {device / GIB:.2f} GiB it has"
+                    )
 
     def _check_mps(self, by_index: dict[int, GpuSpec]) -> None:
         """MPS roles fit their GPUs: clients and servers only on MPS GPUs, nothing else there, one server at a
@@ -796,6 +855,10 @@ def load_scenario(path: str | Path) -> Scenario:
 def parse_scenario(raw: object, source: str = "<scenario>") -> Scenario:
     if not isinstance(raw, dict):
         raise ScenarioError(f"scenario {source}: expected a mapping at the top, got {type(raw).__name__}")
+    for key, most in (("gpus", MAX_GPUS), ("processes", MAX_PROCESSES), ("pods", MAX_PROCESSES)):
+        items = raw.get(key)
+        if isinstance(items, list) and len(items) > most:  # refused before validating each of them
+            raise ScenarioError(f"scenario {source}: {key}: {len(items):,} listed, at most {most:,} are simulated")
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:

@@ -215,3 +215,10 @@ def test_prometheus_answering_html_is_named(html_server: str) -> None:
     with pytest.raises(PrometheusError) as caught:
         PrometheusClient(base, timeout_s=5, retries=0).query("up")
     assert str(caught.value).startswith(f"{base}: not the Prometheus HTTP API: an HTML page")
+
+
+def test_a_scenario_of_too_many_gpus_is_one_sentence(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\ngpus:\n" + "".join(f"  - index: {i}\n" for i in range(1000)))
+    line = refused(capsys, ["exporter", "--simulate", str(big), "--listen", "127.0.0.1:0", "--run-for", "0"])
+    assert f"scenario {big}: gpus: 1,000 listed, at most 64" in line

@@ -98,3 +98,53 @@ def test_an_unreadable_or_invalid_yaml_file_is_named(tmp_path: Path) -> None:
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ScenarioError, match="expected a mapping"):
         load_scenario(listy)
+
+
+def _one_gpu(*processes: dict[str, object], gpu: dict[str, object] | None = None) -> dict[str, object]:
+    return {"name": "x", "gpus": [{"index": 0, "memory": "80GiB", **(gpu or {})}], "processes": list(processes)}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            _one_gpu({"pid": 7, "name": "a", "gpus": [0], "memory": "96GiB"}),
+            "process 7: holds up to 96.00 GiB, more than the 80.00 GiB GPU 0 has",
+        ),
+        (
+            _one_gpu({"pid": 7, "name": "a", "gpus": [0], "memory": {"points": [[0, "1GiB"], [60, "81GiB"]]}}),
+            "process 7: holds up to 81.00 GiB",
+        ),
+        (
+            _one_gpu(
+                {"pid": 7, "name": "a", "gpus": [0], "memory": "50GiB"},
+                {"pid": 8, "name": "b", "gpus": [0], "memory": "40GiB", "start": 30},
+            ),
+            "processes 7, 8 hold up to 90.00 GiB together on GPU 0 at second 30",
+        ),
+        (_one_gpu({"pid": 7, "name": "a", "gpus": [0], "memory": "1GiB", "sm": 1.5}), "process 7: 'sm' is a fraction"),
+        (
+            _one_gpu({"pid": 7, "name": "a", "gpus": [0], "memory": "1GiB", "mem_bw": -0.1}),
+            "process 7: 'mem_bw' is a fraction of time, 0 to 1, got -0.1",
+        ),
+        ({"name": "x", "gpus": [{"index": i} for i in range(100_000)]}, "gpus: 100,000 listed, at most 64"),
+        (
+            _one_gpu(*({"pid": p, "name": "a", "gpus": [0], "memory": 1} for p in range(1, 60_002))),
+            "processes: 60,001 listed, at most 50,000",
+        ),
+    ],
+)
+def test_a_scenario_beyond_its_hardware_or_bounds_is_refused_naming_it(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ScenarioError, match="scenario <scenario>") as err:
+        parse_scenario(raw)
+    assert message in str(err.value)
+
+
+def test_processes_that_take_turns_on_a_gpu_may_each_fill_most_of_it() -> None:
+    scenario = parse_scenario(
+        _one_gpu(
+            {"pid": 7, "name": "a", "gpus": [0], "memory": "70GiB", "stop": 30},
+            {"pid": 8, "name": "b", "gpus": [0], "memory": "70GiB", "start": 30},
+        )
+    )
+    assert [p.pid for p in scenario.processes] == [7, 8]
