@@ -78,6 +78,9 @@ class AlertConfig:
     underuse_severity: str = "info"
 
     exporter_for: str = "5m"
+    exporter_missing_for: str = "15m"
+    """How long a node with GPU capacity (kube-state-metrics) may have no exporter target, or Prometheus no
+    exporter target at all, before GpuAttrExporterMissing fires: longer than an exporter pod takes to start."""
     exporter_severity: str = "warning"
     gpu_lost_severity: str = "critical"
 

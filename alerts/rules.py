@@ -202,6 +202,7 @@ def alerts(config: AlertConfig) -> list[Alert]:
         *saturation_alerts(config),
         *capacity_alerts(config),
         *exporter_alerts(config),
+        *exporter_coverage_alerts(config),
         *gpu_health_alerts(config),
         *exporter_source_alerts(config),
     ]
@@ -453,6 +454,51 @@ def exporter_alerts(config: AlertConfig) -> list[Alert]:
                 "The exporter on {{ $labels.instance }} has had no NVML for <<exporter_for>> (driver missing or "
                 "not loaded); it keeps retrying.",
                 v,
+            ),
+        ),
+    ]
+
+
+GPU_RESOURCES = "nvidia_com_gpu.*|nvidia_com_mig_.+"
+"""kube-state-metrics' sanitised names of the device plugin's resources: whole GPUs, shared (time-sliced or
+MPS) GPUs, and MIG profiles under the mixed strategy."""
+
+
+def exporter_coverage_alerts(config: AlertConfig) -> list[Alert]:
+    """A GPU node no exporter covers: its target is missing altogether, so ``up`` cannot say it is down.
+
+    From kube-state-metrics: a node with GPU capacity and no exporter target labelled with its ``node``
+    (the scrape config and the ServiceMonitor copy the pod's node name into ``node``). Without
+    kube-state-metrics: no exporter target at all.
+    """
+    up = f'{c.External.PROMETHEUS_UP}{{job="{config.exporter_job}"}}'
+    capacity = c.External.KUBE_NODE_CAPACITY
+    expr = f"""
+        (
+          max by (node) ({capacity}{{resource=~"{GPU_RESOURCES}"}} > 0)
+          unless on (node)
+          max by (node) ({up})
+        )
+        or
+        (
+          absent({up})
+          unless on ()
+          count({capacity})
+        )
+    """
+    return [
+        Alert(
+            "GpuAttrExporterMissing",
+            expr,
+            config.exporter_missing_for,
+            config.exporter_severity,
+            "A GPU node has no gpu-attribution exporter.",
+            _fill(
+                "{{ if $labels.node }}Node {{ $labels.node }} has GPUs (kube-state-metrics) but Prometheus has "
+                "had no exporter target on it (job <<job>>) for <<missing_for>>{{ else }}Prometheus has had "
+                "no exporter target at all (job <<job>>) for <<missing_for>>{{ end }}: GPU usage there is "
+                "not measured, and GpuAttrExporterDown cannot fire for a target that does not exist.",
+                {"job": config.exporter_job, "missing_for": config.exporter_missing_for},
             ),
         ),
     ]

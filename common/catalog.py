@@ -666,3 +666,6 @@ class External:
     VLLM_TTFT = "vllm:time_to_first_token_seconds"
     """vLLM's time-to-first-token histogram."""
     PROMETHEUS_UP = "up"
+    KUBE_NODE_CAPACITY = "kube_node_status_capacity"
+    """kube-state-metrics: a node's capacity per resource, the resource name sanitised (``nvidia.com/gpu`` is
+    ``resource="nvidia_com_gpu"``), labelled ``node``."""
