@@ -87,7 +87,9 @@ class PrometheusClient:
                 except json.JSONDecodeError as exc:
                     if looks_like_html(raw):
                         what = "the Prometheus HTTP API"
-                        raise PrometheusError(f"{server}: {HTML_ANSWER.format(what=what)}") from exc
+                        raise PrometheusError(
+                            f"{server}: answer to {expr!r} is {HTML_ANSWER.format(what=what)}"
+                        ) from exc
                     raise PrometheusError(f"{server}: answer to {expr!r} is not JSON") from exc
                 if not isinstance(body, dict) or body.get("status") != "success":
                     error = body.get("error", body) if isinstance(body, dict) else body

@@ -214,7 +214,7 @@ def test_prometheus_answering_html_is_named(html_server: str) -> None:
     base = html_server.removesuffix("/metrics")
     with pytest.raises(PrometheusError) as caught:
         PrometheusClient(base, timeout_s=5, retries=0).query("up")
-    assert str(caught.value).startswith(f"{base}: not the Prometheus HTTP API: an HTML page")
+    assert str(caught.value).startswith(f"{base}: answer to 'up' is not the Prometheus HTTP API: an HTML page")
 
 
 def test_a_scenario_of_too_many_gpus_is_one_sentence(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -309,10 +309,10 @@ def test_a_scenario_whose_aliases_add_tens_of_thousands_of_nodes_still_loads(tmp
     # The bound is on what aliases add beyond the file, not on aliases: one 200-point signal shared by
     # 100 processes expands to 60,000 nodes, well within it.
     points = ", ".join(f"[{t}, {t % 2}]" for t in range(200))
-    procs = "\n".join(f"  - {{pid: {pid}, name: a, gpus: [0], memory: 1GiB, sm: *wave}}" for pid in range(2, 101))
+    procs = "\n".join(f"  - {{pid: {pid}, name: a, gpus: [0], memory: 512MiB, sm: *wave}}" for pid in range(2, 101))
     text = (
         "name: x\ngpus: [{index: 0}]\nprocesses:\n"
-        f"  - {{pid: 1, name: a, gpus: [0], memory: 1GiB, sm: &wave {{points: [{points}]}}}}\n{procs}\n"
+        f"  - {{pid: 1, name: a, gpus: [0], memory: 512MiB, sm: &wave {{points: [{points}]}}}}\n{procs}\n"
     )
     scenario = load_scenario(_write(tmp_path / "shared.yaml", text.encode()))
     assert len(scenario.processes) == 100
