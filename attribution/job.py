@@ -146,6 +146,12 @@ def validate(args: argparse.Namespace) -> None:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise InputError(f"--{flag.replace('_', '-')}: expected an http:// or https:// URL, got {url!r}")
+    for spec in args.vllm:
+        name, sep, url = spec.partition("=")
+        namespace, slash, pod = name.partition("/")
+        parts = urlsplit(url)
+        if not (sep and slash and namespace and pod) or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InputError(f"--vllm: expected NAMESPACE/POD=http://HOST:PORT/metrics, got {spec!r}")
     for flag in ("headroom", "price_per_gpu_hour"):  # a negative headroom recommends less KV than the peak used
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= 0):

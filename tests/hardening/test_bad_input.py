@@ -129,6 +129,12 @@ def test_attribute_refuses_a_prometheus_that_is_not_a_url(
     )
 
 
+@pytest.mark.parametrize("spec", ["llm/pod", "pod=http://x:8000/metrics", "llm/pod=x:8000/metrics", "/=http://x:1/"])
+def test_attribute_refuses_a_bad_vllm_spec_before_scraping(capsys: pytest.CaptureFixture[str], spec: str) -> None:
+    line = refused(capsys, ["attribute", "--vllm", spec, "--exporter-url", "http://exporter.invalid:9835/metrics"])
+    assert f"--vllm: expected NAMESPACE/POD=http://HOST:PORT/metrics, got {spec!r}" in line
+
+
 def test_attribute_refuses_an_out_that_is_a_file(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
