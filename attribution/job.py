@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import socket
 import sys
 import threading
 import time
@@ -181,9 +182,15 @@ def validate(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise InputError(f"--out: cannot create the folder {args.out!r}: {exc.strerror or exc}") from None
     if args.serve is not None:
-        _, sep, port = args.serve.rpartition(":")
+        host, sep, port = args.serve.rpartition(":")
         if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise InputError(f"--serve: expected HOST:PORT (e.g. 0.0.0.0:9100), got {args.serve!r}")
+        try:  # a port in use is found now, not after the first run's queries
+            address = host.strip("[]") or "0.0.0.0"
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            socket.create_server((address, int(port)), family=family).close()
+        except OSError as exc:
+            raise InputError(f"--serve {args.serve}: cannot listen there: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

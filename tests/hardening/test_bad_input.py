@@ -135,6 +135,14 @@ def test_attribute_refuses_a_bad_vllm_spec_before_scraping(capsys: pytest.Captur
     assert f"--vllm: expected NAMESPACE/POD=http://HOST:PORT/metrics, got {spec!r}" in line
 
 
+def test_attribute_refuses_a_serve_port_in_use_before_any_query(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, busy_port: int
+) -> None:
+    monkeypatch.setattr("attribution.job.PrometheusClient", _NoQueries)
+    line = refused(capsys, ["attribute", "--prometheus", "http://p.invalid", "--serve", f"127.0.0.1:{busy_port}"])
+    assert f"--serve 127.0.0.1:{busy_port}: cannot listen there" in line
+
+
 def test_attribute_refuses_an_out_that_is_a_file(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
