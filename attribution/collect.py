@@ -24,7 +24,7 @@ log = logging.getLogger("gpuattr.attribution")
 
 T = TypeVar("T")
 KV_USAGE = "|".join(c.External.VLLM_KV_CACHE_USAGE)
-TOKENS = "vllm:generation_tokens_total|vllm:prompt_tokens_total"
+TOKENS = (c.External.VLLM_PROMPT_TOKENS, c.External.VLLM_GENERATION_TOKENS)
 CACHE_CONFIG = c.External.VLLM_CACHE_CONFIG_INFO
 
 
@@ -72,7 +72,11 @@ def queries(window: str) -> dict[str, str]:
         "kv_p95": f"max by (namespace, pod) (quantile_over_time(0.95, {usage}[{window}]))",
         "kv_max": f"max by (namespace, pod) (max_over_time({usage}[{window}]))",
         "cache_config": f"last_over_time({CACHE_CONFIG}[{window}])",
-        "tokens": f'sum by (namespace, pod) (increase({{__name__=~"{TOKENS}"}}[{window}]))',
+        # increase() drops the metric name, so the two counters would collide in one vector (Prometheus
+        # refuses it with 422): each is told apart by a label of its own, then both are summed per pod.
+        "tokens": "sum by (namespace, pod) ("
+        + " or ".join(f'label_replace(increase({n}[{window}]), "counter", "{n}", "", "")' for n in TOKENS)
+        + ")",
     }
 
 
