@@ -160,7 +160,7 @@ def kubernetes_logs(
     however slowly the server sends. A log not read in full is named in a warning and read as None."""
     from kubernetes import client
 
-    from exporter.resolve.kube import make_api_client
+    from common.kube import make_api_client
 
     core = client.CoreV1Api(make_api_client(api_host))
 

@@ -163,7 +163,8 @@ def _kubernetes(
 
     cache = None
     if settings.kubernetes:
-        from exporter.resolve.kube import KubeSettings, PodCache, make_api_client
+        from common.kube import make_api_client
+        from exporter.resolve.kube import KubeSettings, PodCache
 
         if not settings.node_name:
             raise SettingsError(
