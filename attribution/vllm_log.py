@@ -90,7 +90,10 @@ _UTILIZATION_CURRENT = re.compile(r"current --gpu-memory-utilization=" + _NUM)
 _UTILIZATION_RAISE = re.compile(r"increase --gpu-memory-utilization to " + _NUM)
 _RESERVED_KV = re.compile(r"reserved " + _NUM + _UNIT + r" (?:memory )?for KV Cache as specified by kv_cache_memory")
 _KV_MEMORY_ARG = re.compile(r"""\bkv_cache_memory(?:_bytes)?['"]?\s?[:=]\s?[1-9]""")  # an args or config dump
-_FREE_ON_DEVICE = re.compile(r"Free memory on device \(" + _NUM + r"\s?/\s?" + _NUM + _UNIT + r"\)")
+_FREE_ON_DEVICE = re.compile(
+    r"Free memory on device(?: [\w:]{1,20})? \(" + _NUM + r"(?:-" + _NUM + r")?\s?/\s?" + _NUM + _UNIT + r"\)"
+)
+_FAIL_FREE = re.compile(r"on startup is less than desired GPU memory utilization \(" + _NUM + r", " + _NUM + _UNIT)
 _MAX_LEN = re.compile(r"""(?:\bmax_(?:seq|model)_len['"]?\s?[:=]\s?|--max-model-len(?:=|\s{1,4}))(\d{1,9})\b""")
 # Start-up failures that still carry figures
 _FAIL_NEEDED = re.compile(
@@ -358,6 +361,7 @@ class _Scan:
         self.fail_estimate: int | None = None
         self.fail_tokens: tuple[int, int] | None = None  # (max seq len, tokens that fit)
         self.fail_no_memory = False
+        self.fail_free: tuple[float, float | None, float | None] | None = None  # (free, utilization, wanted)
         self.sources: dict[tuple[str, str, int], object] = {}  # (figure, process, line) -> value
 
     def _source(self, figure: str, process: str, value: object) -> None:
@@ -476,7 +480,8 @@ class _Scan:
             if needed is not None and available is not None:
                 self.fail_needed = (int(match.group(1)), needed, available)
                 self._source("failed_to_start", process, match.group(0))
-                self.rank("available_kv", process, available, 1)
+                if not self.per_rank["available_kv"]:  # the error alone: its figure; else the workers' lines
+                    self.rank("available_kv", process, available, 1)
         if (match := _FAIL_ESTIMATE.search(text)) is not None:
             self.fail_estimate = int(match.group(1))
         if (match := _FAIL_TOKENS.search(text)) is not None:
@@ -508,7 +513,13 @@ class _Scan:
             if (match := _GRAPH_ESTIMATE.search(text)) is not None:
                 self.rank("graph", process, _bytes(match.group(1), match.group(2)), 1)
         if (match := _FREE_ON_DEVICE.search(text)) is not None:
-            self.free_total = _bytes(match.group(2), match.group(3))
+            self.free_total = _bytes(match.group(3), match.group(4))
+            wanted = _FAIL_FREE.search(text, match.end())
+            free = _bytes(match.group(1), match.group(4))
+            if wanted is not None and free is not None:  # another process holds the memory asked for
+                self.fail_free = (free, _finite(wanted.group(1)), _bytes(wanted.group(2), wanted.group(3)))
+                self._source("failed_to_start", process, match.group(0) + " " + wanted.group(0))
+                self.set_utilization(self.fail_free[1], 2, process)
         if "kv_cache_memory" in text and "as specified" not in text:
             self.kv_specified = self.kv_specified or _KV_MEMORY_ARG.search(text) is not None
         if _FAIL_NO_MEMORY in text and not self.fail_no_memory:
@@ -784,6 +795,16 @@ class _Scan:
             reason = "no memory is left for the KV cache blocks"
             if blocks is not None and blocks <= 0:
                 reason += f" (num_gpu_blocks {blocks})"
+        if reason is None and self.fail_free is not None:
+            free, asked, wanted = self.fail_free
+            total_bytes = total if total is not None else self.free_total
+            reason = f"the GPU has {gib(free)} free at start-up, less than"
+            reason += f" the {gib(wanted)} asked" if wanted is not None else " asked"
+            reason += f" by gpu_memory_utilization {asked}" if asked is not None else ""
+            fraction = math.floor(free / total_bytes * 100) / 100 if total_bytes else None
+            if fraction is not None:
+                notes.append(f"another process holds the rest: --gpu-memory-utilization {fraction} fits what is free")
+            return {"failed_to_start": reason, "max_model_len": max_len, "suggested_gpu_memory_utilization": fraction}
         if reason is None:
             return {"max_model_len": max_len}
         if available is None and self.per_rank["available_kv"]:

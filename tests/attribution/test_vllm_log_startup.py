@@ -121,6 +121,38 @@ def test_the_error_line_alone_is_enough_to_read_the_failure() -> None:
     assert facts.suggested_max_model_len == 24_576
 
 
+@pytest.mark.parametrize(
+    ("free", "fraction"),
+    [("85.92", 0.7), ("58.33-58.44", 0.91)],  # one GPU; the range of several
+)
+def test_too_little_free_memory_at_start_up_is_a_failure_with_the_utilization_that_fits(
+    free: str, fraction: float
+) -> None:
+    total = "121.69" if free == "85.92" else "63.98"
+    line = (
+        f"(EngineCore pid=253) ValueError: Free memory on device cuda:0 ({free}/{total} GiB) on startup is less "
+        "than desired GPU memory utilization (0.92, 111.95 GiB). Decrease GPU memory utilization or reduce GPU "
+        "memory used by other processes."
+    )
+    facts = parse_log(line)
+    assert facts.failed_to_start is not None and "less than the 111.95 GiB" in facts.failed_to_start
+    assert facts.gpu_memory_utilization == 0.92
+    assert facts.suggested_gpu_memory_utilization == fraction  # what is free, as a fraction, rounded down
+
+
+def test_a_tp_failure_printed_by_the_engine_core_is_no_extra_rank() -> None:
+    log = (
+        "(Worker_TP0 pid=301) INFO 10-01 10:00:17 [gpu_worker.py:299] Available KV cache memory: 10.41 GiB\n"
+        "(Worker_TP1 pid=302) INFO 10-01 10:00:17 [gpu_worker.py:299] Available KV cache memory: 10.52 GiB\n"
+        "(EngineCore_DP0 pid=80) ERROR 10-01 10:00:17 [core.py:708] ValueError: To serve at least one request "
+        "with the model's max seq len (131072), 16.00 GiB KV cache is needed, which is larger than the available "
+        "KV cache memory (10.41 GiB).\n"
+    )
+    facts = parse_log(log)
+    assert facts.ranks == 2 and facts.failed_to_start is not None
+    assert facts.suggested_max_model_len == 85_278  # 10.41 GiB at 131,072 B a token, in whole tokens
+
+
 def test_a_utilization_above_one_is_never_suggested() -> None:
     log = (
         "INFO 05-01 10:00:12 [worker.py:1] the current vLLM instance can use total_gpu_memory (23.55GiB) x "
