@@ -8,8 +8,16 @@ colours, container-log prefixes (``svc-1  | ``, Kubernetes/CRI ``<time> stdout F
 structured ``level=INFO … msg="…"`` or JSON logging.
 
 Sizes are GiB (2^30 bytes) even where the text says "GB". With tensor or pipeline parallelism every worker
-prints its own lines; block and token counts are the minimum over them (vLLM uses the minimum), per-GPU
-sizes the largest, and the facts say in ``notes`` where ranks disagree.
+prints its own lines (nested tags such as ``(EngineCore_0 pid=…) (RayWorkerWrapper pid=…)`` name one worker
+by their chain); block and token counts are the minimum over them (vLLM uses the minimum), per-GPU sizes the
+largest, and the facts say in ``notes`` where ranks disagree and, in ``limiting_worker``, which worker (or
+pipeline stage) sets the block count where the log tells. ``workers`` keeps each worker's own figures and the
+line each came from; ``sources`` every figure read, with its line (``--explain``).
+
+A start-up that stops because the KV cache does not fit still prints its figures: the facts then carry
+``failed_to_start`` and the ``--gpu-memory-utilization``, ``--max-model-len`` and ``--kv-cache-memory`` that
+would have fitted, computed from them. A record wrapped over several lines (a pasted log) is read joined;
+one whose prefix was stripped is read alone.
 
 The scan is line by line and examines at most ``LINE_CAP`` characters of a line, so a 100 MB log or a
 10 MB line costs time linear in its size and memory bounded by the cap.
