@@ -1002,7 +1002,7 @@ def render_table(facts: VllmLogFacts, source: str) -> str:
             ("KV cache needed", _size(facts.kv_cache_needed_bytes)),
             ("fits with --gpu-memory-utilization", show(facts.suggested_gpu_memory_utilization)),
             ("fits with --max-model-len", show(facts.suggested_max_model_len)),
-            ("fits with --kv-cache-memory", show(facts.suggested_kv_cache_memory_bytes)),
+            ("fits with --kv-cache-memory", _size(facts.suggested_kv_cache_memory_bytes)),
         ]
     out = [f"vLLM memory facts from {source}"]
     out += [f"  {line}" for line in table(("fact", "value"), rows).splitlines()]
