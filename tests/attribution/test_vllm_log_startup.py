@@ -336,12 +336,17 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.parametrize("name", ["v0.7.3-v0-budget.log", "v1-0.11-plus.log", "v0.6.4-profiling-results.log"])
+@pytest.mark.parametrize(
+    "name",
+    ["v0.7.3-v0-budget.log", "v1-0.11-plus.log", "v0.6.4-profiling-results.log", "tp2-v1-blocks-interleaved.log"],
+)
 @pytest.mark.parametrize("width", [37, 60, 80, 100, 133])
 def test_a_log_wrapped_at_a_fixed_width_reads_the_same_figures(name: str, width: int) -> None:
     original = _facts(name)
     wrapped = parse_log(_wrap((LOGS / name).read_text(), width))
-    assert [getattr(wrapped, key) for key in LEGACY] == [getattr(original, key) for key in LEGACY], width
+    assert [getattr(wrapped, key) for key in (*LEGACY, "ranks")] == [
+        getattr(original, key) for key in (*LEGACY, "ranks")
+    ], width
 
 
 def test_a_figure_cut_short_is_lost_alone() -> None:
