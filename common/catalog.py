@@ -487,13 +487,19 @@ EXPORTER_USAGES_DROPPED = Metric(
 EXPORTER_HTTP_REJECTED = Metric(
     "gpuattr_exporter_http_rejected_total",
     Kind.COUNTER,
-    "HTTP requests answered 503 (Retry-After: 1): more than --max-connections at once, or more than "
-    "--max-request-rate a second for over a second.",
-    (),
+    "HTTP connections and requests answered 503 (Retry-After: 1), or dropped as too slow, by reason: "
+    "connections (more than --max-open-connections open), client_connections (more than "
+    "--max-client-connections from one address), busy (more than --max-connections responses at once), "
+    "client_busy (more than a quarter of them to one address), rate (over --max-request-rate for over a "
+    "second), client_rate (one address over --max-client-request-rate for over a second), slow_client "
+    "(headers or response not through within --request-timeout).",
+    ("reason",),
     Group.EXPORTER,
     notes="Each connection is served on a thread and each request is Python work; a crowd of connections or "
     "thousands of requests a second starve the sampler thread of the interpreter lock and samples slip "
-    "(bench/scrape_load.py). Prometheus scrapes a node a few times a minute and retries at its next interval.",
+    "(bench/scrape_load.py). Prometheus scrapes a node a few times a minute and retries at its next interval. "
+    "The limits per address make a greedy or slow client cost only itself, and /healthz and /readyz never "
+    "count against the scrapes' budget (bench/hostile_clients.py).",
 )
 EXPORTER_OTLP_EXPORTS = Metric(
     "gpuattr_exporter_otlp_exports_total",
