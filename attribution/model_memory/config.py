@@ -2,8 +2,9 @@
 
 A multimodal config keeps its language model under ``text_config`` (or ``llm_config``, ``language_config``);
 every reader here looks there first and names a field with its prefix in messages. A model whose memory
-this package does not size (Mamba / linear-attention hybrids, KV sharing, sparse-attention indexers,
-encoder-decoder) is refused with :class:`UnsupportedModel`, never guessed.
+this package does not size (Mamba / linear-attention hybrids other than :data:`SIZED_HYBRID_TYPES`, whose
+weights are not estimated either; KV sharing, sparse-attention indexers, encoder-decoder) is refused with
+:class:`UnsupportedModel`, never guessed.
 """
 
 from __future__ import annotations
