@@ -172,7 +172,7 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         )
     try:
         weights: WeightSizing | None = (
-            weight_sizing(config, args.model_dir)
+            weight_sizing(config, args.model_dir, dtype=args.dtype)
             if args.weights is None
             else WeightSizing(args.weights, "given", f"--weights {gib(args.weights)}")
         )
