@@ -255,7 +255,7 @@ def _head_geometry(view: _View) -> tuple[int, int, int, str]:
     """(attention heads, KV heads, head_dim, note) of standard attention."""
     heads = _int(view, "num_attention_heads", "n_head", "n_heads", need="the head count")
     notes = []
-    head_dim = _opt_int(view, "head_dim")
+    head_dim = _opt_int(view, "head_dim", "attention_head_dim")  # Nemotron-H names it so
     if head_dim is None:
         hidden = _int(view, "hidden_size", "n_embd", "d_model", need="head_dim = hidden_size / num_attention_heads")
         if hidden % heads:

@@ -180,3 +180,12 @@ def test_float32_serving_doubles_a_hybrids_attention_and_state() -> None:
 def test_an_unknown_served_dtype_is_a_value_error_naming_it() -> None:
     with pytest.raises(ValueError, match="dtype 'int8' is not one of auto"):
         kv("llama-3.1-8b", dtype="int8")
+
+
+def test_nemotron_h_attention_head_dim_is_its_head_size() -> None:
+    # Nemotron-H 4B-style: hidden 3136 is no multiple of 40 heads, attention_head_dim 128 gives the head size
+    odd = {"hidden_size": 3136, "num_attention_heads": 40}
+    cfg = config("nvidia/Nemotron-H-8B-Base-8K") | odd | {"attention_head_dim": 128}
+    assert kv_sizing(cfg).kv_bytes_per_token == 16_384  # 4 attention layers × 2 × 8 × 128 × 2 B
+    with pytest.raises(UnsupportedModel, match="not a multiple of num_attention_heads"):
+        kv_sizing(config("nvidia/Nemotron-H-8B-Base-8K") | odd)
