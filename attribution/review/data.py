@@ -102,7 +102,7 @@ def _by_pod(samples: list[Sample]) -> dict[tuple[str, str], float]:
 
 def gather(client: PrometheusClient, window: str, at: float, resolution: str, idle: float) -> Inputs:
     """Every figure of the window ending at ``at`` and of the window before it; a query that fails is a
-    problem named in the review, the rest of it stands."""
+    problem named in the review and an entry of ``failed`` (the review fails when it is ``ESSENTIAL``)."""
     problems: list[str] = []
     failed: dict[str, str] = {}
 
