@@ -34,6 +34,7 @@ class Collected:
     teams: dict[tuple[str, str], str] = field(default_factory=dict)
     tokens: dict[tuple[str, str], float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what is missing, for the report
+    failed: dict[str, str] = field(default_factory=dict)  # input (query name) -> why it could not be read
 
 
 def _key(labels: Mapping[str, str]) -> tuple[str, str]:
@@ -56,6 +57,13 @@ def _float(value: str | None) -> float | None:
         return float(value)
     except ValueError:
         return None
+
+
+ESSENTIAL = ("memory", "gpu_total", "pod_info", "kv_max", "cache_config")
+"""The queries the published figures come from: each server's GPU memory, the GPUs' sizes, the model label of
+every series, the KV cache's peak use and its allocation. Without any of them the split would publish
+zeros, or series under other labels, where the last good figures were; the KV quantiles (shown in the
+tables only) and the token counts (costs per token) are not essential."""
 
 
 def queries(window: str) -> dict[str, str]:
@@ -84,13 +92,15 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     """One row per vLLM server (a pod with vLLM's KV metrics or cache config) and GPU it holds memory on."""
     results: dict[str, list[Sample]] = {}
     problems: list[str] = []
+    failed: dict[str, str] = {}
     for name, expr in queries(window).items():
         try:
             results[name] = client.query(expr, at)
         except PrometheusError as exc:
             results[name] = []
             problems.append(f"{name}: {exc}")
-            log.warning("%s", exc)
+            failed[name] = str(exc).replace(repr(expr), name)  # the query is long; its name says which
+            log.info("%s", exc)  # the run's summary names what failed, once (the report lists each)
     memory: dict[tuple[str, str], list[Sample]] = defaultdict(list)
     for s in results["memory"]:
         memory[_key(s.labels)].append(s)
@@ -139,7 +149,7 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     # Thanos, Mimir and Prometheus with a failing remote read answer "success" with warnings such as
     # "partial response": the figures may be low, and the report must say so
     problems += [f"{redact(client.url)} warned: {w}" for w in dict.fromkeys(client.warnings)]
-    return Collected(servers, teams, tokens, problems)
+    return Collected(servers, teams, tokens, problems, failed)
 
 
 def progress(items: list[T], what: str, every: int = 50) -> Iterator[T]:

@@ -397,6 +397,44 @@ REVIEW_GPUS_FREEABLE = Metric(
     Group.ATTRIBUTION,
 )
 
+JOB_UP = Metric(
+    "gpuattr_job_up",
+    Kind.GAUGE,
+    "1 when the last run of `gpuattr attribute` or `gpuattr review` (command) read its essential inputs and "
+    "published its figures, 0 when it failed and published nothing (the last good figures stay).",
+    ("command",),
+    Group.ATTRIBUTION,
+    notes="Served with the figures by `gpuattr attribute --serve`; pushed with `--pushgateway` to a group of its "
+    "own (job `gpuattr-attribution-health` or `gpuattr-review-health`), so that a failed run leaves the figures' "
+    "group untouched. The label is `command`, not `job`: the Pushgateway overwrites a pushed `job` label with its "
+    "grouping key's.",
+)
+JOB_LAST_SUCCESS = Metric(
+    "gpuattr_job_last_success_timestamp_seconds",
+    Kind.GAUGE,
+    "Unix time at which the last successful run of the command ended, in seconds: the age of the figures "
+    "published (absent until a run succeeds; a failed run's push leaves the last value in place).",
+    ("command",),
+    Group.ATTRIBUTION,
+    unit="seconds",
+)
+JOB_LAST_RUN = Metric(
+    "gpuattr_job_last_run_timestamp_seconds",
+    Kind.GAUGE,
+    "Unix time at which the last run of the command ended, in seconds, whether it succeeded or failed.",
+    ("command",),
+    Group.ATTRIBUTION,
+    unit="seconds",
+)
+JOB_INPUT_FAILED = Metric(
+    "gpuattr_job_input_failed",
+    Kind.GAUGE,
+    "1 when the last run could not read this input (its Prometheus query failed), 0 when it could; "
+    "essential says whether the run fails without it.",
+    ("command", "input", "essential"),
+    Group.ATTRIBUTION,
+)
+
 # The exporter itself --------------------------------------------------------------------------------
 EXPORTER_BUILD_INFO = Metric(
     "gpuattr_exporter_build_info",
