@@ -84,6 +84,13 @@ class AlertConfig:
     exporter_severity: str = "warning"
     gpu_lost_severity: str = "critical"
 
+    job_stale_for: str = "26h"
+    """How long after its last success `gpuattr attribute` counts as stale: a day for the daily CronJob, plus
+    two hours (a Deployment with --serve re-runs every few minutes, so the same bound holds with room)."""
+    review_stale_for: str = "8d"
+    """The same for `gpuattr review`: a week for a weekly review, plus a day."""
+    job_stale_severity: str = "warning"
+
     rule_interval: str = "30s"
     """Evaluation interval of the generated rule groups."""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,8 @@ they are stale. Every alert carries ``severity``, a static ``summary``, a templa
 names the pod, model, GPU and the numbers, and a ``runbook_url`` to ``docs/runbooks/<alert>.md``.
 
 ``alerts`` composes one builder per family (waste, vLLM, saturation, capacity review, the exporter's own
-health, GPU health, the exporter's other sources) into one group, in the order of the generated files.
+health, GPU health, the exporter's other sources, the attribution job's and review's own health) into one
+group, in the order of the generated files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 
 from alerts.config import AlertConfig
 from common import catalog as c
+from common.units import parse_duration
 
 RULE_FILE = "gpuattr-rules.yaml"
 OPERATOR_FILE = "prometheusrule.yaml"
@@ -205,6 +207,7 @@ def alerts(config: AlertConfig) -> list[Alert]:
         *exporter_coverage_alerts(config),
         *gpu_health_alerts(config),
         *exporter_source_alerts(config),
+        *job_alerts(config),
     ]
 
 
@@ -572,6 +575,48 @@ def exporter_source_alerts(config: AlertConfig) -> list[Alert]:
             "The exporter cannot read dcgm-exporter's profiling fields.",
             "The exporter on {{ $labels.instance }} has had no usable answer from dcgm-exporter for 10m; "
             'source="dcgm" series are absent and NVML-derived ones are served.',
+        ),
+    ]
+
+
+JOB_FAILING_FOR = "10m"
+"""How long a command that has never succeeded may fail before it counts as stale (one failed first run of a
+Deployment whose Prometheus is restarting should not page)."""
+
+
+def job_alerts(config: AlertConfig) -> list[Alert]:
+    """The attribution job's and the capacity review's own health: no successful run for longer than their
+    period, so the figures dashboards show are old, or none at all."""
+    success, up = c.JOB_LAST_SUCCESS.name, c.JOB_UP.name
+
+    def older(command: str, duration: str) -> str:
+        seconds = int(parse_duration(duration))
+        return f'time() - max by (command) ({success}{{command="{command}"}}) > {seconds}'
+
+    return [
+        Alert(
+            "GpuAttrJobStale",
+            f"""
+            {older("attribute", config.job_stale_for)}
+            or
+            {older("review", config.review_stale_for)}
+            or
+            (max by (command) ({up}) == 0 unless on (command) max by (command) ({success}))
+            """,
+            JOB_FAILING_FOR,
+            config.job_stale_severity,
+            "The attribution job or the capacity review has not succeeded within its period.",
+            _fill(
+                "gpuattr {{ $labels.command }} has had no successful run for longer than its period "
+                "(<<job_stale_for>> for attribute, <<review_stale_for>> for review), or none since it started "
+                "failing: the figures on the dashboards are that old, or missing. Each failed run names what failed "
+                "in its log and in <<input_failed>>.",
+                {
+                    "job_stale_for": config.job_stale_for,
+                    "review_stale_for": config.review_stale_for,
+                    "input_failed": c.JOB_INPUT_FAILED.name,
+                },
+            ),
         ),
     ]
 

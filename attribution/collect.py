@@ -24,7 +24,7 @@ log = logging.getLogger("gpuattr.attribution")
 
 T = TypeVar("T")
 KV_USAGE = "|".join(c.External.VLLM_KV_CACHE_USAGE)
-TOKENS = "vllm:generation_tokens_total|vllm:prompt_tokens_total"
+TOKENS = (c.External.VLLM_PROMPT_TOKENS, c.External.VLLM_GENERATION_TOKENS)
 CACHE_CONFIG = c.External.VLLM_CACHE_CONFIG_INFO
 
 
@@ -34,6 +34,7 @@ class Collected:
     teams: dict[tuple[str, str], str] = field(default_factory=dict)
     tokens: dict[tuple[str, str], float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what is missing, for the report
+    failed: dict[str, str] = field(default_factory=dict)  # input (query name) -> why it could not be read
 
 
 def _key(labels: Mapping[str, str]) -> tuple[str, str]:
@@ -58,6 +59,13 @@ def _float(value: str | None) -> float | None:
         return None
 
 
+ESSENTIAL = ("memory", "gpu_total", "pod_info", "kv_max", "cache_config")
+"""The queries the published figures come from: each server's GPU memory, the GPUs' sizes, the model label of
+every series, the KV cache's peak use and its allocation. Without any of them the split would publish
+zeros, or series under other labels, where the last good figures were; the KV quantiles (shown in the
+tables only) and the token counts (costs per token) are not essential."""
+
+
 def queries(window: str) -> dict[str, str]:
     """The PromQL the job sends: one aggregate per input, whatever the number of samples."""
     usage = f'{{__name__=~"{KV_USAGE}"}}'
@@ -72,7 +80,11 @@ def queries(window: str) -> dict[str, str]:
         "kv_p95": f"max by (namespace, pod) (quantile_over_time(0.95, {usage}[{window}]))",
         "kv_max": f"max by (namespace, pod) (max_over_time({usage}[{window}]))",
         "cache_config": f"last_over_time({CACHE_CONFIG}[{window}])",
-        "tokens": f'sum by (namespace, pod) (increase({{__name__=~"{TOKENS}"}}[{window}]))',
+        # increase() drops the metric name, so the two counters would collide in one vector (Prometheus
+        # refuses it with 422): each is told apart by a label of its own, then both are summed per pod.
+        "tokens": "sum by (namespace, pod) ("
+        + " or ".join(f'label_replace(increase({n}[{window}]), "counter", "{n}", "", "")' for n in TOKENS)
+        + ")",
     }
 
 
@@ -80,13 +92,15 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     """One row per vLLM server (a pod with vLLM's KV metrics or cache config) and GPU it holds memory on."""
     results: dict[str, list[Sample]] = {}
     problems: list[str] = []
+    failed: dict[str, str] = {}
     for name, expr in queries(window).items():
         try:
             results[name] = client.query(expr, at)
         except PrometheusError as exc:
             results[name] = []
             problems.append(f"{name}: {exc}")
-            log.warning("%s", exc)
+            failed[name] = str(exc).replace(repr(expr), name)  # the query is long; its name says which
+            log.info("%s", exc)  # the run's summary names what failed, once (the report lists each)
     memory: dict[tuple[str, str], list[Sample]] = defaultdict(list)
     for s in results["memory"]:
         memory[_key(s.labels)].append(s)
@@ -135,7 +149,7 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     # Thanos, Mimir and Prometheus with a failing remote read answer "success" with warnings such as
     # "partial response": the figures may be low, and the report must say so
     problems += [f"{redact(client.url)} warned: {w}" for w in dict.fromkeys(client.warnings)]
-    return Collected(servers, teams, tokens, problems)
+    return Collected(servers, teams, tokens, problems, failed)
 
 
 def progress(items: list[T], what: str, every: int = 50) -> Iterator[T]:
@@ -156,7 +170,7 @@ def kubernetes_logs(
     however slowly the server sends. A log not read in full is named in a warning and read as None."""
     from kubernetes import client
 
-    from exporter.resolve.kube import make_api_client
+    from common.kube import make_api_client
 
     core = client.CoreV1Api(make_api_client(api_host))
 

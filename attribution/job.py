@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from attribution.collect import Collected, add_logs, add_model_configs, from_prometheus
+from attribution.collect import ESSENTIAL, Collected, add_logs, add_model_configs, from_prometheus, queries
+from attribution.health import Health, InputsFailedError, check
 from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, Packing, costs, pack, recommend
 from attribution.report import Result, families, terminal, to_json, write_files
@@ -29,6 +30,8 @@ from common.units import parse_duration
 
 log = logging.getLogger("gpuattr.attribution")
 JOB = "gpuattr-attribution"
+HEALTH_JOB = "gpuattr-attribution-health"
+"""The Pushgateway group of the job's health series: a failed run pushes there, never to ``JOB``."""
 
 
 def window_seconds(window: str) -> float:
@@ -81,11 +84,13 @@ STATS: dict[str, float] = {}
 
 
 def collect(args: argparse.Namespace) -> Collected:
+    """Every input of a run; InputsFailedError, before logs and configs are read, when an essential one failed."""
     if args.prometheus:
         client = PrometheusClient(args.prometheus, timeout_s=args.timeout)
         collected = from_prometheus(client, args.window, args.at)
         STATS.update(prometheus_queries=client.queries, prometheus_wait_s=client.waited_s)
         log.info("Prometheus: %d queries, %.1fs waiting", client.queries, client.waited_s)
+        check(collected.failed, ESSENTIAL)
     else:
         from attribution.oneshot import from_endpoints
 
@@ -193,7 +198,23 @@ def validate(args: argparse.Namespace) -> None:
             raise InputError(f"--serve {args.serve}: cannot listen there: {exc.strerror or exc}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def health(args: argparse.Namespace) -> Health:
+    """The job's health series, listing the inputs of its mode (none in one-shot mode)."""
+    inputs = tuple(queries(args.window)) if args.prometheus else ()
+    return Health("attribute", HEALTH_JOB, inputs=inputs, essential=ESSENTIAL if args.prometheus else ())
+
+
+def _push_health(args: argparse.Namespace, state: Health) -> int:
+    try:
+        state.push(args.pushgateway, args.timeout)
+    except FetchError as exc:
+        print(f"gpuattr attribute: --pushgateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = None) -> int:
+    """``stop``: with ``--serve``, serving ends once it is set (tests); otherwise it runs until killed."""
     args = parse_args(build_parser(), argv)
     try:
         validate(args)
@@ -204,12 +225,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gpuattr attribute: --vllm needs --exporter-url (the node's exporter, for GPU memory)", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    state = health(args)
     try:
         window_seconds(args.window)
-        result = run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
+        collected = collect(args)
+        result = run(collected, window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
     except ValueError as exc:
         print(f"gpuattr attribute: {exc}", file=sys.stderr)
         return 2
+    except InputsFailedError as exc:
+        # Nothing printed, written or pushed that would replace the last good figures; the failure itself is.
+        print(f"gpuattr attribute: {exc}", file=sys.stderr)
+        state.record(time.time(), exc.failed, ok=False)
+        if args.pushgateway:
+            _push_health(args, state)
+        if args.serve:
+            return _serve(args, None, state, stop)
+        return 1
     print(to_json(result) if args.json else terminal(result))
     if args.stats:
         STATS.update(wall_s=time.perf_counter() - started, servers=len(result.split))
@@ -217,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         for path in write_files(result, Path(args.out), [f.strip() for f in args.format.split(",") if f.strip()]):
             print(f"wrote {path}", file=sys.stderr)
+    state.record(time.time(), collected.failed, ok=True)
     if args.pushgateway:
         from prometheus_client import CollectorRegistry, push_to_gateway
 
@@ -227,30 +260,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FetchError as exc:
             print(f"gpuattr attribute: --pushgateway: {exc}", file=sys.stderr)
             return 1
+        if _push_health(args, state):
+            return 1
     if args.serve:
-        return _serve(args, result)
+        return _serve(args, result, state, stop)
     return 0
 
 
-def _serve(args: argparse.Namespace, first: Result) -> int:
+def _serve(args: argparse.Namespace, first: Result | None, state: Health, stop: threading.Event | None = None) -> int:
+    """Serve the figures of the last good run and the job's health, re-running every ``--every`` seconds: a
+    failed run leaves the figures as they were (their age is the last success's timestamp) with ``up`` 0."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     from exporter.settings import host_port
 
     registry = CollectorRegistry()
-    collector = Families(families(first))
-    registry.register(collector)
+    figures = Families(families(first) if first is not None else [])
+    status = Families(state.families())
+    registry.register(figures)
+    registry.register(status)
     host, port = host_port(args.serve)
-    start_http_server(port, host, registry=registry)
-    stop = threading.Event()
-    while not stop.wait(args.every):
-        try:
-            # replaced only once the whole run has worked: a failed run leaves the last good figures served
-            collector.replace(
-                families(run(collect(args), window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour))
-            )
-        except Exception:
-            log.exception("attribution run failed; serving the previous result")
+    server, _ = start_http_server(port, host, registry=registry)
+    stop = stop or threading.Event()
+    try:
+        while not stop.wait(args.every):
+            try:
+                collected = collect(args)
+                result = run(collected, window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
+            except InputsFailedError as exc:
+                state.record(time.time(), exc.failed, ok=False)
+                log.warning("attribution run failed, serving the figures of the last good run: %s", exc)
+            except Exception:
+                state.record(time.time(), {}, ok=False)
+                log.exception("attribution run failed; serving the figures of the last good run")
+            else:
+                # replaced only once the whole run has worked
+                figures.replace(families(result))
+                state.record(time.time(), collected.failed, ok=True)
+            status.replace(state.families())
+    finally:
+        server.shutdown()
+        server.server_close()
     return 0
 
 

@@ -36,6 +36,11 @@ class PrometheusClient:
     waited_s: float = 0.0  # time spent waiting on the server, for the job's own accounting
     queries: int = 0
     warnings: list[str] = field(default_factory=list)
+    unreachable: str | None = None
+    """Why the server is down: a query got no connection after every try, or timed out and the server did not
+    answer a readiness check either. Later queries of the run are refused at once instead of waiting on it
+    again, so a dead Prometheus costs one query's tries, not all of them. A 5xx or a slow query is that
+    query's failure only."""
 
     def query(self, expr: str, at: float | None = None) -> list[Sample]:
         """An instant vector query; a scalar answer comes back as one sample without labels."""
@@ -65,6 +70,10 @@ class PrometheusClient:
         """
         url = self.url.rstrip("/") + path + "?" + urllib.parse.urlencode(params)
         server = redact(self.url)
+        if self.unreachable is not None:
+            raise PrometheusError(
+                f"{server}: no answer to {expr!r}: not asked, after {self.unreachable} earlier in this run"
+            )
         last: FetchError | None = None
         for attempt in range(self.retries + 1):
             started = time.perf_counter()
@@ -102,4 +111,18 @@ class PrometheusClient:
             if attempt < self.retries:
                 time.sleep(min(2.0, 0.2 * 2**attempt))
         reason = last.detail if last is not None else "no try"
+        if last is not None and (last.reason == "unreachable" or (last.reason == "timeout" and not self._answers())):
+            self.unreachable = reason  # down, not merely slow on this query: the run's other queries are not asked
         raise PrometheusError(f"{server}: no answer to {expr!r} after {self.retries + 1} tries: {reason}")
+
+    def _answers(self) -> bool:
+        """Whether the server answers at all (any HTTP status on ``/-/ready``), within the query time-out."""
+        try:
+            fetch(self.url.rstrip("/") + "/-/ready", timeout_s=min(self.timeout_s, 5.0), max_bytes=1 << 16, ok=_any)
+        except FetchError:
+            return False
+        return True
+
+
+def _any(status: int) -> bool:
+    return True

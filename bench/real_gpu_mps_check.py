@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from real_gpu_check import PR_SET_NAME, PR_SET_PDEATHSIG, ROOT, _prctl, exporter_command, free_port, scrape, wait_ready
+from real_gpu_check import (
+    PR_SET_NAME,
+    PR_SET_PDEATHSIG,
+    ROOT,
+    Check,
+    _median,
+    _prctl,
+    exporter_command,
+    free_port,
+    scrape,
+    wait_ready,
+)
 
 OUT = ROOT / "bench" / "out"
 GIB = 2**30
@@ -181,17 +191,6 @@ def read_scrapes(pages: Iterable[str], gpu: int) -> tuple[dict[str, Seen], set[s
     for one in seen.values():
         one.mps_kernel = list(gpu_mps)
     return seen, owners
-
-
-@dataclass
-class Check:
-    what: str
-    ok: bool
-    detail: str
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def check_tiny(seen: dict[str, Seen], pmon: dict[int, list[float]], memory: dict[int, int], pid: int) -> list[Check]:

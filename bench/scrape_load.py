@@ -65,6 +65,7 @@ from common import catalog
 
 JSON_MARKER = "WRK_JSON "
 GAP_FACTOR = 1.5  # the interval "holds" when no gap between successive samples exceeds this × the interval
+SIDE_SOURCE = "127.0.0.9"  # the side scraper's own address (wrk connects from 127.0.0.1)
 
 # wrk runs done() once, after every thread has finished, with the merged statistics (latency in µs)
 WRK_LUA = r"""
@@ -220,7 +221,9 @@ class Poller(threading.Thread):
         )
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
+        # From its own loopback address, as Prometheus would scrape from its own: the exporter's limits per
+        # client address refuse wrk (on 127.0.0.1) and would otherwise refuse this scraper with it.
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=30, source_address=(SIDE_SOURCE, 0))
         try:
             while not self._stop_event.is_set():
                 started = time.monotonic()
@@ -497,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     command = [
-        gpuattr_command(), "exporter", "--simulate", str(args.scenario), "--listen", f"{HOST}:{port}",
+        *gpuattr_command(), "exporter", "--simulate", str(args.scenario), "--listen", f"{HOST}:{port}",
         "--interval", str(args.interval), "--sim-start", str(args.sim_start), "--log-level", "warning",
     ]  # fmt: skip
     url = f"http://{HOST}:{port}/metrics"

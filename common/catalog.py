@@ -397,6 +397,44 @@ REVIEW_GPUS_FREEABLE = Metric(
     Group.ATTRIBUTION,
 )
 
+JOB_UP = Metric(
+    "gpuattr_job_up",
+    Kind.GAUGE,
+    "1 when the last run of `gpuattr attribute` or `gpuattr review` (command) read its essential inputs and "
+    "published its figures, 0 when it failed and published nothing (the last good figures stay).",
+    ("command",),
+    Group.ATTRIBUTION,
+    notes="Served with the figures by `gpuattr attribute --serve`; pushed with `--pushgateway` to a group of its "
+    "own (job `gpuattr-attribution-health` or `gpuattr-review-health`), so that a failed run leaves the figures' "
+    "group untouched. The label is `command`, not `job`: the Pushgateway overwrites a pushed `job` label with its "
+    "grouping key's.",
+)
+JOB_LAST_SUCCESS = Metric(
+    "gpuattr_job_last_success_timestamp_seconds",
+    Kind.GAUGE,
+    "Unix time at which the last successful run of the command ended, in seconds: the age of the figures "
+    "published (absent until a run succeeds; a failed run's push leaves the last value in place).",
+    ("command",),
+    Group.ATTRIBUTION,
+    unit="seconds",
+)
+JOB_LAST_RUN = Metric(
+    "gpuattr_job_last_run_timestamp_seconds",
+    Kind.GAUGE,
+    "Unix time at which the last run of the command ended, in seconds, whether it succeeded or failed.",
+    ("command",),
+    Group.ATTRIBUTION,
+    unit="seconds",
+)
+JOB_INPUT_FAILED = Metric(
+    "gpuattr_job_input_failed",
+    Kind.GAUGE,
+    "1 when the last run could not read this input (its Prometheus query failed), 0 when it could; "
+    "essential says whether the run fails without it.",
+    ("command", "input", "essential"),
+    Group.ATTRIBUTION,
+)
+
 # The exporter itself --------------------------------------------------------------------------------
 EXPORTER_BUILD_INFO = Metric(
     "gpuattr_exporter_build_info",
@@ -487,13 +525,19 @@ EXPORTER_USAGES_DROPPED = Metric(
 EXPORTER_HTTP_REJECTED = Metric(
     "gpuattr_exporter_http_rejected_total",
     Kind.COUNTER,
-    "HTTP requests answered 503 (Retry-After: 1): more than --max-connections at once, or more than "
-    "--max-request-rate a second for over a second.",
-    (),
+    "HTTP connections and requests answered 503 (Retry-After: 1), or dropped as too slow, by reason: "
+    "connections (more than --max-open-connections open), client_connections (more than "
+    "--max-client-connections from one address), busy (more than --max-connections responses at once), "
+    "client_busy (more than a quarter of them to one address), rate (over --max-request-rate for over a "
+    "second), client_rate (one address over --max-client-request-rate for over a second), slow_client "
+    "(headers or response not through within --request-timeout).",
+    ("reason",),
     Group.EXPORTER,
     notes="Each connection is served on a thread and each request is Python work; a crowd of connections or "
     "thousands of requests a second starve the sampler thread of the interpreter lock and samples slip "
-    "(bench/scrape_load.py). Prometheus scrapes a node a few times a minute and retries at its next interval.",
+    "(bench/scrape_load.py). Prometheus scrapes a node a few times a minute and retries at its next interval. "
+    "The limits per address make a greedy or slow client cost only itself, and /healthz and /readyz never "
+    "count against the scrapes' budget (bench/hostile_clients.py).",
 )
 EXPORTER_OTLP_EXPORTS = Metric(
     "gpuattr_exporter_otlp_exports_total",

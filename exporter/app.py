@@ -129,6 +129,10 @@ def build(settings: ExporterSettings, simulation: Any = None) -> Exporter:
         tls_client_ca=settings.tls_client_ca,
         max_connections=settings.max_connections,
         max_rate=settings.max_request_rate,
+        max_open=settings.max_open_connections,
+        max_open_per_client=settings.max_client_connections,
+        client_rate=settings.max_client_request_rate,
+        request_timeout_s=settings.request_timeout,
     )
     options.extra_families.append(lambda: [_rejected(server)])
     exporter = Exporter(settings, reader, sampler, server, simulation, closers)
@@ -150,7 +154,8 @@ def build(settings: ExporterSettings, simulation: Any = None) -> Exporter:
 
 def _rejected(server: MetricsServer) -> Family:
     fam = family(c.EXPORTER_HTTP_REJECTED)
-    fam.add_metric([], server.rejected_total)
+    for reason, n in server.rejected.items():
+        fam.add_metric([reason], n)
     return fam
 
 
@@ -163,7 +168,8 @@ def _kubernetes(
 
     cache = None
     if settings.kubernetes:
-        from exporter.resolve.kube import KubeSettings, PodCache, make_api_client
+        from common.kube import make_api_client
+        from exporter.resolve.kube import KubeSettings, PodCache
 
         if not settings.node_name:
             raise SettingsError(

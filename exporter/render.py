@@ -227,7 +227,9 @@ def dcgm_families(snap: Snapshot, hostname: str) -> list[Family]:
             continue
         base = [str(g.index), g.uuid, f"nvidia{g.index}", g.name, hostname]
         whole = [*base, "", ""]
-        if g.memory_used_bytes is not None and g.memory_total_bytes is not None:
+        # On a MIG GPU dcgm-exporter serves the memory of each instance, not the parent's as well: summing
+        # DCGM_FI_DEV_FB_USED over a node must count each byte once.
+        if g.memory_used_bytes is not None and g.memory_total_bytes is not None and not g.mig:
             put(c.DCGM_FB_USED, whole, round(g.memory_used_bytes / mib))
             put(c.DCGM_FB_FREE, whole, round((g.memory_total_bytes - g.memory_used_bytes) / mib))
         put(c.DCGM_GPU_UTIL, whole, None if g.utilization_ratio is None else round(g.utilization_ratio * 100))

@@ -75,11 +75,38 @@ class ExporterSettings:
     )
     max_connections: int = field(
         default=8,
-        metadata=_opt("most scrape connections served at once; more get 503 with Retry-After and are counted"),
+        metadata=_opt(
+            "most scrape responses written at once (a quarter of them to one client address); "
+            "more get 503 with Retry-After and are counted"
+        ),
     )
     max_request_rate: float = field(
         default=100.0,
-        metadata=_opt("HTTP requests served per second, in bursts of as many; more wait, then get 503 (counted)"),
+        metadata=_opt("scrapes served per second, in bursts of as many; more wait, then get 503 (counted)"),
+    )
+    max_open_connections: int = field(
+        default=64,
+        metadata=_opt(
+            "most HTTP connections open at once, idle or reading their request included; more get 503 (counted)"
+        ),
+    )
+    max_client_connections: int = field(
+        default=16,
+        metadata=_opt("most HTTP connections open at once from one client address; more get 503 (counted)"),
+    )
+    max_client_request_rate: float = field(
+        default=10.0,
+        metadata=_opt(
+            "scrapes served per second to one client address, in bursts of as many (health probes have their "
+            "own budget of as many); more wait, then get 503 (counted)"
+        ),
+    )
+    request_timeout: float = field(
+        default=5.0,
+        metadata=_opt(
+            "seconds, in all, for a request's headers to arrive after its first byte and for its response to be "
+            "taken; a slower client is disconnected (counted)"
+        ),
     )
     tls_cert: str | None = field(default=None, metadata=_opt("PEM certificate: serve /metrics over HTTPS"))
     tls_key: str | None = field(default=None, metadata=_opt("PEM private key for --tls-cert"))
@@ -145,6 +172,18 @@ class ExporterSettings:
             raise SettingsError(f"--max-request-rate / {env_name('max_request_rate')}: must be at least 1")
         if self.max_connections < 1:
             raise SettingsError(f"--max-connections / {env_name('max_connections')}: must be at least 1")
+        if self.max_open_connections < 1:
+            raise SettingsError(f"--max-open-connections / {env_name('max_open_connections')}: must be at least 1")
+        if self.max_client_connections < 1:
+            raise SettingsError(f"--max-client-connections / {env_name('max_client_connections')}: must be at least 1")
+        if not self.max_client_request_rate >= 1:
+            raise SettingsError(
+                f"--max-client-request-rate / {env_name('max_client_request_rate')}: must be at least 1"
+            )
+        if not self.request_timeout > 0:
+            raise SettingsError(
+                f"--request-timeout / {env_name('request_timeout')}: must be positive, got {self.request_timeout}"
+            )
         if self.max_usages < 1:
             raise SettingsError(f"--max-usages / {env_name('max_usages')}: must be at least 1")
         if self.dcgm_timeout <= 0:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+from alerts.config import AlertConfig
 from common import catalog as c
 from common.exposition import Sample, scrape
 from common.tables import table
 from common.units import gib
+
+BUSY = AlertConfig()  # the GpuBusyButSmsIdle alert's thresholds, so the demo flags what the alert would
 
 
 def _pct(value: float | None) -> str:
@@ -84,7 +87,12 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
                 "mps_shared": "activity unknown: one of several MPS clients",
                 "mig_shared": "activity unknown: one of several in a MIG instance",
             }.get(unknown[key], "activity unknown this interval")
-        elif busy is not None and sms is not None and busy > 0.15 and sms < 0.1 * busy:
+        elif (
+            busy is not None
+            and sms is not None
+            and busy > BUSY.busy_kernel_threshold
+            and sms < busy * BUSY.busy_sm_per_kernel_threshold
+        ):
             note = "busy but its SMs are nearly idle"
         else:
             note = "MPS client" if gpu in mps_gpus else ""

@@ -14,6 +14,9 @@ from typing import TextIO
 from common import catalog as c
 from common.units import GiB
 
+PROMPT_SHARE = 0.25
+"""Prompt tokens per generated token in the synthetic history."""
+
 
 @dataclass(frozen=True)
 class SyntheticServer:
@@ -127,10 +130,12 @@ def write_openmetrics(
         )
         for t in _times(start, end, sparse):
             out.write(f"vllm:cache_config_info{{{labels}}} 1 {t:.3f}\n")
-    family("vllm:generation_tokens", "counter")
-    for s in servers:
-        for t in _times(start, end, sparse):  # a counter's increase over the window needs no dense samples
-            out.write(
-                f'vllm:generation_tokens_total{{engine="0",model_name="{s.model}",namespace="{s.namespace}",pod="{s.pod}"}} {s.tokens_per_s * (t - start):.1f} {t:.3f}\n'
-            )
+    # vLLM serves both counters; prompts here are a quarter of the generated tokens
+    for name, share in (("vllm:generation_tokens", 1.0), ("vllm:prompt_tokens", PROMPT_SHARE)):
+        family(name, "counter")
+        for s in servers:
+            for t in _times(start, end, sparse):  # a counter's increase over the window needs no dense samples
+                out.write(
+                    f'{name}_total{{engine="0",model_name="{s.model}",namespace="{s.namespace}",pod="{s.pod}"}} {share * s.tokens_per_s * (t - start):.1f} {t:.3f}\n'
+                )
     out.write("# EOF\n")

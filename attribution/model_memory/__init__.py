@@ -8,7 +8,9 @@ The rules follow vLLM (see ``docs/reference/vllm-memory.md`` §3–4). The packa
 * :mod:`~attribution.model_memory.weights` sizes the weights, exactly from safetensors headers or by an
   estimate whose assumptions are stated (:func:`weight_sizing`);
 * :mod:`~attribution.model_memory.budget` is vLLM's memory budget and the tokens of KV that fit in it
-  (:func:`kv_budget_bytes`, :func:`kv_capacity_tokens`);
+  (:func:`kv_budget_bytes`, :func:`kv_capacity_tokens`, :func:`concurrent_sequences`);
+* :mod:`~attribution.model_memory.hybrid` is the layer layout and per-sequence state of Mamba / gated
+  delta-net hybrids, which :func:`kv_sizing` uses;
 * :mod:`~attribution.model_memory.cli` is ``gpuattr model-memory`` (:func:`main`).
 
 The names below are the package's public interface; callers import them from here.
@@ -20,6 +22,7 @@ from attribution.model_memory.budget import (
     DEFAULT_NON_TORCH_TP,
     DEFAULT_NON_TORCH_TP1,
     DEFAULT_UTILIZATION,
+    concurrent_sequences,
     kv_budget_bytes,
     kv_capacity_tokens,
 )
@@ -38,6 +41,7 @@ __all__ = [
     "KvSizing",
     "UnsupportedModel",
     "WeightSizing",
+    "concurrent_sequences",
     "kv_budget_bytes",
     "kv_capacity_tokens",
     "kv_sizing",

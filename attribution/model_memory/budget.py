@@ -48,15 +48,23 @@ def kv_capacity_tokens(
     non_torch_bytes: int,
     kv_bytes_per_token: int,
     block_size: int = 1,
+    state_bytes_per_seq: int = 0,
+    sequences: int = 0,
 ) -> int:
     """Tokens of KV cache that fit on one GPU: the KV budget (reference §4) over the bytes per token.
 
-    Rounded down to whole blocks of ``block_size`` tokens; 0 when weights and overheads exceed the budget.
+    A hybrid's ``sequences`` running at once each hold ``state_bytes_per_seq`` of Mamba / linear-attention
+    state from the same pool, so the tokens are ``(budget − sequences × state) / bytes per token``.
+    Rounded down to whole blocks of ``block_size`` tokens; 0 when weights, overheads and states exceed the budget.
     """
     if kv_bytes_per_token <= 0:
         raise ValueError(f"kv_bytes_per_token must be positive, got {kv_bytes_per_token!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size!r}")
+    if state_bytes_per_seq < 0 or sequences < 0:
+        raise ValueError(
+            f"state_bytes_per_seq and sequences cannot be negative, got {state_bytes_per_seq!r}, {sequences!r}"
+        )
     budget = kv_budget_bytes(
         gpu_memory_bytes=gpu_memory_bytes,
         gpu_memory_utilization=gpu_memory_utilization,
@@ -64,6 +72,29 @@ def kv_capacity_tokens(
         activation_peak_bytes=activation_peak_bytes,
         non_torch_bytes=non_torch_bytes,
     )
+    budget -= sequences * state_bytes_per_seq
     if budget <= 0:
         return 0
     return budget // (kv_bytes_per_token * block_size) * block_size
+
+
+def concurrent_sequences(
+    *,
+    kv_budget: int,
+    kv_bytes_per_token: int,
+    tokens_per_seq: int,
+    block_size: int = 1,
+    state_bytes_per_seq: int = 0,
+) -> int:
+    """Whole sequences of ``tokens_per_seq`` tokens that fit in ``kv_budget`` bytes at once: each takes
+    ``⌈tokens / block⌉`` blocks of attention KV plus its state (a hybrid's), ``budget // (state + blocks × block ×
+    bytes per token)``; 0 when the budget is not positive."""
+    if kv_bytes_per_token <= 0 or tokens_per_seq < 1 or block_size < 1 or state_bytes_per_seq < 0:
+        raise ValueError(
+            "kv_bytes_per_token, tokens_per_seq and block_size must be positive and state_bytes_per_seq not "
+            f"negative, got {kv_bytes_per_token!r}, {tokens_per_seq!r}, {block_size!r}, {state_bytes_per_seq!r}"
+        )
+    if kv_budget <= 0:
+        return 0
+    per_seq = state_bytes_per_seq + -(-tokens_per_seq // block_size) * block_size * kv_bytes_per_token
+    return kv_budget // per_seq

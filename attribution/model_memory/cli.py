@@ -18,6 +18,7 @@ from attribution.model_memory.budget import (
     DEFAULT_NON_TORCH_TP,
     DEFAULT_NON_TORCH_TP1,
     DEFAULT_UTILIZATION,
+    concurrent_sequences,
     kv_budget_bytes,
     kv_capacity_tokens,
 )
@@ -64,6 +65,12 @@ def _build_parser() -> _Parser:
         default="auto",
         help="vLLM's --kv-cache-dtype: auto (the model dtype), fp8, fp8_e4m3, fp8_e5m2, bfloat16…",
     )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="vLLM's --dtype, the served model dtype that --kv-cache-dtype auto and a hybrid's state follow: auto "
+        "(the config's, float32 checkpoints in 16-bit), bfloat16, float16, half, float32, float",
+    )
     parser.add_argument("--model-dir", help="checkpoint directory: weights summed exactly from its safetensors headers")
     parser.add_argument("--gpu-memory", type=_size, help="memory of one GPU, e.g. 80GiB: asks for the capacity plan")
     parser.add_argument(
@@ -86,6 +93,18 @@ def _build_parser() -> _Parser:
         "NCCL buffers)",
     )
     parser.add_argument("--max-model-len", type=int, help="tokens per request, for the concurrency the capacity allows")
+    parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        help="sequences running at once whose Mamba / linear-attention state a hybrid holds beside its KV (default 1; "
+        "capacity is what is left for tokens)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=_size,
+        help="whole-model weight bytes, e.g. from the start-up log's 'Model loading took', instead of the estimate "
+        "(which refuses hybrids)",
+    )
     parser.add_argument(
         "--block-size",
         type=int,
@@ -125,13 +144,17 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         tensor_parallel=args.tensor_parallel,
         pipeline_parallel=args.pipeline_parallel,
         kv_cache_dtype=args.kv_cache_dtype,
+        dtype=args.dtype,
+        block_size=args.block_size,
         source=source,
     )
+    block_size = kv.block_size or args.block_size  # a hybrid's state pages raise it
     report: dict[str, Any] = {
         "config": source,
         "model_type": _view(config, source).model_type or None,
         "tensor_parallel": args.tensor_parallel,
         "pipeline_parallel": args.pipeline_parallel,
+        "dtype": args.dtype,
         "kv_cache_dtype": args.kv_cache_dtype,
         "kv_bytes_per_token": kv.kv_bytes_per_token,
         "kv_method": kv.method,
@@ -140,11 +163,19 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         "kv_heads_per_gpu": kv.kv_heads_per_gpu,
         "head_dim": kv.head_dim,
         "kv_dtype_bytes": kv.dtype_bytes,
-        "kv_bytes_per_block": kv.kv_bytes_per_token * args.block_size,
-        "block_size": args.block_size,
+        "kv_bytes_per_block": kv.kv_bytes_per_token * block_size,
+        "block_size": block_size,
     }
+    if kv.state_layers:
+        report.update(
+            state_layers=kv.state_layers, state_bytes_per_seq=kv.state_bytes_per_seq, state_method=kv.state_method
+        )
     try:
-        weights: WeightSizing | None = weight_sizing(config, args.model_dir)
+        weights: WeightSizing | None = (
+            weight_sizing(config, args.model_dir, dtype=args.dtype)
+            if args.weights is None
+            else WeightSizing(args.weights, "given", f"--weights {gib(args.weights)}")
+        )
     except UnsupportedModel as exc:
         if args.gpu_memory is not None:
             raise
@@ -176,9 +207,28 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
             budget = kv_budget_bytes(**budget_args)
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
-        tokens = kv_capacity_tokens(**budget_args, kv_bytes_per_token=kv.kv_bytes_per_token, block_size=args.block_size)
+        if args.max_num_seqs is not None and args.max_num_seqs < 1:
+            raise _UsageError(f"--max-num-seqs must be at least 1, got {args.max_num_seqs}")
+        sequences = (args.max_num_seqs or 1) if kv.state_layers else 0
+        tokens = kv_capacity_tokens(
+            **budget_args,
+            kv_bytes_per_token=kv.kv_bytes_per_token,
+            block_size=block_size,
+            state_bytes_per_seq=kv.state_bytes_per_seq,
+            sequences=sequences,
+        )
         if tokens == 0:
-            raise _UsageError(_does_not_fit(args, report["weight_bytes_per_gpu"], activation, non_torch, budget))
+            left = budget - sequences * kv.state_bytes_per_seq
+            raise _UsageError(
+                _does_not_fit(
+                    args, report["weight_bytes_per_gpu"], activation, non_torch, budget=left, block_size=block_size
+                )
+            )
+        state_how = (
+            f" − {sequences} sequence{'s' if sequences != 1 else ''} × {kv.state_bytes_per_seq:,} B of state"
+            if sequences
+            else ""
+        )
         report.update(
             gpu_memory_bytes=gpu,
             gpu_memory_utilization=args.gpu_memory_utilization,
@@ -189,41 +239,62 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
             capacity_method=(
                 f"{gib(gpu)} × {args.gpu_memory_utilization:g} − (weights {gib(report['weight_bytes_per_gpu'])} "
                 f"[whole model / {ranks} ranks] + activation peak {gib(activation)} + non-torch {gib(non_torch)}) "
-                f"= {gib(budget)} of KV per GPU, / {kv.kv_bytes_per_token:,} B per token, in whole blocks of "
-                f"{args.block_size}"
+                f"= {gib(budget)} of KV per GPU{state_how}, / {kv.kv_bytes_per_token:,} B per token, in whole "
+                f"blocks of {block_size}"
             ),
         )
         if args.max_model_len is not None:
             if args.max_model_len < 1:
                 raise _UsageError(f"--max-model-len must be at least 1, got {args.max_model_len}")
-            report.update(max_model_len=args.max_model_len, max_concurrency=tokens / args.max_model_len)
+            if kv.state_layers:  # whole requests, each with its blocks and its state
+                concurrency: float = concurrent_sequences(
+                    kv_budget=budget,
+                    kv_bytes_per_token=kv.kv_bytes_per_token,
+                    tokens_per_seq=args.max_model_len,
+                    block_size=block_size,
+                    state_bytes_per_seq=kv.state_bytes_per_seq,
+                )
+            else:
+                concurrency = tokens / args.max_model_len
+            report.update(max_model_len=args.max_model_len, max_concurrency=concurrency)
     return report
 
 
-def _does_not_fit(args: argparse.Namespace, weights: int, activation: int, non_torch: int, budget: int) -> str:
-    """Why no token of KV fits: the weights alone, the weights with the overheads, or less than one block."""
+def _does_not_fit(
+    args: argparse.Namespace, weights: int, activation: int, non_torch: int, *, budget: int, block_size: int
+) -> str:
+    """Why no token of KV fits: the weights alone, the weights with the overheads (and a hybrid's states), or
+    less than one block left."""
     usable = args.gpu_memory * args.gpu_memory_utilization
     where = f"--gpu-memory {gib(args.gpu_memory)}: does not fit"
     of = f"of the {gib(usable)} vLLM may use ({gib(args.gpu_memory)} × {args.gpu_memory_utilization:g})"
     if weights >= usable:
         return f"{where}: the weights alone need {gib(weights)} per GPU {of}"
-    if budget <= 0:
-        need = weights + activation + non_torch
+    need = weights + activation + non_torch
+    if need >= usable:
         return (
             f"{where}: the weights ({gib(weights)}), activation peak ({gib(activation)}) and non-torch memory "
             f"({gib(non_torch)}) need {gib(need)} per GPU {of}, leaving nothing for the KV cache"
         )
-    return f"{where}: {gib(budget)} is left for the KV cache, less than one block of {args.block_size} tokens"
+    if budget <= 0:
+        return f"{where}: the sequences' state (--max-num-seqs) takes all {gib(usable - need)} left for the KV cache"
+    return f"{where}: {gib(budget)} is left for the KV cache, less than one block of {block_size} tokens"
 
 
 def _text(report: Mapping[str, Any]) -> str:
     lines = [
         f"model: {report['config']} ({report['model_type'] or 'unknown type'}), TP {report['tensor_parallel']}, "
-        f"PP {report['pipeline_parallel']}, KV cache dtype {report['kv_cache_dtype']}",
+        f"PP {report['pipeline_parallel']}, dtype {report['dtype']}, KV cache dtype {report['kv_cache_dtype']}",
         f"KV cache: {report['kv_bytes_per_token']:,} B per token per GPU "
         f"({report['kv_bytes_per_block'] / MiB:.3g} MiB per {report['block_size']}-token block)",
         f"  how: {report['kv_method']}",
     ]
+    if "state_bytes_per_seq" in report:
+        lines += [
+            f"state: {report['state_bytes_per_seq']:,} B per sequence per GPU ({report['state_layers']} Mamba / "
+            "linear-attention layers)",
+            f"  how: {report['state_method']}",
+        ]
     if report.get("weight_bytes") is None:
         lines.append(f"weights: {report['weight_detail']}")
     else:
@@ -238,8 +309,14 @@ def _text(report: Mapping[str, Any]) -> str:
             f"  how: {report['capacity_method']}",
         ]
         if "max_concurrency" in report:
-            lines.append(
-                f"  {report['max_concurrency']:.2f} requests of {report['max_model_len']:,} tokens at once "
-                "(full-attention models)"
-            )
+            if "state_bytes_per_seq" in report:
+                lines.append(
+                    f"  {report['max_concurrency']} whole requests of {report['max_model_len']:,} tokens at once, "
+                    "each with its state"
+                )
+            else:
+                lines.append(
+                    f"  {report['max_concurrency']:.2f} requests of {report['max_model_len']:,} tokens at once "
+                    "(full-attention models)"
+                )
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 
 A multimodal config keeps its language model under ``text_config`` (or ``llm_config``, ``language_config``);
 every reader here looks there first and names a field with its prefix in messages. A model whose memory
-this package does not size (Mamba / linear-attention hybrids, KV sharing, sparse-attention indexers,
-encoder-decoder) is refused with :class:`UnsupportedModel`, never guessed.
+this package does not size (Mamba / linear-attention hybrids other than :data:`SIZED_HYBRID_TYPES`, whose
+weights are not estimated either; KV sharing, sparse-attention indexers, encoder-decoder) is refused with
+:class:`UnsupportedModel`, never guessed.
 """
 
 from __future__ import annotations
@@ -169,6 +170,9 @@ _NON_ATTENTION_MODEL_TYPES = frozenset(
         "zamba2",
     }
 )
+# The hybrids kv_sizing sizes (attention pages plus a per-sequence state; see hybrid.py); the weight
+# estimate still refuses them.
+SIZED_HYBRID_TYPES = frozenset({"jamba", "bamba", "granitemoehybrid", "nemotron_h", "falcon_h1", "qwen3_next"})
 _NON_ATTENTION_KEYS = (
     "layers_block_type",
     "hybrid_override_pattern",
@@ -188,18 +192,20 @@ _ATTENTION_LAYER_TYPES = {
 }
 
 
-def _refuse_unsupported(view: _View) -> None:
+def _refuse_unsupported(view: _View, *, sized_hybrids: bool = False) -> None:
+    """UnsupportedModel for a model not sized here; ``sized_hybrids`` lets :data:`SIZED_HYBRID_TYPES` through."""
     if view.top.get("is_encoder_decoder") is True or view.cfg.get("is_encoder_decoder") is True:
         raise UnsupportedModel(
             f"{view.source}: encoder-decoder model ({view.model_type or 'unknown type'}): its cross-attention "
             "cache is not sized here"
         )
-    if view.model_type in _NON_ATTENTION_MODEL_TYPES:
+    hybrid_ok = sized_hybrids and view.model_type in SIZED_HYBRID_TYPES
+    if view.model_type in _NON_ATTENTION_MODEL_TYPES and not hybrid_ok:
         raise UnsupportedModel(
             f"{view.source}: model_type {view.model_type!r} mixes attention with Mamba / linear-attention layers "
             "(per-request state, padded pages): not sized here"
         )
-    for key in _NON_ATTENTION_KEYS:
+    for key in () if hybrid_ok else _NON_ATTENTION_KEYS:
         if view.has(key):
             raise UnsupportedModel(
                 f"{view.where(key)} is set: a hybrid with non-attention (Mamba / linear-attention) layers, whose "
@@ -217,8 +223,21 @@ def _refuse_unsupported(view: _View) -> None:
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
 
 
-def _model_dtype(view: _View) -> tuple[int, str, str]:
-    """Bytes per element of the dtype vLLM serves the model in with ``--dtype auto``, its name, and a note."""
+# vLLM's --dtype values other than auto, and the bytes per element each serves the model in
+SERVED_DTYPES = {"half": 2, "float16": 2, "bfloat16": 2, "float": 4, "float32": 4}
+
+
+def _model_dtype(view: _View, dtype: str = "auto") -> tuple[int, str, str]:
+    """Bytes per element of the dtype vLLM serves the model in with ``--dtype`` (``auto``: from the config),
+    its name, and a note. ValueError for a ``dtype`` vLLM does not take."""
+    if not isinstance(dtype, str):
+        raise ValueError(f"dtype {dtype!r} is not a string")
+    wanted = dtype.strip().lower()
+    if wanted != "auto":
+        if wanted not in SERVED_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(SERVED_DTYPES)}")
+        name = {"half": "float16", "float": "float32"}.get(wanted, wanted)
+        return SERVED_DTYPES[wanted], name, f"served as --dtype {wanted}"
     value, name = view.get_either("torch_dtype")
     if value is None:
         value, name = view.get_either("dtype")
@@ -236,7 +255,7 @@ def _head_geometry(view: _View) -> tuple[int, int, int, str]:
     """(attention heads, KV heads, head_dim, note) of standard attention."""
     heads = _int(view, "num_attention_heads", "n_head", "n_heads", need="the head count")
     notes = []
-    head_dim = _opt_int(view, "head_dim")
+    head_dim = _opt_int(view, "head_dim", "attention_head_dim")  # Nemotron-H names it so
     if head_dim is None:
         hidden = _int(view, "hidden_size", "n_embd", "d_model", need="head_dim = hidden_size / num_attention_heads")
         if hidden % heads:

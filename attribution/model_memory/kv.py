@@ -9,8 +9,11 @@ The rules follow vLLM (see ``docs/reference/vllm-memory.md`` §3–4):
 * sliding-window hybrids (Gemma-2/3, gpt-oss): vLLM's hybrid KV cache manager groups layers of each kind
   into groups of equal size and pads the last group of a kind; physical bytes per token follow all layer
   slots including the padding;
-* anything else (Mamba / linear-attention hybrids, KV sharing, sparse-attention indexers, encoder-decoder)
-  is refused with :class:`~attribution.model_memory.config.UnsupportedModel`, never guessed.
+* Mamba / gated delta-net hybrids (Jamba, Bamba, Granite 4.0-H, Nemotron-H, Falcon-H1, Qwen3-Next): bytes
+  per token of the attention layers only, plus a fixed state per sequence for the other layers
+  (:mod:`~attribution.model_memory.hybrid`), both in pages vLLM aligns to one size;
+* anything else (other Mamba / linear-attention hybrids, KV sharing, sparse-attention indexers,
+  encoder-decoder) is refused with :class:`~attribution.model_memory.config.UnsupportedModel`, never guessed.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from attribution.model_memory.budget import DEFAULT_BLOCK_SIZE
 from attribution.model_memory.config import (
     _ATTENTION_LAYER_TYPES,
+    SIZED_HYBRID_TYPES,
     UnsupportedModel,
     _head_geometry,
     _int,
@@ -31,6 +36,7 @@ from attribution.model_memory.config import (
     _View,
     _view,
 )
+from attribution.model_memory.hybrid import hybrid_layout, layer_state
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,11 @@ class KvSizing:
     head_dim: int | None  # elements per head; None for MLA
     dtype_bytes: int  # bytes per cached element
     method: str  # one sentence: formula and inputs
+    # Mamba / gated delta-net hybrids only (0, None, "" otherwise):
+    state_layers: int = 0  # layers keeping a fixed state per sequence on this GPU
+    state_bytes_per_seq: int = 0  # bytes per sequence per GPU those layers hold, in vLLM's padded pages
+    block_size: int | None = None  # tokens per attention block vLLM raises the block size to
+    state_method: str = ""  # one sentence: shapes, page alignment and grouping
 
 
 # Model types whose config class fixes which layers slide when the config gives no list or pattern
@@ -148,12 +159,12 @@ _KV_DTYPES = {
 }
 
 
-def _kv_dtype(view: _View, kv_cache_dtype: str) -> tuple[int, str, str]:
+def _kv_dtype(view: _View, kv_cache_dtype: str, dtype: str) -> tuple[int, str, str]:
     if not isinstance(kv_cache_dtype, str):
         raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} is not a string")
     wanted = kv_cache_dtype.strip().lower()
     if wanted == "auto":
-        return _model_dtype(view)
+        return _model_dtype(view, dtype)
     if wanted not in _KV_DTYPES:
         raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} is not one of auto, {', '.join(_KV_DTYPES)}")
     return _KV_DTYPES[wanted], wanted, ""
@@ -185,19 +196,37 @@ def kv_sizing(
     tensor_parallel: int = 1,
     pipeline_parallel: int = 1,
     kv_cache_dtype: str = "auto",
+    dtype: str = "auto",
+    block_size: int = DEFAULT_BLOCK_SIZE,
     source: str = "<config>",
 ) -> KvSizing:
     """KV cache bytes per token on one GPU of a vLLM server running this model.
 
+    ``dtype`` is vLLM's ``--dtype`` (the served model dtype, which ``--kv-cache-dtype auto`` follows);
+    ``block_size`` its ``--block-size``, which a hybrid's state pages raise (:attr:`KvSizing.block_size`).
     Raises :class:`UnsupportedModel` (naming ``source`` and the field) for a model whose cache this does
     not size, and ValueError for parallelism vLLM would refuse or an unknown ``kv_cache_dtype``.
     """
     _check_parallel(tensor_parallel, pipeline_parallel)
     view = _view(config, source)
-    _refuse_unsupported(view)
+    _refuse_unsupported(view, sized_hybrids=True)
     layers = _layer_count(view, "the layer count")
-    dtype_bytes, dtype_name, dtype_note = _kv_dtype(view, kv_cache_dtype)
+    dtype_bytes, dtype_name, dtype_note = _kv_dtype(view, kv_cache_dtype, dtype)
     tp = tensor_parallel
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if view.model_type in SIZED_HYBRID_TYPES:
+        state_dtype_bytes = _model_dtype(view, dtype)[0]
+        kv = (dtype_bytes, dtype_name, dtype_note)
+        return _hybrid_sizing(
+            view,
+            layers,
+            tp=tp,
+            pipeline_parallel=pipeline_parallel,
+            kv_dtype=kv,
+            state_dtype_bytes=state_dtype_bytes,
+            block_size=block_size,
+        )
 
     if view.cfg.get("kv_lora_rank") is not None:
         rank = _int(view, "kv_lora_rank", need="MLA")
@@ -216,13 +245,7 @@ def kv_sizing(
         return KvSizing(total, "mla", on_gpu, None, None, dtype_bytes, method)
 
     heads, kv_heads, head_dim, geometry_note = _head_geometry(view)
-    if heads % tp:
-        raise ValueError(f"tensor_parallel {tp} does not divide the {heads} attention heads of {source}")
-    if kv_heads >= tp and kv_heads % tp:
-        raise ValueError(f"tensor_parallel {tp} does not divide the {kv_heads} KV heads of {source}")
-    if kv_heads < tp and tp % kv_heads:
-        raise ValueError(f"tensor_parallel {tp} is not a multiple of the {kv_heads} KV heads of {source}")
-    kv_per_gpu = max(1, kv_heads // tp)
+    kv_per_gpu = _kv_heads_per_gpu(heads, kv_heads, tp, source)
     kinds, kinds_how = _layer_kinds(view, layers)
     slots, hybrid_how = _layer_slots(kinds)
     if hybrid_how:
@@ -238,18 +261,100 @@ def kv_sizing(
         on_gpu, layer_how = _layers_on_gpu(view, layers, pipeline_parallel)
     total = 2 * on_gpu * kv_per_gpu * head_dim * dtype_bytes
     attention = "mha" if kv_heads == heads else "mqa" if kv_heads == 1 else "gqa"
-    plural = "s" if kv_per_gpu != 1 else ""
-    if tp == 1:
-        heads_how = f"{kv_per_gpu} KV head{plural}"
-    elif kv_heads < tp:
-        heads_how = f"{kv_per_gpu} KV head (the {kv_heads} KV heads replicated over TP {tp})"
-    else:
-        heads_how = f"{kv_per_gpu} KV head{plural} ({kv_heads} / TP {tp})"
     notes = [n for n in (geometry_note, hybrid_how, dtype_note) if n]
     if not hybrid_how and "sliding" in kinds:
         notes.append(f"{kinds_how}: bytes per token unchanged, each request holds at most the window")
     method = (
-        f"{attention.upper()}: 2 (K and V) × {layer_how} × {heads_how} × head_dim {head_dim} × {dtype_bytes} B "
-        f"({dtype_name}) = {total:,} B per token per GPU{'; ' + '; '.join(notes) if notes else ''}"
+        f"{attention.upper()}: 2 (K and V) × {layer_how} × {_heads_how(kv_heads, kv_per_gpu, tp)} × head_dim "
+        f"{head_dim} × {dtype_bytes} B ({dtype_name}) = {total:,} B per token per GPU"
+        f"{'; ' + '; '.join(notes) if notes else ''}"
     )
     return KvSizing(total, attention, on_gpu, kv_per_gpu, head_dim, dtype_bytes, method)
+
+
+def _kv_heads_per_gpu(heads: int, kv_heads: int, tp: int, source: str) -> int:
+    if heads % tp:
+        raise ValueError(f"tensor_parallel {tp} does not divide the {heads} attention heads of {source}")
+    if kv_heads >= tp and kv_heads % tp:
+        raise ValueError(f"tensor_parallel {tp} does not divide the {kv_heads} KV heads of {source}")
+    if kv_heads < tp and tp % kv_heads:
+        raise ValueError(f"tensor_parallel {tp} is not a multiple of the {kv_heads} KV heads of {source}")
+    return max(1, kv_heads // tp)
+
+
+def _heads_how(kv_heads: int, kv_per_gpu: int, tp: int) -> str:
+    plural = "s" if kv_per_gpu != 1 else ""
+    if tp == 1:
+        return f"{kv_per_gpu} KV head{plural}"
+    if kv_heads < tp:
+        return f"{kv_per_gpu} KV head (the {kv_heads} KV heads replicated over TP {tp})"
+    return f"{kv_per_gpu} KV head{plural} ({kv_heads} / TP {tp})"
+
+
+def _hybrid_sizing(
+    view: _View,
+    layers: int,
+    *,
+    tp: int,
+    pipeline_parallel: int,
+    kv_dtype: tuple[int, str, str],
+    state_dtype_bytes: int,
+    block_size: int,
+) -> KvSizing:
+    """Attention bytes per token and state bytes per sequence of a Mamba / gated delta-net hybrid, as vLLM
+    pages them: the attention block grows until one layer's block holds one layer's state
+    (``block = B × ⌈state / (B × per-layer bytes per token)⌉`` with ``B`` the requested block size), the state
+    page is padded to that block's bytes, and layers of each kind are grouped as for sliding-window hybrids."""
+    source = view.source
+    if pipeline_parallel > 1:
+        raise UnsupportedModel(
+            f"{source}: {view.model_type} hybrid with pipeline_parallel {pipeline_parallel}: vLLM's grouping across "
+            "stages is not sized here"
+        )
+    layout = hybrid_layout(view, layers)
+    if layout.attention_layers == 0 or layout.state_layers == 0:
+        raise UnsupportedModel(
+            f"{source}: {layout.how} gives {layout.attention_layers} attention and {layout.state_layers} state "
+            "layers: not the attention/state hybrid this sizes"
+        )
+    dtype_bytes, dtype_name, dtype_note = kv_dtype
+    heads, kv_heads, head_dim, geometry_note = _head_geometry(view)
+    kv_per_gpu = _kv_heads_per_gpu(heads, kv_heads, tp, source)
+    per_layer = 2 * kv_per_gpu * head_dim * dtype_bytes  # one token of one attention layer
+    state = layer_state(view, tp, state_dtype_bytes)
+    block = block_size * -(-state.state_bytes // (block_size * per_layer))
+    page = block * per_layer  # bytes of one block of one layer, attention or state
+    counts = (layout.attention_layers, layout.state_layers)
+    group = max(counts) if max(counts) < min(counts) * 1.25 else min(counts)
+    attn_slots, state_slots = (-(-n // group) * group for n in counts)
+    total = attn_slots * per_layer
+    state_total = state_slots * page
+    attention = "mha" if kv_heads == heads else "mqa" if kv_heads == 1 else "gqa"
+    notes = [n for n in (geometry_note, dtype_note) if n]
+    method = (
+        f"{attention.upper()} on the {layout.attention_layers} attention layers of a {view.model_type} hybrid "
+        f"({layout.how}): 2 (K and V) × {attn_slots} layer slots × {_heads_how(kv_heads, kv_per_gpu, tp)} × "
+        f"head_dim {head_dim} × {dtype_bytes} B ({dtype_name}) = {total:,} B per token per GPU"
+        f"{'; ' + '; '.join(notes) if notes else ''}"
+    )
+    padding = page - state.state_bytes
+    state_method = (
+        f"{layout.state_layers} state layers × {state.how} per sequence; attention block raised to "
+        f"{block} tokens ({block_size} × ⌈{state.state_bytes:,} / ({block_size} × {per_layer:,} B)⌉) so one "
+        f"page of {page:,} B holds a layer's state ({padding:,} B padding); layers grouped by {group} → "
+        f"{state_slots} state slots × {page:,} B = {state_total:,} B per sequence per GPU "
+        f"(unpadded {layout.state_layers * state.state_bytes:,} B)"
+    )
+    return KvSizing(
+        total,
+        attention,
+        attn_slots,
+        kv_per_gpu,
+        head_dim,
+        dtype_bytes,
+        method,
+        state_layers=layout.state_layers,
+        state_bytes_per_seq=state_total,
+        block_size=block,
+        state_method=state_method,
+    )

@@ -43,8 +43,11 @@ class WeightSizing:
 _MTP_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
-def weight_sizing(config: Mapping[str, Any], model_dir: str | Path | None = None) -> WeightSizing:
-    """Weight bytes of the whole model: exact from the safetensors headers in ``model_dir``, else estimated.
+def weight_sizing(
+    config: Mapping[str, Any], model_dir: str | Path | None = None, *, dtype: str = "auto"
+) -> WeightSizing:
+    """Weight bytes of the whole model: exact from the safetensors headers in ``model_dir``, else estimated
+    with unquantised weights in the served ``dtype`` (vLLM's ``--dtype``; the exact bytes are the files').
 
     A ``model_dir`` that is not a directory, or whose headers are malformed, raises
     :class:`~attribution.safetensors_header.SafetensorsHeaderError` (a ValueError) naming the file; one
@@ -56,7 +59,7 @@ def weight_sizing(config: Mapping[str, Any], model_dir: str | Path | None = None
         if checkpoint is not None:
             return _exact(config, checkpoint)
         prefix = f"no *.safetensors in {model_dir}; "
-    estimate = _estimate(config)
+    estimate = _estimate(config, dtype)
     return WeightSizing(estimate.weight_bytes, "estimate", prefix + estimate.detail)
 
 
@@ -312,7 +315,7 @@ def _moe_layers(view: _View, layers: int) -> list[bool]:
     return [i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and i not in dense_only for i in range(layers)]
 
 
-def _estimate(config: Mapping[str, Any]) -> WeightSizing:
+def _estimate(config: Mapping[str, Any], dtype: str = "auto") -> WeightSizing:
     view = _view(config, "<config>")
     _refuse_unsupported(view)
     layer_types = view.cfg.get("layer_types")
@@ -418,7 +421,7 @@ def _estimate(config: Mapping[str, Any]) -> WeightSizing:
         )
     plain["norms"] = norms
 
-    dtype_bytes, dtype_name, dtype_note = _model_dtype(view)
+    dtype_bytes, dtype_name, dtype_note = _model_dtype(view, dtype)
     if dtype_note:
         assumptions.append(dtype_note)
     quantised, experts_only, quant_note = _quantisation(view, dtype_bytes)

@@ -13,9 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from attribution.health import check
 from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, pack
-from attribution.review.data import DIMENSIONS, Inputs, gather
+from attribution.review.data import DIMENSIONS, ESSENTIAL, Inputs, gather
 from common.units import GiB, parse_duration
 
 
@@ -147,8 +148,10 @@ def run(
     headroom: float,
     prices: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """The review of the window ending at ``at``; InputsFailedError when an essential input failed."""
     hours = parse_duration(window, "--window") / 3600
     inputs = gather(client, window, at, resolution, idle)
+    check(inputs.failed, ESSENTIAL)  # InputsFailedError: no figures from a review without them
     inputs.per_pod = priced(inputs.per_pod, prices or {}, price)
     inputs.previous = priced(inputs.previous, prices or {}, price)
     by = {d: by_dimension(inputs.per_pod, d, hours) for d in DIMENSIONS}
@@ -195,6 +198,7 @@ def run(
         else {"gpus_today": 0, "gpus_needed": 0, "gpus_freed": 0, "refused": {}, "assumptions": []},
         "trends": trends,
         "problems": [*inputs.problems, *_unknown_activity(inputs.per_pod)],
+        "failed_inputs": list(inputs.failed),
     }
 
 

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from attribution.health import Health, InputsFailedError
 from attribution.prometheus import PrometheusClient
 from attribution.review.analysis import run
-from attribution.review.publish import push
+from attribution.review.data import ESSENTIAL, inputs
+from attribution.review.publish import HEALTH_JOB, push
 from attribution.review.render import FORMATS, markdown, write
 from common.envflags import Parser, parse_args
 from common.fetch import FetchError
@@ -118,18 +120,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     client = PrometheusClient(args.prometheus, timeout_s=args.timeout, retries=1)
-    review = run(
-        client,
-        window=args.window,
-        at=args.at or time.time(),
-        resolution=args.resolution,
-        price=args.price_per_gpu_hour,
-        idle=args.idle_threshold,
-        slo_ttft=args.slo_ttft,
-        slo_itl=args.slo_itl,
-        headroom=args.headroom,
-        prices=prices,
+    health = Health(
+        "review", HEALTH_JOB, inputs=inputs(args.window, args.resolution, args.idle_threshold), essential=ESSENTIAL
     )
+    try:
+        review = run(
+            client,
+            window=args.window,
+            at=args.at or time.time(),
+            resolution=args.resolution,
+            price=args.price_per_gpu_hour,
+            idle=args.idle_threshold,
+            slo_ttft=args.slo_ttft,
+            slo_itl=args.slo_itl,
+            headroom=args.headroom,
+            prices=prices,
+        )
+    except InputsFailedError as exc:
+        # Nothing printed, written or pushed that would replace the last good review; the failure itself is.
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        health.record(time.time(), exc.failed, ok=False)
+        if args.pushgateway:
+            _push_health(health, args)
+        return 1
     print(json.dumps(review, indent=1) if args.json else markdown(review))
     if args.out:
         for path in write(review, Path(args.out), formats):
@@ -140,4 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FetchError as exc:
             print(f"{PROG}: --pushgateway: {exc}", file=sys.stderr)
             return 1
+        health.record(time.time(), dict.fromkeys(review.get("failed_inputs", []), ""), ok=True)
+        return _push_health(health, args)
+    return 0
+
+
+def _push_health(health: Health, args: argparse.Namespace) -> int:
+    try:
+        health.push(args.pushgateway, args.timeout)
+    except FetchError as exc:
+        print(f"{PROG}: --pushgateway: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -22,6 +22,25 @@ class Inputs:
     tokens: dict[tuple[str, str], float]
     latency_buckets: dict[str, dict[tuple[str, str], dict[float, float]]]  # "ttft"/"itl" -> pod -> le -> count
     problems: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # input -> why it could not be read
+
+
+ESSENTIAL = ("alloc_h", "used_h", "idle_h", "gpus", "gpu_bytes", "peak_mem", "peak_sm", "info")
+"""The queries of the reviewed window that the published headline figures come from: GPUs allocated, GPUs'
+worth used and idle GPU-hours per dimension (named from the pods' info series), and the consolidation
+plan's GPUs freed. Without any of them the review would publish zeros, or everything under "(none)",
+where the last good figures were. Memory share, unknown activity, GPU models (prices), tokens, latencies
+and the window before (trends) are not essential: the review names them as missing and stands."""
+PREVIOUS = "_previous"
+"""Suffix of an input's name for its query of the window before."""
+ONLY_NOW = ("tokens", "ttft", "itl", "info", "gpu_model")
+"""Inputs read for the reviewed window only."""
+
+
+def inputs(window: str, resolution: str, idle: float) -> list[str]:
+    """The name of every input a review reads: the reviewed window's, then the window before's."""
+    names = list(queries(window, resolution, idle))
+    return names + [name + PREVIOUS for name in names if name not in ONLY_NOW]
 
 
 def queries(window: str, resolution: str, idle: float) -> dict[str, str]:
@@ -83,22 +102,25 @@ def _by_pod(samples: list[Sample]) -> dict[tuple[str, str], float]:
 
 def gather(client: PrometheusClient, window: str, at: float, resolution: str, idle: float) -> Inputs:
     """Every figure of the window ending at ``at`` and of the window before it; a query that fails is a
-    problem named in the review, the rest of it stands."""
+    problem named in the review and an entry of ``failed`` (the review fails when it is ``ESSENTIAL``)."""
     problems: list[str] = []
+    failed: dict[str, str] = {}
 
-    def ask(expr: str, when: float) -> list[Sample]:
+    def ask(name: str, expr: str, when: float) -> list[Sample]:
         try:
             return client.query(expr, when)
         except PrometheusError as exc:
-            problems.append(str(exc))
+            name += "" if when == at else PREVIOUS
+            problems.append(f"{name}: {exc}")
+            failed[name] = str(exc).replace(repr(expr), name)  # the query is long; its name says which
             return []
 
     frames = []
     for when in (at, at - parse_duration(window, "--window")):
         got = {
-            name: ask(expr, when)
+            name: ask(name, expr, when)
             for name, expr in queries(window, resolution, idle).items()
-            if name not in ("tokens", "ttft", "itl", "info", "gpu_model") or when == at
+            if name not in ONLY_NOW or when == at
         }
         values = {name: _by_pod(s) for name, s in got.items() if name not in ("info", "gpu_model")}
         gpu_models = {
@@ -154,4 +176,4 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
             .join(meta, on=["namespace", "pod"], how="left")
             .fillna(dict.fromkeys(carried, ""))
         )
-    return Inputs(current, previous, tokens, latency, problems)
+    return Inputs(current, previous, tokens, latency, problems, failed)

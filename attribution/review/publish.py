@@ -13,6 +13,8 @@ from common.families import Families, family, one
 from common.fetch import push_handler
 
 JOB = "gpuattr-review"
+HEALTH_JOB = "gpuattr-review-health"
+"""The Pushgateway group of the review's health series: a failed review pushes there, never to ``JOB``."""
 HEADLINES = (
     (c.REVIEW_GPUS_ALLOCATED, "gpus_allocated"),
     (c.REVIEW_GPUS_USED, "gpus_used_sm"),

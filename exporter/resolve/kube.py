@@ -107,22 +107,6 @@ class KubeSettings:
     """Seconds a failed owner lookup is not retried (the immediate owner is used meanwhile)."""
 
 
-def make_api_client(host: str | None = None, *, kubeconfig: str | None = None) -> ApiClient:
-    """An API client: from ``kubeconfig`` when given, else for ``host`` (no auth), else in-cluster config."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if kubeconfig is not None:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    elif host is None:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        configuration.host = host.rstrip("/")
-    return client.ApiClient(configuration)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Cache
 

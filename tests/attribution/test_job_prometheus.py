@@ -114,10 +114,13 @@ def test_aggregation_runs_in_prometheus_with_a_fixed_number_of_queries(
     assert client.queries == 8  # one per input, whatever the number of servers or samples
 
 
-def test_an_unreachable_prometheus_is_named_and_the_job_still_reports(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_prometheus_is_named_and_the_job_fails_without_a_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from tests.peers import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    assert main(["--prometheus", url, "--window", "1d", "--timeout", "1"]) == 0
-    out = capsys.readouterr().out
-    assert f"{url}: no answer" in out and "Missing or inconsistent inputs" in out
+    assert main(["--prometheus", url, "--window", "1d", "--timeout", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and f"{url}: no answer to memory" in captured.err

@@ -114,8 +114,15 @@ def test_the_split_is_published_as_catalog_series_and_pushed(http_peer: tuple[_R
         assert main(["--prometheus", "http://unused", "--pushgateway", url.removeprefix("http://")]) == 0
     finally:
         job_module.collect = original
-    method, path, body = rec.requests[-1]
+    (method, path, body), health = rec.requests[-2:]  # the figures, then the run's health in a group of its own
     assert (method, path) == ("PUT", "/metrics/job/gpuattr-attribution")
+    assert health[:2] == ("PUT", "/metrics/job/gpuattr-attribution-health")
+    assert {f.name for f in text_string_to_metric_families(health[2].decode())} == {
+        c.JOB_UP.family,
+        c.JOB_LAST_RUN.family,
+        c.JOB_LAST_SUCCESS.family,
+        c.JOB_INPUT_FAILED.family,
+    }
     pushed = {f.name for f in text_string_to_metric_families(body.decode())}
     assert c.VLLM_MEMORY.family in pushed and "gpuattr_vllm_recommended_gpu_memory_utilization_ratio" in pushed
 
@@ -142,8 +149,10 @@ def test_attribute_reads_its_flags_from_the_environment(
     assert main([]) == 0
     assert asked == [("http://prometheus.example:9090", "1d")]
     assert json.loads(capsys.readouterr().out)["window"] == "1d"
-    ((method, path, _),) = rec.requests
-    assert (method, path) == ("PUT", "/metrics/job/gpuattr-attribution")
+    assert [(method, path) for method, path, _ in rec.requests] == [
+        ("PUT", "/metrics/job/gpuattr-attribution"),
+        ("PUT", "/metrics/job/gpuattr-attribution-health"),
+    ]
     assert main(["--window", "2h"]) == 0  # the command line wins over the environment
     assert asked[-1] == ("http://prometheus.example:9090", "2h")
 

@@ -121,6 +121,11 @@ def test_dcgm_compat_serves_dcgm_names_labels_and_units(simulate: Callable[..., 
         "GPU_I_ID": "",
     }
     assert fb[("7", "1")].labels["GPU_I_PROFILE"] == "3g.40gb"
+    # MIG counted once, as dcgm-exporter does: the instances of GPU 7, not the parent beside them
+    assert ("7", "") not in fb
+    gpu7 = snap.reading.gpus[7]
+    mig_used = sum(round((m.memory_used_bytes or 0) / 2**20) for m in gpu7.mig)
+    assert sum(s.value for (gpu, _), s in fb.items() if gpu == "7") == mig_used
     util = {s.labels["gpu"]: s.value for s in fams["DCGM_FI_DEV_GPU_UTIL"].samples}
     assert util["0"] == round(gpu0.utilization_ratio * 100)  # type: ignore[operator]
     assert "7" not in util  # N/A under MIG, as dcgm-exporter leaves it

@@ -151,6 +151,10 @@ def test_the_reader_tells_the_mps_server_from_its_clients(simulate: Callable[...
     assert gpu.mps
     roles = {p.pid: p.role for p in gpu.processes}
     assert roles == {SERVER: "mps_server", BUSY: "mps_client", IDLE: "mps_client"}
+    compute, _mps, _util, _comm = _recorded()
+    assert {p.pid: p.memory_bytes for p in gpu.processes} == compute  # to the MiB, as the real driver said
+    by = {u.owner.process: u.memory_bytes for u in usages}
+    assert by == {"w-computeM": compute[BUSY], "w-idleM": compute[IDLE]}
     assert {u.owner.process for u in usages} == {"w-computeM", "w-idleM"}
     assert all(u.activity_unknown == "mps_shared" and u.kernel_ratio is None for u in usages)
     (server,) = servers

@@ -220,13 +220,13 @@ def _silent(server: MetricsServer, n: int) -> list[socket.socket]:
 def test_connections_beyond_the_limit_get_503_with_retry_after_and_are_counted(sampler: tuple[Sim, Sampler]) -> None:
     _, smp = sampler
     smp.sample_once()
-    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_connections=2, timeout_s=30)
+    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_open=2, timeout_s=30)
     server.start()
     held = _silent(server, 2)
     try:
         busy = _get(server, "/metrics")
         assert busy.status == 503 and busy.getheader("Retry-After") == "1"
-        assert server.rejected_total == 1
+        assert server.rejected_total == 1 and server.rejected["connections"] == 1
         for conn in held:
             conn.close()
         deadline = time.monotonic() + 5
@@ -242,7 +242,7 @@ def test_connections_beyond_the_limit_get_503_with_retry_after_and_are_counted(s
 def test_a_silent_client_is_dropped_after_the_timeout_and_frees_its_slot(sampler: tuple[Sim, Sampler]) -> None:
     _, smp = sampler
     smp.sample_once()
-    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_connections=1, timeout_s=0.5)
+    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_open=1, timeout_s=0.5)
     server.start()
     (held,) = _silent(server, 1)
     try:
@@ -293,25 +293,31 @@ def test_a_client_that_hangs_up_mid_response_leaves_no_traceback(capfd: pytest.C
 def test_requests_over_the_rate_are_paced_and_a_flood_is_refused_with_503(sampler: tuple[Sim, Sampler]) -> None:
     _, smp = sampler
     smp.sample_once()
-    server = MetricsServer("127.0.0.1", 0, lambda: smp.exposition, max_connections=16, max_rate=4)
+    server = MetricsServer(
+        "127.0.0.1", 0, lambda: smp.exposition, max_connections=64, max_rate=4, client_rate=1000, max_age_s=1e12
+    )
     server.start()
     try:
         t0 = time.monotonic()
-        statuses = [_get(server, "/healthz").status for _ in range(8)]  # a burst of 4, then 4 more at 4/s
+        statuses = [_get(server, "/readyz").status for _ in range(4)]  # probes: not paced by the scrape budget
+        assert statuses == [200] * 4 and time.monotonic() - t0 < 0.5
+        statuses = [_get(server, "/metrics").status for _ in range(8)]  # a burst of 4, then 4 more at 4/s
         assert statuses == [200] * 8
         assert time.monotonic() - t0 >= 0.9
         with ThreadPoolExecutor(16) as pool:  # sixteen at once: more than a second's wait for the last ones
             flood = list(pool.map(lambda _: _get(server, "/metrics").status, range(16)))
         assert flood.count(200) >= 4 and flood.count(503) >= 4
         assert set(flood) == {200, 503}
-        assert server.rejected_total == flood.count(503)
+        assert server.rejected_total == flood.count(503) == server.rejected["rate"]
     finally:
         server.stop()
 
 
 def test_the_exporter_serves_its_count_of_refused_requests(tmp_path: Path) -> None:
     exporter = build(
-        ExporterSettings(simulate=str(SCENARIOS / "h100-inference-node.yaml"), listen="127.0.0.1:0", max_connections=1)
+        ExporterSettings(
+            simulate=str(SCENARIOS / "h100-inference-node.yaml"), listen="127.0.0.1:0", max_open_connections=1
+        )
     )
     exporter.server.start()
     try:
@@ -323,7 +329,9 @@ def test_the_exporter_serves_its_count_of_refused_requests(tmp_path: Path) -> No
             time.sleep(0.05)  # until the silent connection's slot is free again
         exporter.sampler.sample_once()  # the count as of now goes into the exposition
         body = _get(exporter.server, "/metrics").read().decode()
-        assert f"{c.EXPORTER_HTTP_REJECTED.name} {exporter.server.rejected_total:.1f}" in body
-        assert exporter.server.rejected_total >= 1
+        name = c.EXPORTER_HTTP_REJECTED.name
+        assert f'{name}{{reason="connections"}} {exporter.server.rejected["connections"]:.1f}' in body
+        assert exporter.server.rejected["connections"] >= 1
+        assert f'{name}{{reason="slow_client"}} 0.0' in body
     finally:
         exporter.stop()

@@ -86,3 +86,19 @@ def test_the_simulator_missing_from_the_agent_image_is_one_sentence(
     err = capsys.readouterr().err
     assert "--simulate: the simulator is not installed here" in err
     assert "Traceback" not in err
+
+
+def test_the_demo_shows_mps_clients_as_unknown_and_the_launch_bound_pod_as_busy_but_idle(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    args = ["demo", "--simulate", "scenarios/h200-mps-node.yaml", "--listen", "127.0.0.1:0", "--interval", "0.3"]
+    assert main([*args, "--run-for", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if line[:2] in ("0 ", "1 ", "2 ")}
+    for client in ("search/embed-encoder-6f8b9c7d5-q2w7x/encoder", "notebooks/jupyter-carol-0/notebook"):
+        assert "activity unknown: one of several MPS clients" in rows[client]
+        assert "0.0%" not in rows[client]  # unknown, never shown as idle
+    assert "busy but its SMs are nearly idle" in rows["risk/fraud-scorer-7d5f6c8b9-lm3tz/scorer"]
+    assert "2 clients" in out  # the MPS server's own line, not a workload row
+    assert not [r for r in rows if "mps-control-daemon" in r]

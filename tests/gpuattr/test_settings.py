@@ -43,6 +43,11 @@ def test_a_bad_environment_value_is_named(env: dict[str, str], message: str) -> 
         (["--listen", "localhost"], "expected host:port"),
         (["--tls-cert", "a.pem"], "--tls-cert and --tls-key go together"),
         (["--log-level", "loud"], "unknown level"),
+        (["--max-open-connections", "0"], "--max-open-connections / GPUATTR_MAX_OPEN_CONNECTIONS: must be at least 1"),
+        (["--max-client-connections", "0"], "--max-client-connections / GPUATTR_MAX_CLIENT_CONNECTIONS"),
+        (["--max-client-request-rate", "0.5"], "--max-client-request-rate / GPUATTR_MAX_CLIENT_REQUEST_RATE"),
+        (["--request-timeout", "0"], "--request-timeout / GPUATTR_REQUEST_TIMEOUT: must be positive"),
+        (["--request-timeout", "nan"], "--request-timeout / GPUATTR_REQUEST_TIMEOUT"),
     ],
 )
 def test_invalid_settings_are_refused_naming_the_flag(argv: list[str], message: str) -> None:

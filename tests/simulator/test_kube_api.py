@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.resolve.kube import KubeSettings, PodCache, PodMeta, make_api_client
+from common.kube import make_api_client
+from exporter.resolve.kube import KubeSettings, PodCache, PodMeta
 from simulator.kube_api import SimApiError, SimApiServer
 from simulator.scenario import OwnerSpec, Scenario, load_scenario, parse_scenario
 

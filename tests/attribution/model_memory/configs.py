@@ -15,7 +15,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "fixtures" / "configs"
 
 
 def config(name: str) -> dict[str, Any]:
-    return load_config(CONFIGS / f"{name}.json")
+    """A public model's config: ``configs/<org>/<name>/config.json`` for "org/name", else ``configs/<name>.json``."""
+    return load_config(CONFIGS / name if "/" in name else CONFIGS / f"{name}.json")
 
 
 def kv(name: str, **kwargs: Any) -> KvSizing:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from attribution.model_memory.budget import kv_capacity_tokens
+from attribution.model_memory.budget import concurrent_sequences, kv_capacity_tokens
 from common.units import GiB
 
 
@@ -71,3 +71,31 @@ def test_capacity_refuses_nonsense_inputs_naming_them(override: dict[str, Any], 
     }
     with pytest.raises(ValueError, match=message):
         kv_capacity_tokens(**(args | override))
+
+
+def test_a_hybrids_sequences_take_their_state_from_the_kv_budget() -> None:
+    # 10 GiB budget; 100 sequences × 9,175,040 B (Jamba's state) = 917,504,000 B
+    # (10,737,418,240 − 917,504,000) / (16,384 B × 80-token blocks = 1,310,720 B) = 7,492.0... → 7,492 blocks
+    args: dict[str, Any] = {
+        "gpu_memory_bytes": 10 * GiB,
+        "gpu_memory_utilization": 1.0,
+        "weights_bytes_per_gpu": 0,
+        "activation_peak_bytes": 0,
+        "non_torch_bytes": 0,
+        "kv_bytes_per_token": 16_384,
+        "block_size": 80,
+    }
+    assert kv_capacity_tokens(**args, state_bytes_per_seq=9_175_040, sequences=100) == 7_492 * 80
+    assert kv_capacity_tokens(**args) == 8_192 * 80  # no state held: 10 GiB / 1,310,720 B
+    assert kv_capacity_tokens(**args, state_bytes_per_seq=9_175_040, sequences=2_000) == 0
+
+
+def test_concurrent_sequences_count_whole_blocks_and_the_state_of_each() -> None:
+    # 4,096 tokens at 80-token blocks: ⌈4,096 / 80⌉ = 52 blocks × 80 × 16,384 B = 68,157,440 + 9,175,040 state
+    #   = 77,332,480 B a sequence; 10 GiB / 77,332,480 = 138.8 → 138
+    args = {"kv_budget": 10 * GiB, "kv_bytes_per_token": 16_384, "tokens_per_seq": 4_096, "block_size": 80}
+    assert concurrent_sequences(**args, state_bytes_per_seq=9_175_040) == 138
+    assert concurrent_sequences(**args) == 157  # 10 GiB / 68,157,440 = 157.5
+    assert concurrent_sequences(**(args | {"kv_budget": -1})) == 0
+    with pytest.raises(ValueError, match="tokens_per_seq"):
+        concurrent_sequences(**(args | {"tokens_per_seq": 0}))

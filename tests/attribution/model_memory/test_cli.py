@@ -128,7 +128,10 @@ def test_cli_reports_kv_when_only_the_weights_cannot_be_sized(capsys: pytest.Cap
     [
         ([], "--config is required"),
         (["--config", "/nonexistent/config.json"], "/nonexistent/config.json: no such file"),
-        (["--config", str(CONFIGS / "qwen3-next-80b-a3b.json")], "qwen3-next-80b-a3b.json: model_type 'qwen3_next'"),
+        (
+            ["--config", str(CONFIGS / "qwen3-next-80b-a3b.json"), "--gpu-memory", "80GiB"],
+            "model_type 'qwen3_next' mixes attention",
+        ),
         (["--config", str(VLLM_FIXTURE), "--gpu-memory", "lots"], "--gpu-memory: not a size: 'lots'"),
         (["--config", str(VLLM_FIXTURE), "--tensor-parallel", "two"], "--tensor-parallel: invalid int value"),
         (["--config", str(VLLM_FIXTURE), "--kv-cache-dtype", "fp2"], "kv_cache_dtype 'fp2'"),
@@ -154,3 +157,54 @@ def test_gpuattr_model_memory_runs_this_cli(capsys: pytest.CaptureFixture[str]) 
 
     assert gpuattr_main(["model-memory", "--config", str(VLLM_FIXTURE), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["kv_bytes_per_token"] == 1024
+
+
+JAMBA = str(CONFIGS / "ai21labs" / "Jamba-v0.1")
+
+
+def test_cli_plans_a_hybrids_capacity_with_the_state_of_its_running_sequences(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run_json(
+        capsys,
+        *("--config", JAMBA, "--gpu-memory", "11GiB", "--weights", "1GiB", "--gpu-memory-utilization", "1"),
+        *("--activation-peak", "0", "--non-torch", "0B", "--max-num-seqs", "100", "--max-model-len", "4096"),
+    )
+    # Jamba (test_hybrid): 16,384 B a token, 9,175,040 B of state a sequence, 80-token blocks
+    assert (out["kv_bytes_per_token"], out["state_bytes_per_seq"], out["block_size"]) == (16_384, 9_175_040, 80)
+    assert out["kv_bytes_per_block"] == 80 * 16_384
+    assert out["kv_budget_bytes"] == 10 * GiB
+    # (10 GiB − 100 × 9,175,040 B) / (16,384 B × 80) = 7,492 blocks of 80 tokens (test_budget)
+    assert out["capacity_tokens"] == 7_492 * 80
+    assert "100 sequences × 9,175,040 B of state" in out["capacity_method"]
+    assert out["max_concurrency"] == 138  # whole 4,096-token requests with their state (test_budget)
+
+
+def test_cli_text_shows_a_hybrids_state_and_json_leaves_it_out_for_attention_models(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--config", JAMBA]) == 0
+    text = capsys.readouterr().out
+    assert "state: 9,175,040 B per sequence per GPU (28 Mamba / linear-attention layers)" in text
+    assert "(1.25 MiB per 80-token block)" in text
+    assert "state_bytes_per_seq" not in run_json(capsys, "--config", str(VLLM_FIXTURE))
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("auto", 131_072), ("float16", 131_072), ("float32", 262_144)])
+def test_cli_dtype_sets_the_auto_kv_cache_bytes(capsys: pytest.CaptureFixture[str], dtype: str, expected: int) -> None:
+    out = run_json(capsys, "--config", str(CONFIGS / "llama-3.1-8b.json"), "--dtype", dtype)
+    assert (out["dtype"], out["kv_bytes_per_token"]) == (dtype, expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "int8"], "dtype 'int8' is not one of auto"),
+        (["--gpu-memory", "80GiB", "--weights", "1GiB", "--max-num-seqs", "0"], "--max-num-seqs must be at least 1"),
+    ],
+)
+def test_cli_hybrid_and_dtype_errors_exit_2_naming_the_input(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["--config", JAMBA, *args]) == 2
+    assert message in capsys.readouterr().err

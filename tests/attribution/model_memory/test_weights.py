@@ -143,3 +143,12 @@ def test_an_unknown_quantisation_is_refused_rather_than_guessed() -> None:
     cfg = TINY_CONFIG | {"quantization_config": {"quant_method": "exl9"}}
     with pytest.raises(UnsupportedModel, match="quant_method 'exl9' is not sized here"):
         weight_sizing(cfg)
+
+
+def test_the_weight_estimate_follows_the_served_dtype() -> None:
+    # every unquantised parameter takes 4 B instead of 2 B when served as float32
+    bf16 = weight_sizing(config("llama-3.1-8b"))
+    fp32 = weight_sizing(config("llama-3.1-8b"), dtype="float32")
+    assert fp32.weight_bytes == 2 * bf16.weight_bytes
+    assert "served as --dtype float32" in fp32.detail
+    assert weight_sizing(config("llama-3.1-8b"), dtype="float16").weight_bytes == bf16.weight_bytes

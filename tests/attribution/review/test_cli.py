@@ -38,15 +38,15 @@ def runs(monkeypatch: pytest.MonkeyPatch, small_review: dict[str, Any]) -> list[
 
 
 @pytest.mark.slow
-def test_an_unreachable_prometheus_is_named_and_the_review_still_reports(
+def test_an_unreachable_prometheus_is_named_and_the_review_fails_without_writing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    assert main(["--prometheus", url, "--window", "7d", "--json", "--out", str(tmp_path)]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["problems"], result
-    assert url in json.dumps(result["problems"])
-    assert (tmp_path / "report.html").exists() and (tmp_path / "by_team.csv").exists()
+    assert main(["--prometheus", url, "--window", "7d", "--json", "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and f"{url}: no answer to alloc_h" in captured.err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -115,7 +115,8 @@ def test_each_gpu_model_is_priced_at_its_own_rate_and_headlines_are_pushed(
     assert code == 0
     research = {r["name"]: r for r in json.loads(stdout.getvalue())["by"]["team"]}["research"]
     assert research["cost"] == pytest.approx(research["gpus_allocated"] * 168 * 4, rel=1e-6)  # H100s at 4, not 1
-    ((_, body),) = pushed
+    (figures, body), (health, _) = pushed  # the figures, then the run's health in a group of its own
+    assert (figures, health) == ("/metrics/job/gpuattr-review", "/metrics/job/gpuattr-review-health")
     fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
     allocated = {
         (s.labels["dimension"], s.labels["name"]): s.value for s in fams[c.REVIEW_GPUS_ALLOCATED.family].samples

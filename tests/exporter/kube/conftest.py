@@ -21,7 +21,8 @@ import aiohttp.web_server
 import kmock
 import pytest
 
-from exporter.resolve.kube import KubeSettings, PodCache, make_api_client
+from common.kube import make_api_client
+from exporter.resolve.kube import KubeSettings, PodCache
 
 T = TypeVar("T")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.resolve.kube import PodCache, make_api_client
+from common.kube import make_api_client
+from exporter.resolve.kube import PodCache
 from tests.exporter.kube.conftest import NAMESPACE, NODE, OTHER_NODE, FakeApiServer, eventually, fast_settings, pod
 
 SYNC_TIMEOUT_S = 10.0
