@@ -35,6 +35,7 @@ RUNBOOKS = "https://runbooks.example.invalid/gpuattr"
 # Every window short, so that a rule that misfires on this node would fire within the test too.
 CONFIG = AlertConfig(
     runbook_base_url=RUNBOOKS,
+    exporter_job="gpuattr",  # the job tests.peers.prometheus scrapes: else GpuAttrExporterMissing sees no exporter
     idle_window="6s",
     idle_memory_bytes=2**30,
     kv_bloat_for="6s",
