@@ -67,10 +67,14 @@ def test_two_time_sliced_pods_on_one_gpu_each_get_their_own_activity(tmp_path: P
     path.write_text(yaml.safe_dump(raw))
     exporter = _start(path)
     try:
-        exporter.sampler.sample_once()
-        time.sleep(0.3)  # GPM measures between two samples at least 100 ms apart
-        exporter.sampler.sample_once()
-        metrics = scrape(exporter.server.url)
+        # GPM measures between two samples at least 100 ms apart: wait for a sample that has it
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = scrape(exporter.server.url)
+            gpm = _by(metrics.get(c.GPU_SM_ACTIVE.name, []), "gpu", "source")
+            if (("3", "gpm") in gpm and metrics.get(c.CONTAINER_KERNEL_ACTIVE.name)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         exporter.stop()
     kernel = _by(metrics[c.CONTAINER_KERNEL_ACTIVE.name], "gpu", "pod")
