@@ -71,8 +71,8 @@ def test_two_time_sliced_pods_on_one_gpu_each_get_their_own_activity(tmp_path: P
         deadline = time.monotonic() + 10
         while True:
             metrics = scrape(exporter.server.url)
-            gpm = _by(metrics.get(c.GPU_SM_ACTIVE.name, []), "gpu", "source")
-            if (("3", "gpm") in gpm and metrics.get(c.CONTAINER_KERNEL_ACTIVE.name)) or time.monotonic() > deadline:
+            device = _by(metrics.get(c.GPU_SM_ACTIVE.name, []), "gpu", "source")
+            if (("3", "gpm") in device and metrics.get(c.CONTAINER_KERNEL_ACTIVE.name)) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     finally:
