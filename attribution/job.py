@@ -25,6 +25,7 @@ from attribution.split import split
 from common.envflags import Parser, parse_args
 from common.families import Families
 from common.fetch import FetchError, push_handler
+from common.net import host_port
 from common.quoting import InputError
 from common.units import parse_duration
 
@@ -187,13 +188,10 @@ def validate(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise InputError(f"--out: cannot create the folder {args.out!r}: {exc.strerror or exc}") from None
     if args.serve is not None:
-        host, sep, port = args.serve.rpartition(":")
-        if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-            raise InputError(f"--serve: expected HOST:PORT (e.g. 0.0.0.0:9100), got {args.serve!r}")
+        address, port = host_port(args.serve, "--serve")
         try:  # a port in use is found now, not after the first run's queries
-            address = host.strip("[]") or "0.0.0.0"
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            socket.create_server((address, int(port)), family=family).close()
+            socket.create_server((address, port), family=family).close()
         except OSError as exc:
             raise InputError(f"--serve {args.serve}: cannot listen there: {exc.strerror or exc}") from None
 
@@ -272,14 +270,12 @@ def _serve(args: argparse.Namespace, first: Result | None, state: Health, stop: 
     failed run leaves the figures as they were (their age is the last success's timestamp) with ``up`` 0."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from exporter.settings import host_port
-
     registry = CollectorRegistry()
     figures = Families(families(first) if first is not None else [])
     status = Families(state.families())
     registry.register(figures)
     registry.register(status)
-    host, port = host_port(args.serve)
+    host, port = host_port(args.serve, "--serve")
     server, _ = start_http_server(port, host, registry=registry)
     stop = stop or threading.Event()
     try:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import net
 from common.envflags import env_name, parse_bool
 from common.quoting import InputError
 
@@ -196,10 +197,11 @@ class ExporterSettings:
 
 
 def host_port(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"--listen / {env_name('listen')}: expected host:port, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """``--listen``'s host and port (``common.net.host_port``), refused as a setting naming the flag."""
+    try:
+        return net.host_port(listen, f"--listen / {env_name('listen')}")
+    except InputError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def flag_name(field_name: str) -> str:

@@ -40,7 +40,7 @@ def test_a_bad_environment_value_is_named(env: dict[str, str], message: str) -> 
     ("argv", "message"),
     [
         (["--interval", "0"], "--interval / GPUATTR_INTERVAL"),
-        (["--listen", "localhost"], "expected host:port"),
+        (["--listen", "localhost"], "--listen / GPUATTR_LISTEN: expected HOST:PORT"),
         (["--tls-cert", "a.pem"], "--tls-cert and --tls-key go together"),
         (["--log-level", "loud"], "unknown level"),
         (["--max-open-connections", "0"], "--max-open-connections / GPUATTR_MAX_OPEN_CONNECTIONS: must be at least 1"),
