@@ -22,6 +22,7 @@ from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, Packing, costs, pack, recommend
 from attribution.report import Result, families, terminal, to_json, write_files
 from attribution.split import split
+from common.checks import http_url, output_folder
 from common.envflags import Parser, parse_args
 from common.families import Families
 from common.fetch import FetchError, push_handler
@@ -150,9 +151,7 @@ def validate(args: argparse.Namespace) -> None:
     for flag in ("prometheus", "exporter_url", "kube_api"):
         url = getattr(args, flag)
         if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InputError(f"--{flag.replace('_', '-')}: expected an http:// or https:// URL, got {url!r}")
+            http_url(url, f"--{flag.replace('_', '-')}")
     for spec in args.vllm:
         name, sep, url = spec.partition("=")
         namespace, slash, pod = name.partition("/")
@@ -180,13 +179,7 @@ def validate(args: argparse.Namespace) -> None:
     if unknown:
         raise InputError(f"--format: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
     if args.out is not None:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out: {args.out!r} is a file, not a folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"--out: cannot create the folder {args.out!r}: {exc.strerror or exc}") from None
+        output_folder(args.out, "--out")
     if args.serve is not None:
         address, port = host_port(args.serve, "--serve")
         try:  # a port in use is found now, not after the first run's queries

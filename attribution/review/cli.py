@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from attribution.health import Health, InputsFailedError
 from attribution.prometheus import PrometheusClient
@@ -17,6 +16,7 @@ from attribution.review.analysis import run
 from attribution.review.data import ESSENTIAL, inputs
 from attribution.review.publish import HEALTH_JOB, push
 from attribution.review.render import FORMATS, markdown, write
+from common.checks import http_url, output_folder
 from common.envflags import Parser, parse_args
 from common.fetch import FetchError
 from common.quoting import InputError
@@ -94,21 +94,13 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, float], list[str]]:
         raise InputError("--timeout: must be longer than zero seconds, got 0")
     if args.idle_threshold > 1:
         raise InputError(f"--idle-threshold: a fraction of SM activity, 0 to 1, got {args.idle_threshold}")
-    parts = urlsplit(args.prometheus)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InputError(f"--prometheus: expected an http:// or https:// URL, got {args.prometheus!r}")
+    http_url(args.prometheus, "--prometheus")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InputError(f"--format: unknown format {unknown[0]!r} ({', '.join(FORMATS)})")
     if args.out is not None:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out: {args.out!r} is a file, not a folder")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"--out: cannot create the folder {args.out!r}: {exc.strerror or exc}") from None
+        output_folder(args.out, "--out")
     return prices, formats
 
 
