@@ -9,6 +9,7 @@ figures (``--serve``) or pushed to a Pushgateway group of its own (``--pushgatew
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from prometheus_client.metrics_core import Metric as Family
 
 from common import catalog as c
 from common.families import Families, family, one
-from common.fetch import push_handler
+from common.fetch import FetchError, push_handler
 
 REASON_CHARS = 300
 """How much of the first failure's reason the one-line summary quotes."""
@@ -88,3 +89,12 @@ class Health:
         registry.register(Families(self.families()))
         send = push_to_gateway if self.up else pushadd_to_gateway
         send(gateway, job=self.push_job, registry=registry, handler=push_handler(timeout_s))
+
+    def push_or_say(self, gateway: str, timeout_s: float, prog: str) -> int:
+        """``push``, for a command's exit code: 0, or 1 with one line on stderr naming the Pushgateway."""
+        try:
+            self.push(gateway, timeout_s)
+        except FetchError as exc:
+            print(f"{prog}: --pushgateway: {exc}", file=sys.stderr)
+            return 1
+        return 0

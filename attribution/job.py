@@ -33,6 +33,7 @@ from common.units import parse_duration
 log = logging.getLogger("gpuattr.attribution")
 JOB = "gpuattr-attribution"
 HEALTH_JOB = "gpuattr-attribution-health"
+PROG = "gpuattr attribute"
 """The Pushgateway group of the job's health series: a failed run pushes there, never to ``JOB``."""
 
 
@@ -195,15 +196,6 @@ def health(args: argparse.Namespace) -> Health:
     return Health("attribute", HEALTH_JOB, inputs=inputs, essential=ESSENTIAL if args.prometheus else ())
 
 
-def _push_health(args: argparse.Namespace, state: Health) -> int:
-    try:
-        state.push(args.pushgateway, args.timeout)
-    except FetchError as exc:
-        print(f"gpuattr attribute: --pushgateway: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = None) -> int:
     """``stop``: with ``--serve``, serving ends once it is set (tests); otherwise it runs until killed."""
     args = parse_args(build_parser(), argv)
@@ -229,7 +221,7 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         print(f"gpuattr attribute: {exc}", file=sys.stderr)
         state.record(time.time(), exc.failed, ok=False)
         if args.pushgateway:
-            _push_health(args, state)
+            state.push_or_say(args.pushgateway, args.timeout, PROG)
         if args.serve:
             return _serve(args, None, state, stop)
         return 1
@@ -251,7 +243,7 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         except FetchError as exc:
             print(f"gpuattr attribute: --pushgateway: {exc}", file=sys.stderr)
             return 1
-        if _push_health(args, state):
+        if state.push_or_say(args.pushgateway, args.timeout, PROG):
             return 1
     if args.serve:
         return _serve(args, result, state, stop)

@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         health.record(time.time(), exc.failed, ok=False)
         if args.pushgateway:
-            _push_health(health, args)
+            health.push_or_say(args.pushgateway, args.timeout, PROG)
         return 1
     print(json.dumps(review, indent=1) if args.json else markdown(review))
     if args.out:
@@ -146,14 +146,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: --pushgateway: {exc}", file=sys.stderr)
             return 1
         health.record(time.time(), dict.fromkeys(review.get("failed_inputs", []), ""), ok=True)
-        return _push_health(health, args)
-    return 0
-
-
-def _push_health(health: Health, args: argparse.Namespace) -> int:
-    try:
-        health.push(args.pushgateway, args.timeout)
-    except FetchError as exc:
-        print(f"{PROG}: --pushgateway: {exc}", file=sys.stderr)
-        return 1
+        return health.push_or_say(args.pushgateway, args.timeout, PROG)
     return 0
