@@ -33,6 +33,7 @@ class GpmReading:
     sm_occupancy: float | None
     tensor_active: float | None
     dram_bandwidth: float | None
+    graphics_active: float | None = None  # NVML_GPM_METRIC_GRAPHICS_UTIL / 100 (DCGM's GR_ENGINE_ACTIVE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,24 @@ class GpuReading:
     power_watts: float | None = None
     energy_joules: float | None = None
     temperature_celsius: float | None = None
+    # Device health and the rest of dcgm-exporter's default counters; None where the driver gives nothing.
+    memory_temperature_celsius: float | None = None  # HBM temperature (NVML_FI_DEV_MEMORY_TEMP)
+    sm_clock_mhz: float | None = None  # nvmlDeviceGetClockInfo(NVML_CLOCK_SM)
+    memory_clock_mhz: float | None = None  # nvmlDeviceGetClockInfo(NVML_CLOCK_MEM)
+    encoder_ratio: float | None = None  # nvmlDeviceGetEncoderUtilization / 100
+    decoder_ratio: float | None = None  # nvmlDeviceGetDecoderUtilization / 100
+    memory_reserved_bytes: int | None = None  # nvmlDeviceGetMemoryInfo_v2 .reserved (driver/firmware)
+    pcie_replays_total: int | None = None  # nvmlDeviceGetPcieReplayCounter, since driver load
+    pcie_tx_bytes_per_second: float | None = None  # nvmlDeviceGetPcieThroughput(TX), KB/s * 1024
+    pcie_rx_bytes_per_second: float | None = None  # nvmlDeviceGetPcieThroughput(RX), KB/s * 1024
+    nvlink_bytes_total: int | None = None  # NVLink traffic, all links, tx+rx, since driver load; None: no NVLink
+    remapped_rows_correctable: int | None = None  # nvmlDeviceGetRemappedRows
+    remapped_rows_uncorrectable: int | None = None
+    remapped_rows_pending: bool | None = None  # a remap waits for the next GPU reset
+    row_remap_failed: bool | None = None
+    last_xid: int | None = None  # the last XID error seen (nvmlEventSetWait), None: none since start
+    xid_errors_total: int = 0  # XID errors seen since the agent started, all codes
+    xid_counts: tuple[tuple[int, int], ...] = ()  # (xid, count) since the agent started
     gpm: GpmReading | None = None
     mig: tuple[MigReading, ...] = ()
     processes: tuple[ProcessReading, ...] = ()  # on a MIG GPU: empty; processes live in each MigReading
