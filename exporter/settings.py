@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import net
+from common import catalog, net
 from common.envflags import env_name, parse_bool
-from common.quoting import InputError
+from common.quoting import InputError, short_repr
 
 
 class SettingsError(InputError):
@@ -52,8 +52,14 @@ class ExporterSettings:
         metadata=_opt("node name for the Hostname label of --dcgm-compat series (default: $NODE_NAME)"),
     )
     gpm: bool = field(default=True, metadata=_opt("read GPM activity metrics on Hopper and newer"))
-    dcgm_compat: bool = field(
-        default=False, metadata=_opt("also serve device series under dcgm-exporter's names and labels")
+    dcgm_compat: bool | str = field(
+        default=False,
+        metadata=_opt(
+            "also serve device series under dcgm-exporter's names and labels, as the given generation of its "
+            f"pages has them ({', '.join(g.name for g in catalog.DCGM_GENERATIONS)}; bare or 'true': "
+            f"{catalog.DCGM_DEFAULT_GENERATION})",
+            optional_value=True,
+        ),
     )
     dcgm_exporter_url: str | None = field(
         default=None,
@@ -215,11 +221,38 @@ def _parse_bool(text: str, where: str) -> bool:
         raise SettingsError(str(exc)) from None
 
 
+def _bool_or_generation(text: str, where: str) -> bool | str:
+    """True or false as for a switch, else a dcgm-exporter generation's name; anything else is refused."""
+    names = [g.name for g in catalog.DCGM_GENERATIONS]
+    if text.strip() in names:
+        return text.strip()
+    try:
+        return parse_bool(text, where)
+    except ValueError:
+        raise SettingsError(
+            f"{where}: expected true or false, or a dcgm-exporter generation ({', '.join(names)}), "
+            f"got {short_repr(text)}"
+        ) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     """One flag per dataclass field; help shows the environment variable."""
     for f in dataclasses.fields(cls):
         help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
-        if f.type in ("bool", bool):
+        if f.metadata.get("optional_value") is not None:  # --flag, --flag VALUE and --no-flag
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                nargs="?",
+                const=f.metadata["optional_value"],
+                default=None,
+                help=help_text,
+                metavar=f.name.upper(),
+            )
+            parser.add_argument(
+                "--no-" + flag_name(f.name)[2:], dest=f.name, action="store_const", const=False, default=None
+            )
+        elif f.type in ("bool", bool):
             parser.add_argument(
                 flag_name(f.name),
                 dest=f.name,
@@ -252,6 +285,8 @@ def _convert(kind: Any, raw: Any, where: str) -> Any:
         return raw
     if kind == "bool":
         return _parse_bool(str(raw), where)
+    if kind == "bool | str":  # a switch that may name what to switch on: --dcgm-compat [GENERATION]
+        return _bool_or_generation(str(raw), where)
     if kind in ("float", "int"):
         try:
             return float(raw) if kind == "float" else int(raw)
