@@ -174,4 +174,4 @@ def dcgm_families(
             for f in c.DCGM_FIELDS:
                 if f.per_instance:
                     put(f, labels, (g.uuid, str(inst.gpu_instance)), _INSTANCE[f.metric](inst), True)
-    return list(fams.values())
+    return [fam for fam in fams.values() if fam.samples]  # like dcgm-exporter, no HELP for a field without values

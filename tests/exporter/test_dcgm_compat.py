@@ -174,6 +174,7 @@ def test_an_unknown_reading_is_absent_never_zero() -> None:
     bare = GpuReading(index=0, uuid="GPU-0", name="NVIDIA A10", up=True)
     text = _page(_snap(bare))
     assert not [line for line in text.splitlines() if line.startswith("DCGM_FI")]
+    assert not re.search(r"^# (HELP|TYPE) DCGM_FI", text, re.M)  # nor headers of a field without values
     # with only some fields known, exactly those are served
     some = GpuReading(index=0, uuid="GPU-0", name="NVIDIA A10", up=True, sm_clock_mhz=1410, row_remap_failed=False)
     text = _page(_snap(some))
