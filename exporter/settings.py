@@ -49,7 +49,7 @@ class ExporterSettings:
     proc_root: str = field(default="/proc", metadata=_opt("the host's /proc as mounted in the container"))
     hostname: str = field(
         default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
-        metadata=_opt("node name for the Hostname label of --dcgm-compat series (default: $NODE_NAME)"),
+        metadata=_opt("node name for the Hostname (or hostname) label of --dcgm-compat series (default: $NODE_NAME)"),
     )
     gpm: bool = field(default=True, metadata=_opt("read GPM activity metrics on Hopper and newer"))
     dcgm_compat: bool | str = field(

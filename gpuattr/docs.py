@@ -74,8 +74,9 @@ server. So the exporter:
 dcgm-exporter pages are read with prometheus-client's parser and matched to GPUs by `UUID` (or `uuid`)
 and MIG instance by `GPU_I_ID`. Profiling fields are 0–1 ratios; older releases wrote "(in %)" in their
 HELP while serving ratios (NVIDIA/dcgm-exporter#346), so a field is read as percent only when a value
-is above 1. Release 4.9 renamed some fields and labels; `--dcgm-field-aliases NEW=OLD` reads a renamed
-field as the one it replaced.
+is above 1. DCGM 4.6 renamed many fields (kept as aliases in DCGM, not yet used by dcgm-exporter's default
+counters) and dcgm-exporter's main branch renamed `Hostname` to `hostname`; `--dcgm-field-aliases NEW=OLD`
+reads a renamed field as the one it replaced.
 """
 
 
