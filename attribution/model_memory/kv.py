@@ -55,6 +55,7 @@ class KvSizing:
     state_bytes_per_seq: int = 0  # bytes per sequence per GPU those layers hold, in vLLM's padded pages
     block_size: int | None = None  # tokens per attention block vLLM raises the block size to
     state_method: str = ""  # one sentence: shapes, page alignment and grouping
+    block_bytes: int = 0  # one block of vLLM's shared pool over all layer slots (a page × the group size)
 
 
 # Model types whose config class fixes which layers slide when the config gives no list or pattern
@@ -357,4 +358,5 @@ def _hybrid_sizing(
         state_bytes_per_seq=state_total,
         block_size=block,
         state_method=state_method,
+        block_bytes=page * group,
     )
