@@ -306,6 +306,11 @@ def add_logs(collected: Collected, logs_dir: Path | None, read: Callable[[str, s
         server.cuda_graph_bytes = facts.cuda_graph_bytes
         if server.gpu_memory_utilization is None:
             server.gpu_memory_utilization = facts.gpu_memory_utilization
+        stages = {w["stage"] for w in facts.workers if w.get("stage") is not None}
+        if len(stages) > 1 and server.pipeline_parallel == 1:  # the GPUs counted are TP × PP ranks
+            server.pipeline_parallel = max(stages) + 1
+            if server.tensor_parallel % server.pipeline_parallel == 0:
+                server.tensor_parallel //= server.pipeline_parallel
         if facts.failed_to_start is not None:  # the KV figures are what was available, not an allocation
             server.notes.append(f"its start-up log shows a failed start ({facts.failed_to_start}): see failed_starts")
             continue
@@ -416,7 +421,12 @@ def add_model_configs(collected: Collected, configs_dir: Path | None) -> None:
             continue
         try:
             config = load_config(model_dir)
-            sizing = kv_sizing(config, tensor_parallel=server.tensor_parallel, source=str(model_dir / "config.json"))
+            sizing = kv_sizing(
+                config,
+                tensor_parallel=server.tensor_parallel,
+                pipeline_parallel=server.pipeline_parallel,
+                source=str(model_dir / "config.json"),
+            )
             server.kv_bytes_per_token = sizing.kv_bytes_per_token
             if sizing.state_bytes_per_seq:  # a Mamba / linear-attention hybrid: state per sequence, hybrid pages
                 server.kv_state_bytes_per_seq = sizing.state_bytes_per_seq

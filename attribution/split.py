@@ -40,6 +40,7 @@ COLUMNS = (
     "kv_state_bytes_per_seq",
     "kv_block_bytes",
     "max_model_len",
+    "pipeline_parallel",
 )
 
 
@@ -156,6 +157,7 @@ def split_one(s: ServerGpu) -> dict[str, object]:
         "kv_state_bytes_per_seq": s.kv_state_bytes_per_seq,
         "kv_block_bytes": s.kv_block_bytes,
         "max_model_len": s.max_model_len,
+        "pipeline_parallel": s.pipeline_parallel,
     }
 
 

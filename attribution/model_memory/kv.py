@@ -253,8 +253,9 @@ def kv_sizing(
         hybrid_how += f" (layer kinds from {kinds_how})"
     if hybrid_how and pipeline_parallel > 1:
         raise UnsupportedModel(
-            f"{source}: hybrid attention ({kinds_how}) with pipeline_parallel {pipeline_parallel}: vLLM's grouping "
-            "across stages is not sized here"
+            f"{source}: hybrid attention ({kinds_how}) with pipeline_parallel {pipeline_parallel} is not sized, "
+            "because how vLLM groups layers of each kind on each stage changed between releases (each stage's own "
+            "layers, then groups of the whole model cut by stage)"
         )
     if hybrid_how:
         on_gpu, layer_how = slots, f"{slots} layer slots"
@@ -309,8 +310,9 @@ def _hybrid_sizing(
     source = view.source
     if pipeline_parallel > 1:
         raise UnsupportedModel(
-            f"{source}: {view.model_type} hybrid with pipeline_parallel {pipeline_parallel}: vLLM's grouping across "
-            "stages is not sized here"
+            f"{source}: a {view.model_type} hybrid with pipeline_parallel {pipeline_parallel} is not sized, because "
+            "how vLLM groups its attention and state layers into pages on each stage changed between releases (each "
+            "stage's own layers, then groups of the whole model cut by stage)"
         )
     layout = hybrid_layout(view, layers)
     if layout.attention_layers == 0 or layout.state_layers == 0:

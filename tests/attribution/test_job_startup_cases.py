@@ -218,3 +218,26 @@ def test_a_hybrids_recommendation_follows_the_peak_when_it_is_above_one_request(
     rec = run(collected, window="1h", headroom=0.2, price=2.0).recommendations.iloc[0]
     peak = round(10_000 * JAMBA_BLOCK * 0.5)
     assert rec["kv_keep_bytes"] == -(-round(peak * 1.2) // JAMBA_BLOCK) * JAMBA_BLOCK
+
+
+def test_a_pp_server_is_sized_per_stage_and_a_hybrid_with_pp_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    (configs / "meta-llama" / "Llama-3.1-8B").mkdir(parents=True)
+    shutil.copy(CONFIGS / "llama-3.1-8b.json", configs / "meta-llama" / "Llama-3.1-8B" / "config.json")
+    shutil.copytree(CONFIGS / "ai21labs", configs / "ai21labs")
+    # two GPUs each, and logs whose workers are pipeline stages 0 and 1: TP 1 × PP 2
+    servers = [
+        _server("vllm-llama", "meta-llama/Llama-3.1-8B", tensor_parallel=2),
+        _server("vllm-jamba", "ai21labs/Jamba-v0.1", tensor_parallel=2),
+    ]
+    collected = Collected(servers)
+    add_logs(collected, _logs(tmp_path, vllm_llama="pp2-v1-stages.log", vllm_jamba="pp2-v1-stages.log"))
+    add_model_configs(collected, configs)
+    assert [(s.tensor_parallel, s.pipeline_parallel) for s in servers] == [(1, 2), (1, 2)]
+    # Llama-3.1-8B: 2 × 8 KV heads × 128 × 2 B = 4,096 B a layer; 16 of its 32 layers on each stage
+    assert servers[0].kv_bytes_per_token == 16 * 4_096
+    assert servers[1].kv_bytes_per_token is None and servers[1].kv_state_bytes_per_seq is None
+    (refusal,) = [p for p in collected.problems if "Jamba" in p]
+    assert "with pipeline_parallel 2 is not sized, because" in refusal and refusal.count(". ") == 0
+    frame = run(collected, window="1h", headroom=0.2, price=2.0).split
+    assert list(frame["pipeline_parallel"]) == [2, 2]
