@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from attribution.collect import Collected, add_logs, add_model_configs
+from attribution.collect import Collected, add_logs, add_model_configs, from_prometheus
 from attribution.job import run
+from attribution.prometheus import Sample
 from attribution.report import html_report, terminal, to_json, write_files
 from attribution.split import ServerGpu
 
@@ -241,3 +242,37 @@ def test_a_pp_server_is_sized_per_stage_and_a_hybrid_with_pp_is_refused_in_one_s
     assert "with pipeline_parallel 2 is not sized, because" in refusal and refusal.count(". ") == 0
     frame = run(collected, window="1h", headroom=0.2, price=2.0).split
     assert list(frame["pipeline_parallel"]) == [2, 2]
+
+
+class _Prometheus:
+    """Answers the job's queries: two pods serve a model, one of them publishes vLLM series."""
+
+    url = "http://prometheus.test"
+    warnings: list[str] = []  # noqa: RUF012 - read only
+
+    def query(self, expr: str, at: float | None = None) -> list[Sample]:
+        if "gpuattr_pod_info" in expr:
+            return [
+                Sample({"namespace": "llm", "pod": pod, "model": "org/model-8b", "team": "search"}, 1.0)
+                for pod in ("vllm-ok", "vllm-long")
+            ]
+        if "cache_config_info" in expr:
+            return [Sample({"namespace": "llm", "pod": "vllm-ok", "num_gpu_blocks": "1000", "block_size": "16"}, 1.0)]
+        return []
+
+
+def test_a_pod_with_a_model_but_no_vllm_series_has_its_pod_log_read_for_a_failed_start() -> None:
+    collected = from_prometheus(_Prometheus(), "1h")  # type: ignore[arg-type]
+    assert [s.pod for s in collected.servers] == ["vllm-ok"]
+    assert collected.candidates == [("llm", "vllm-long", "org/model-8b")]
+    asked: list[tuple[str, str]] = []
+
+    def read(namespace: str, pod: str) -> str | None:  # the Kubernetes API's pod logs
+        asked.append((namespace, pod))
+        name = "v1-failed-kv-needed.log" if pod == "vllm-long" else "v1-0.11-plus.log"
+        return (LOGS / name).read_text(encoding="utf-8")
+
+    add_logs(collected, None, read=read)
+    assert sorted(asked) == [("llm", "vllm-long"), ("llm", "vllm-ok")]
+    (failed,) = collected.failed_starts
+    assert (failed["pod"], failed["model"], failed["suggested_max_model_len"]) == ("vllm-long", "org/model-8b", 85_248)
