@@ -26,12 +26,18 @@ def _expected(log: Path) -> dict[str, Any]:
 @pytest.mark.parametrize("log", LOGS, ids=[p.stem for p in LOGS])
 def test_each_log_of_the_corpus_gives_the_figures_it_states(log: Path) -> None:
     expected = _expected(log)
-    unknown = set(expected) - set(FIGURES) - {"failed_to_start"}
+    unknown = set(expected) - set(FIGURES) - {"failed_to_start", "workers"}
     assert not unknown, f"{log.name}: the JSON names no figure of the facts: {sorted(unknown)}"
     facts = parse_file(log)
     got = {name: getattr(facts, name) for name in FIGURES}
     assert got == {name: expected.get(name) for name in FIGURES}
     assert (facts.failed_to_start is not None) == expected.get("failed_to_start", False)
+    if "workers" in expected:  # a server of several workers: each one's own figures, in the order read
+        assert len(facts.workers) == len(expected["workers"])
+        pairs = zip(facts.workers, expected["workers"], strict=True)
+        assert [{key: worker.get(key) for key in want} for worker, want in pairs] == expected["workers"]
+    else:
+        assert len(facts.workers) <= 1  # one process printed the figures (none when it stopped before any)
 
 
 def test_the_simulated_logs_of_the_corpus_are_what_the_simulator_prints_today() -> None:

@@ -103,6 +103,17 @@ def expected(server: SimVllmServer) -> dict[str, Any]:
         if len(server.budgets) > 1:
             least = min(server.budgets, key=lambda b: b.kv_budget)
             out["limiting_worker"] = _label(v, least.spec.rank, least.pid)
+    if len(server.budgets) > 1:  # each worker's own figures, by the name the parser gives its lines
+        kv_lines = "kv_cache_bytes" in out
+        out["workers"] = [
+            {
+                "worker": _label(v, b.spec.rank, b.pid),
+                "stage": None,
+                "weights_bytes": _printed(b.spec.weights, 2 if v >= (0, 11, 0) else 4),
+                "available_kv_cache_bytes": _printed(b.kv_budget, 2) if kv_lines else None,
+            }
+            for b in server.budgets
+        ]
     if not v1 and v >= (0, 6, 4):
         out["total_gpu_memory_bytes"] = _printed(b0.total_gpu_memory, 2)
         out["non_torch_bytes"] = max(_printed(b.spec.non_torch, 2) for b in server.budgets)
