@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import net
-from common.envflags import env_name, parse_bool
+from common.envflags import default_text, env_name, parse_bool, with_default
 from common.quoting import InputError
 
 
@@ -49,7 +49,9 @@ class ExporterSettings:
     proc_root: str = field(default="/proc", metadata=_opt("the host's /proc as mounted in the container"))
     hostname: str = field(
         default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
-        metadata=_opt("node name for the Hostname label of --dcgm-compat series (default: $NODE_NAME)"),
+        metadata=_opt(
+            "node name for the Hostname label of --dcgm-compat series (default: $NODE_NAME, else the host name)"
+        ),
     )
     gpm: bool = field(default=True, metadata=_opt("read GPM activity metrics on Hopper and newer"))
     dcgm_compat: bool = field(
@@ -215,10 +217,15 @@ def _parse_bool(text: str, where: str) -> bool:
         raise SettingsError(str(exc)) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
-    """One flag per dataclass field; help shows the environment variable."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], defaults: Mapping[str, Any] | None = None) -> None:
+    """One flag per dataclass field; help shows the default (``defaults`` overrides the field's, as a
+    command that starts from other values does) and the environment variable. A computed default is
+    described in the field's own help."""
+    defaults = defaults or {}
     for f in dataclasses.fields(cls):
-        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
+        declared = defaults.get(f.name, f.default)
+        shown = None if declared is dataclasses.MISSING else default_text(declared)
+        help_text = with_default(f.metadata.get("help", ""), shown, env_name(f.name))
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag_name(f.name),
