@@ -67,7 +67,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from exporter.app import build
-    from simulator.demo import summary, wait_for_samples
+    from simulator.demo import next_steps, summary, wait_for_samples
 
     settings: ExporterSettings = from_sources(ExporterSettings, args)
     if settings.simulate is None:
@@ -83,10 +83,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         metrics = wait_for_samples(exporter.server.url, samples=3, timeout_s=30)
         print(f"Simulated node {settings.simulate!r}: what the exporter sees\n")
         print(summary(metrics))
-        if exporter.simulation is not None and exporter.simulation.vllm:
-            print("\n" + _attribution_of(exporter.simulation.vllm, exporter.server.url))
+        servers = exporter.simulation.vllm if exporter.simulation is not None else []
+        if servers:
+            print("\n" + _attribution_of(servers, exporter.server.url))
         print(f"\nScrape it: curl -s {exporter.server.url}")
         if run_for != 0:
+            print("\n" + next_steps(servers, exporter.server.url, command=_invoked_as()))
             print(
                 "Serving until Ctrl-C." if run_for is None else f"Serving for {run_for:.0f}s.",
                 flush=True,
@@ -95,6 +97,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         exporter.stop()
     return 0
+
+
+def _invoked_as() -> str:
+    """How this command was run, for commands to copy: ``.venv/bin/gpuattr`` under ``make demo``, else ``gpuattr``."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return argv0 if Path(argv0).name == "gpuattr" else "gpuattr"
 
 
 def _attribution_of(servers: list[Any], exporter_url: str) -> str:
