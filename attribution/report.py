@@ -59,7 +59,15 @@ def terminal(result: Result) -> str:
     lines = [f"vLLM memory split over {result.window}", "", result.table().to_string(index=False, na_rep="-")]
     if result.packing is not None:
         p = result.packing
-        lines += ["", f"Right-sized, these servers fit on {p.gpus_needed} GPU(s) instead of {p.gpus_today}."]
+        if p.gpus_needed < p.gpus_today:
+            lines += ["", f"Right-sized, these servers fit on {p.gpus_needed} GPU(s) instead of {p.gpus_today}."]
+        elif p.gpus_needed == p.gpus_today:  # no "instead of" that would read as a saving
+            lines += ["", f"Right-sized, these servers still need all {p.gpus_today} GPU(s): none to give back."]
+        else:
+            lines += [
+                "",
+                f"Right-sized, these servers need {p.gpus_needed} GPU(s), more than the {p.gpus_today} they have.",
+            ]
         lines += [f"  not moved: {name}: {why}" for name, why in p.refused.items()]
     if not result.costs.empty:
         for by in ("namespace", "team", "model"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import catalog, net
-from common.envflags import env_name, parse_bool
+from common.envflags import default_text, env_name, parse_bool, with_default
 from common.quoting import InputError, short_repr
 
 
@@ -49,7 +49,10 @@ class ExporterSettings:
     proc_root: str = field(default="/proc", metadata=_opt("the host's /proc as mounted in the container"))
     hostname: str = field(
         default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
-        metadata=_opt("node name for the Hostname (or hostname) label of --dcgm-compat series (default: $NODE_NAME)"),
+        metadata=_opt(
+            "node name for the Hostname (or hostname) label of --dcgm-compat series "
+            "(default: $NODE_NAME, else the host name)"
+        ),
     )
     gpm: bool = field(default=True, metadata=_opt("read GPM activity metrics on Hopper and newer"))
     dcgm_compat: bool | str = field(
@@ -235,10 +238,15 @@ def _bool_or_generation(text: str, where: str) -> bool | str:
         ) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
-    """One flag per dataclass field; help shows the environment variable."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], defaults: Mapping[str, Any] | None = None) -> None:
+    """One flag per dataclass field; help shows the default (``defaults`` overrides the field's, as a
+    command that starts from other values does) and the environment variable. A computed default is
+    described in the field's own help."""
+    defaults = defaults or {}
     for f in dataclasses.fields(cls):
-        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
+        declared = defaults.get(f.name, f.default)
+        shown = None if declared is dataclasses.MISSING else default_text(declared)
+        help_text = with_default(f.metadata.get("help", ""), shown, env_name(f.name))
         if f.metadata.get("optional_value") is not None:  # --flag, --flag VALUE and --no-flag
             parser.add_argument(
                 flag_name(f.name),
@@ -250,7 +258,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
                 metavar=f.name.upper(),
             )
             parser.add_argument(
-                "--no-" + flag_name(f.name)[2:], dest=f.name, action="store_const", const=False, default=None
+                "--no-" + flag_name(f.name)[2:],
+                dest=f.name,
+                action="store_const",
+                const=False,
+                default=None,
+                help=f"turn {flag_name(f.name)} off (its default)",
             )
         elif f.type in ("bool", bool):
             parser.add_argument(
