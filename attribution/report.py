@@ -258,7 +258,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: frozen
         )
 
     body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-    return f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _server_table(result: Result) -> str:
@@ -332,7 +332,7 @@ h1{margin-bottom:.2em} .period{color:#555;margin-top:0}
 .headline{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:10px;margin:1em 0}
 .figure{border:1px solid #ddd;border-radius:6px;padding:10px 12px;background:#fafafa}
 .figure .value{font-size:1.5em;font-weight:600} .figure .what{color:#444} .figure .src{color:#777;font-size:.8em}
-svg.chart{max-width:100%;height:auto;display:block;margin:1em 0}
+svg.chart{max-width:100%;height:auto;display:block;margin:1em 0} .wide{overflow-x:auto}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em} td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 th{background:#f3f3f3} .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} .note{color:#555;font-size:.9em}
 """

@@ -227,11 +227,11 @@ def _use_chart(review: dict[str, Any]) -> str:
     for r in rows:
         used, allocated = float(r["gpus_used_sm"]), float(r["gpus_allocated"])
         unknown = float(r.get("unknown_gpu_hours") or 0.0) / hours
-        idle = max(0.0, allocated - used - unknown)
+        idle = max(0.0, allocated - used - unknown)  # not used: idle GPUs and the unused part of busy ones
         segments = (
             charts.Segment("used", used, "#2f6f9f"),
             charts.Segment("activity unknown", unknown, charts.UNKNOWN, "//"),
-            charts.Segment("allocated, idle", idle, "#9ecae9"),
+            charts.Segment("allocated, not used", idle, "#9ecae9"),
         )
         previous = before.get(r["name"])
         bars.append(
@@ -245,7 +245,7 @@ def _use_chart(review: dict[str, Any]) -> str:
     legend = [
         charts.Segment("used (SM activity)", 0, "#2f6f9f"),
         charts.Segment("activity unknown", 0, charts.UNKNOWN, "//"),
-        charts.Segment("allocated, idle", 0, "#9ecae9"),
+        charts.Segment("allocated, not used", 0, "#9ecae9"),
         charts.Segment("| used, last window", 0, "#ffffff"),
     ]
     return charts.bars(
