@@ -68,7 +68,7 @@ class Result:
 
 
 def terminal(result: Result) -> str:
-    lines = [f"vLLM memory split over {result.window}", "", result.table().to_string(index=False, na_rep="-")]
+    lines = [f"vLLM memory split, {when(result)}", "", result.table().to_string(index=False, na_rep="-")]
     if result.packing is not None:
         p = result.packing
         lines += ["", f"Right-sized, these servers fit on {p.gpus_needed} GPU(s) instead of {p.gpus_today}."]

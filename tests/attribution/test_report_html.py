@@ -13,7 +13,16 @@ import pytest
 
 from attribution import job
 from attribution.collect import Collected
-from attribution.report import Result, headline, html_report, memory_bars, to_json, vllm_flags, write_files
+from attribution.report import (
+    Result,
+    headline,
+    html_report,
+    memory_bars,
+    terminal,
+    to_json,
+    vllm_flags,
+    write_files,
+)
 from attribution.split import ServerGpu
 from common.envflags import parse_args
 from common.units import GiB, MiB
@@ -91,6 +100,9 @@ def test_a_window_gives_its_dates_and_a_one_shot_reading_its_moment() -> None:
     once = html_report(_result(point_in_time=True))
     assert "at 2026-12-04 23:00 UTC (one reading)" in once
     assert "Window:" not in once and "7d from" not in once
+    # the terminal's first line says the same
+    assert terminal(_result()).splitlines()[0].endswith("7d from 2026-11-27 23:00 UTC to 2026-12-04 23:00 UTC")
+    assert terminal(_result(point_in_time=True)).splitlines()[0].endswith("at 2026-12-04 23:00 UTC (one reading)")
 
 
 def test_a_server_with_unknown_weights_shows_the_parts_known_and_marks_the_rest_unknown() -> None:
