@@ -395,7 +395,7 @@ def startup_suggestion(facts: VllmLogFacts) -> str:
         options.append(f"--max-model-len {facts.suggested_max_model_len}")
     if facts.suggested_kv_cache_memory_bytes is not None:
         size = facts.suggested_kv_cache_memory_bytes
-        options.append(f"--kv-cache-memory {size} ({gib(size)})")
+        options.append(f"--kv-cache-memory-bytes {size} ({gib(size)})")
     if not options:
         return "no setting computed from the log fits: see the notes"
     return "fits with " + " or ".join(options)

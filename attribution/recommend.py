@@ -14,7 +14,7 @@ from common.units import GiB
 
 def recommend(split: pd.DataFrame, *, headroom: float = 0.2, min_kv_bytes: int = 0) -> pd.DataFrame:
     """Per server and GPU: the KV budget to keep (peak used × (1 + headroom)), the reclaimable bytes, and
-    the ``--gpu-memory-utilization`` that gives that budget (``--kv-cache-memory`` for recent vLLM).
+    the ``--gpu-memory-utilization`` that gives that budget (``--kv-cache-memory-bytes`` for recent vLLM).
 
     The utilisation is today's minus what is given back, over the GPU's memory: vLLM's budget is
     total × utilisation − (weights + activations + non-torch), so lowering it by the reclaimed share
@@ -48,12 +48,12 @@ def recommend(split: pd.DataFrame, *, headroom: float = 0.2, min_kv_bytes: int =
         util, gpu = _float(row["gpu_memory_utilization"]), _int(row["gpu_memory_bytes"])
         if util is None or not gpu:
             new_util.append(None)
-            notes.append(f"set --kv-cache-memory {target} (current utilisation unknown){hybrid}")
+            notes.append(f"set --kv-cache-memory-bytes {target} (current utilisation unknown){hybrid}")
         else:
             proposed = round(util - (alloc - target) / gpu, 3)
             new_util.append(proposed)
             notes.append(
-                f"--gpu-memory-utilization {proposed:.3f} (or --kv-cache-memory {target}): keeps the peak KV "
+                f"--gpu-memory-utilization {proposed:.3f} (or --kv-cache-memory-bytes {target}): keeps the peak KV "
                 f"plus {headroom:.0%} headroom{hybrid}"
             )
     out["kv_keep_bytes"] = pd.array(keep, dtype="Int64")

@@ -15,7 +15,7 @@ pipeline stage) sets the block count where the log tells. ``workers`` keeps each
 line each came from; ``sources`` every figure read, with its line (``--explain``).
 
 A start-up that stops because the KV cache does not fit still prints its figures: the facts then carry
-``failed_to_start`` and the ``--gpu-memory-utilization``, ``--max-model-len`` and ``--kv-cache-memory`` that
+``failed_to_start`` and the ``--gpu-memory-utilization``, ``--max-model-len`` and ``--kv-cache-memory-bytes`` that
 would have fitted, computed from them. A record wrapped over several lines (a pasted log) is read joined;
 one whose prefix was stripped is read alone.
 
@@ -175,7 +175,7 @@ class VllmLogFacts:
     kv_cache_needed_bytes: int | None = None  # per GPU, what one max_model_len request needs (a failure's figure)
     suggested_gpu_memory_utilization: float | None = None  # the least that would make a failed start fit
     suggested_max_model_len: int | None = None  # the longest request that fits what was available
-    suggested_kv_cache_memory_bytes: int | None = None  # --kv-cache-memory that holds one max_model_len request
+    suggested_kv_cache_memory_bytes: int | None = None  # --kv-cache-memory-bytes that holds one max_model_len request
     limiting_worker: str | None = None  # the worker whose figures set the block count, when the log tells
     workers: tuple[dict[str, Any], ...] = ()  # per worker: its figures and the line (number) each came from
     sources: tuple[dict[str, Any], ...] = field(default=(), compare=False)  # every figure read, with its line
@@ -478,7 +478,7 @@ class _Scan:
         if (match := _CPU_KV_SET.search(text)) is not None:
             self.cpu_kv = True
             self.rank("available_kv", process, _bytes(match.group(1), match.group(3)), 2)
-        if (match := _RESERVED_KV.search(text)) is not None:  # CUDA, ROCm and XPU with --kv-cache-memory
+        if (match := _RESERVED_KV.search(text)) is not None:  # CUDA, ROCm and XPU with --kv-cache-memory-bytes
             self.kv_specified = True
             self.rank("available_kv", process, _bytes(match.group(1), match.group(2)), 3)
 
@@ -639,7 +639,7 @@ class _Scan:
         if self.cpu_kv:
             notes.append("CPU build: the KV cache is in host memory")
         if self.kv_specified:
-            notes.append("the KV cache size was given (--kv-cache-memory): gpu_memory_utilization does not set it")
+            notes.append("the KV cache size was given (--kv-cache-memory-bytes): gpu_memory_utilization does not set it")
         utilization = self.utilization[1] if self.utilization is not None else None
         if self.utilization_raise is not None:
             notes.append(
@@ -1002,7 +1002,7 @@ def render_table(facts: VllmLogFacts, source: str) -> str:
             ("KV cache needed", _size(facts.kv_cache_needed_bytes)),
             ("fits with --gpu-memory-utilization", show(facts.suggested_gpu_memory_utilization)),
             ("fits with --max-model-len", show(facts.suggested_max_model_len)),
-            ("fits with --kv-cache-memory", _size(facts.suggested_kv_cache_memory_bytes)),
+            ("fits with --kv-cache-memory-bytes", _size(facts.suggested_kv_cache_memory_bytes)),
         ]
     out = [f"vLLM memory facts from {source}"]
     out += [f"  {line}" for line in table(("fact", "value"), rows).splitlines()]

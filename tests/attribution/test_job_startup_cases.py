@@ -73,7 +73,7 @@ def test_a_server_that_failed_to_start_is_shown_with_its_figures_and_what_fits(t
     assert long["suggested_max_model_len"] == 85_248
     assert long["suggested_kv_cache_memory_bytes"] == 16 * GiB
     assert long["model"] == "org/model-8b" and long["vllm_version"] == "0.11.0"
-    assert "--max-model-len 85248" in long["suggestion"] and "--kv-cache-memory 17179869184" in long["suggestion"]
+    assert "--max-model-len 85248" in long["suggestion"] and "--kv-cache-memory-bytes 17179869184" in long["suggestion"]
     assert "must give 5.59 GiB more" in long["notes"]
     assert rows["vllm-stray"]["suggested_max_model_len"] == 49_152
     # the running server is split as before; the failed ones are not in the split

@@ -189,7 +189,7 @@ def test_the_xpu_kv_cache_memory_line_gives_the_kv_bytes() -> None:
     facts = _facts("xpu-kv-cache-memory.log")
     assert facts.kv_cache_bytes == 12 * GiB
     assert facts.kv_cache_tokens == 98_304
-    assert any("--kv-cache-memory" in note for note in facts.notes)
+    assert any("--kv-cache-memory-bytes" in note for note in facts.notes)
 
 
 @pytest.mark.parametrize(
