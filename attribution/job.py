@@ -26,6 +26,7 @@ from common.checks import http_url, output_folder
 from common.envflags import Parser, parse_args
 from common.families import Families
 from common.fetch import FetchError, push_handler
+from common.files import OutputError
 from common.net import host_port
 from common.quoting import InputError
 from common.units import parse_duration
@@ -268,7 +269,15 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         STATS.update(wall_s=time.perf_counter() - started, servers=len(result.split))
         print(json.dumps({"stats": STATS}), file=sys.stderr)
     if args.out:
-        for path in write_files(result, Path(args.out), [f.strip() for f in args.format.split(",") if f.strip()]):
+        try:
+            paths = write_files(result, Path(args.out), [f.strip() for f in args.format.split(",") if f.strip()])
+        except OutputError as exc:  # nothing pushed either: the figures would outlive a report nobody can read
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            state.record(time.time(), {}, ok=False)  # up 0; no input failed
+            if args.pushgateway:
+                state.push_or_say(args.pushgateway, args.timeout, PROG)
+            return 1
+        for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     state.record(time.time(), collected.failed, ok=True)
     if args.pushgateway:

@@ -7,7 +7,7 @@ import html
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from attribution import charts
 from attribution.recommend import Packing
 from common import catalog as c
 from common.families import family
+from common.files import text_writer, write_all
 from common.units import GiB, MiB, parse_duration
 
 COMPONENTS = (
@@ -138,32 +139,36 @@ def startup_frames(result: Result) -> dict[str, pd.DataFrame]:
     return {"failed_starts": result.failed_starts, "workers": result.workers}
 
 
-def write_files(result: Result, out_dir: Path, formats: Sequence[str]) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_files(result: Result, out_dir: Path, formats: Sequence[str], what: str = "--out") -> list[Path]:
+    """Every report file, all or nothing (``common.files.write_all``): a failed write leaves the last run's."""
     frames = {"split": result.split, "recommendations": result.recommendations, "costs": result.costs}
     frames.update({name: frame for name, frame in startup_frames(result).items() if not frame.empty})
     if not result.costs.empty:
         frames.update({f"costs_by_{by}": cost_summary(result.costs, by) for by in ("namespace", "team", "model")})
-    written: list[Path] = []
+    writers: dict[str, Callable[[Path], None]] = {}
     for fmt in formats:
-        for name, frame in frames.items():
-            path = out_dir / f"{name}.{fmt}"
-            if fmt == "csv":
-                frame.to_csv(path, index=False)
-            elif fmt == "parquet":
-                frame.to_parquet(path, index=False)
-            elif fmt == "json":
-                path.write_text(frame.to_json(orient="records", indent=1) or "[]", encoding="utf-8")
-            elif fmt == "html":
-                continue
-            else:
-                raise ValueError(f"unknown output format {fmt!r} (csv, parquet, json, html)")
-            written.append(path)
+        if fmt not in ("csv", "parquet", "json", "html"):
+            raise ValueError(f"unknown output format {fmt!r} (csv, parquet, json, html)")
         if fmt == "html":
-            path = out_dir / "report.html"
-            path.write_text(html_report(result), encoding="utf-8")
-            written.append(path)
-    return written
+            writers["report.html"] = text_writer(html_report(result))
+            continue
+        if fmt == "json":
+            writers["result.json"] = text_writer(to_json(result))  # the headline and everything --json prints
+        for name, frame in frames.items():
+            writers[f"{name}.{fmt}"] = _frame_writer(frame, fmt)
+    return write_all(out_dir, writers, f"{what} {out_dir}")
+
+
+def _frame_writer(frame: pd.DataFrame, fmt: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(path, index=False)
+        else:
+            path.write_text(frame.to_json(orient="records", indent=1) or "[]", encoding="utf-8")
+
+    return write
 
 
 def _known(value: Any) -> float | None:

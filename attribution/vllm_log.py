@@ -639,7 +639,9 @@ class _Scan:
         if self.cpu_kv:
             notes.append("CPU build: the KV cache is in host memory")
         if self.kv_specified:
-            notes.append("the KV cache size was given (--kv-cache-memory-bytes): gpu_memory_utilization does not set it")
+            notes.append(
+                "the KV cache size was given (--kv-cache-memory-bytes): gpu_memory_utilization does not set it"
+            )
         utilization = self.utilization[1] if self.utilization is not None else None
         if self.utilization_raise is not None:
             notes.append(

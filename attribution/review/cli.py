@@ -19,6 +19,7 @@ from attribution.review.render import FORMATS, headline, markdown, write
 from common.checks import http_url, output_folder
 from common.envflags import Parser, parse_args
 from common.fetch import FetchError
+from common.files import OutputError
 from common.quoting import InputError
 from common.units import parse_duration
 
@@ -144,7 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     review["headline"] = headline(review)
     print(json.dumps(review, indent=1) if args.json else markdown(review))
     if args.out:
-        for path in write(review, Path(args.out), formats):
+        try:
+            paths = write(review, Path(args.out), formats)
+        except OutputError as exc:  # the last good review stays; its figures are not replaced by a push either
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            health.record(time.time(), {}, ok=False)  # up 0; no input failed
+            if args.pushgateway:
+                health.push_or_say(args.pushgateway, args.timeout, PROG)
+            return 1
+        for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     if args.pushgateway:
         try:

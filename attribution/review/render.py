@@ -11,7 +11,7 @@ from __future__ import annotations
 import html as h
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pandas as pd
 
 from attribution import charts
 from attribution.report import fit_sentence
+from common.files import text_writer, write_all
 from common.units import parse_duration
 
 FORMATS = ("html", "md", "csv", "parquet", "json")
@@ -419,27 +420,27 @@ def html(review: dict[str, Any]) -> str:
     )
 
 
-def write(review: dict[str, Any], out: Path, formats: Sequence[str]) -> list[Path]:
-    """The review in each of ``formats`` under ``out``; the paths written."""
+def write(review: dict[str, Any], out: Path, formats: Sequence[str], what: str = "--out") -> list[Path]:
+    """The review in each of ``formats`` under ``out``, all or nothing (``common.files.write_all``)."""
     unknown = [fmt for fmt in formats if fmt not in FORMATS]
     if unknown:
         raise ValueError(f"unknown format {unknown[0]!r} ({', '.join(FORMATS)})")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    writers: dict[str, Callable[[Path], None]] = {}
     for fmt in formats:
         if fmt == "html":
-            (out / "report.html").write_text(html(review), encoding="utf-8")
-            written.append(out / "report.html")
+            writers["report.html"] = text_writer(html(review))
         elif fmt == "md":
-            (out / "report.md").write_text(markdown(review), encoding="utf-8")
-            written.append(out / "report.md")
+            writers["report.md"] = text_writer(markdown(review))
         elif fmt == "json":
-            (out / "review.json").write_text(json.dumps(review, indent=1), encoding="utf-8")
-            written.append(out / "review.json")
+            writers["review.json"] = text_writer(json.dumps(review, indent=1))
         else:
             for dimension, rows in review["by"].items():
-                frame = pd.DataFrame(rows)
-                path = out / f"by_{dimension}.{fmt}"
-                frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False)
-                written.append(path)
-    return written
+                writers[f"by_{dimension}.{fmt}"] = _table_writer(pd.DataFrame(rows), fmt)
+    return write_all(out, writers, f"{what} {out}")
+
+
+def _table_writer(frame: pd.DataFrame, fmt: str) -> Callable[[Path], None]:
+    def write_table(path: Path) -> None:
+        frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False)
+
+    return write_table

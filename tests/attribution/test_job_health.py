@@ -220,3 +220,25 @@ def test_serve_whose_first_run_fails_serves_its_failure_and_no_figures(
     assert "gpuattr attribute: essential inputs failed (memory, gpu_total, pod_info, kv_max, cache_config)" in (
         capsys.readouterr().err
     )
+
+
+def test_a_report_that_cannot_be_written_fails_the_run_keeps_the_last_files_and_pushes_no_figures(
+    prom: QueryPrometheus, gateway: FakePushgateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--prometheus", prom.url, "--out", str(tmp_path), "--pushgateway", gateway.address, "--timeout", "2"]
+    assert attribute(flags) == 0
+    good_split = (tmp_path / "split.csv").read_bytes()
+    good = gateway.groups[FIGURES_ATTRIBUTE]
+    assert json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))["headline"]  # the headline is kept
+    (tmp_path / "report.html").unlink()
+    (tmp_path / "report.html").mkdir()  # stands in for any write that fails
+    capsys.readouterr()
+    assert attribute(flags) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"gpuattr attribute: --out {tmp_path}: cannot write report.html: a folder of that name is in the way"
+    ]
+    assert (tmp_path / "split.csv").read_bytes() == good_split
+    assert gateway.groups[FIGURES_ATTRIBUTE] is good  # no figures without their report
+    assert gateway.value(HEALTH_ATTRIBUTE, c.JOB_UP.family, command="attribute") == 0
+    assert gateway.value(HEALTH_ATTRIBUTE, c.JOB_INPUT_FAILED.family, input="memory", essential="true") == 0
