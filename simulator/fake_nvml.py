@@ -59,7 +59,7 @@ DRIVER_NOT_LOADED: int = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
 TIMEOUT: int = pynvml.NVML_ERROR_TIMEOUT
 
 _ALL_LINKS = 0xFFFFFFFF  # a field's scopeId that asks for the sum over every NVLink link
-_NVLINK_BYTES_PER_S = 40e9  # NVLink traffic, each direction, of a GPU whose kernels run all the time
+_NVLINK_BYTES_PER_S = 40e9  # NVLink traffic, each direction, while kernels of multi-GPU work run all the time
 _PCIE_KB_PER_S = {pynvml.NVML_PCIE_UTIL_TX_BYTES: (300, 250_000), pynvml.NVML_PCIE_UTIL_RX_BYTES: (500, 600_000)}
 """PCIe throughput in KB/s by counter: (idle, added when kernels run all the time)."""
 _FIELD_NAMES: dict[int, tuple[str, ...]] = {}
@@ -169,6 +169,22 @@ def swing_split(means: dict[int, float], swing: float, seed: str) -> dict[int, f
     return split
 
 
+def _multi_gpu_pids(scenario: Scenario) -> set[int]:
+    """Processes of work spread over several GPUs: on more than one themselves, a tensor-parallel vLLM worker,
+    or one of a container's processes on different GPUs (data-parallel ranks)."""
+    gpus_of: dict[str, set[int]] = {}
+    for proc in scenario.processes:
+        if proc.container is not None:
+            gpus_of.setdefault(proc.container, set()).update(proc.gpus)
+    return {
+        proc.pid
+        for proc in scenario.processes
+        if len(proc.gpus) > 1
+        or (proc.vllm is not None and proc.vllm.tensor_parallel > 1)
+        or (proc.container is not None and len(gpus_of[proc.container]) > 1)
+    }
+
+
 class FakeNvmlLibrary:
     """The object ``pynvml.nvmlLib`` points at while a scenario is installed."""
 
@@ -188,6 +204,7 @@ class FakeNvmlLibrary:
         self._event_sets: dict[int, _EventSet] = {}
         self._event_tokens = itertools.count(0x6000_0000, 0x10)
         self._counters: dict[tuple[int, str], tuple[float, float]] = {}  # (GPU, name) -> (as of, total)
+        self._multi_gpu = _multi_gpu_pids(scenario)
 
     # -- lookup as the binding does it: getattr(nvmlLib, "nvmlDeviceGetCount_v2") ---------------------
     def __getattr__(self, name: str) -> Callable[..., int]:
@@ -569,13 +586,19 @@ class FakeNvmlLibrary:
         t = self._t()
         return self._activity(_Target(index, None), max(0.0, t - seconds), t)
 
-    def _accumulated(self, index: int, name: str, per_second: Callable[[dict[str, float]], float]) -> float:
-        """A counter that grows by ``per_second(activity)`` between calls, so it never goes back."""
+    def _nvlink_bytes(self, index: int, name: str) -> float:
+        """Bytes one direction of the GPU's NVLink carried since the driver loaded; grows between calls, never
+        goes back. Only work spread over several GPUs talks over NVLink: a single-GPU job leaves it idle."""
         t = self._t()
         with self._lock:
             since, total = self._counters.get((index, name), (0.0, 0.0))
             if t > since:
-                total += per_second(self._activity(_Target(index, None), since, t)) * (t - since)
+                busy = 0.0
+                for proc in self.processes_on(_Target(index, None), t):
+                    lo = max(since, proc.start)
+                    if proc.pid in self._multi_gpu and lo < t:
+                        busy += proc.sm.mean(lo, t) * (t - lo) / (t - since)
+                total += _NVLINK_BYTES_PER_S * min(1.0, busy) * (t - since)
                 self._counters[(index, name)] = (t, total)
         return total
 
@@ -609,7 +632,7 @@ class FakeNvmlLibrary:
         if field_id in directions:
             if not links or (scope_id != _ALL_LINKS and scope_id >= links):
                 return None
-            total = self._accumulated(target.gpu, f"nvlink{field_id}", lambda a: _NVLINK_BYTES_PER_S * a["kernel"])
+            total = self._nvlink_bytes(target.gpu, f"nvlink{field_id}")
             share = 1.0 if scope_id == _ALL_LINKS else 1.0 / links
             return int(total * share / 1024), pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG  # KiB since driver load
         if field_id == pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER:

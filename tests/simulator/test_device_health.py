@@ -22,8 +22,8 @@ def clock() -> Iterator[SimClock]:
     fake_nvml.uninstall()
 
 
-def _install(clock: SimClock, *gpus: dict[str, object], busy: float = 0.0) -> None:
-    procs = [{"pid": 1, "name": "a", "gpus": [0], "memory": "1GiB", "sm": busy}] if busy else []
+def _install(clock: SimClock, *gpus: dict[str, object], busy: float = 0.0, on: tuple[int, ...] = (0,)) -> None:
+    procs = [{"pid": 1, "name": "a", "gpus": list(on), "memory": "1GiB", "sm": busy}] if busy else []
     fake_nvml.install(parse_scenario({"name": "health", "gpus": list(gpus), "processes": procs}), clock)
 
 
@@ -49,19 +49,26 @@ def test_each_field_carries_its_own_return_code(clock: SimClock) -> None:
     assert links.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED  # a PCIe card has no NVLink
 
 
+def _nvlink_kib(dev: object, scope: int) -> int:
+    (fv,) = pynvml.nvmlDeviceGetFieldValues(dev, [(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, scope)])
+    assert fv.nvmlReturn == pynvml.NVML_SUCCESS
+    return int(fv.value.ullVal)
+
+
 def test_nvlink_counters_sum_over_links_and_never_go_back(clock: SimClock) -> None:
-    _install(clock, {"index": 0}, busy=1.0)
+    _install(clock, {"index": 0}, {"index": 1}, busy=1.0, on=(0, 1))  # one job over two GPUs
     dev = handle(0)
-
-    def kib(scope: int) -> int:
-        (fv,) = pynvml.nvmlDeviceGetFieldValues(dev, [(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, scope)])
-        assert fv.nvmlReturn == pynvml.NVML_SUCCESS
-        return int(fv.value.ullVal)
-
-    total = kib(ALL_LINKS)
-    assert abs(kib(0) * 18 - total) <= 18  # H100 SXM: 18 links, each an equal share
+    total = _nvlink_kib(dev, ALL_LINKS)
+    assert total > 0
+    assert abs(_nvlink_kib(dev, 0) * 18 - total) <= 18  # H100 SXM: 18 links, each an equal share
     clock.advance(1)
-    assert kib(ALL_LINKS) > total
+    assert _nvlink_kib(dev, ALL_LINKS) > total
+
+
+def test_a_single_gpu_job_leaves_nvlink_idle(clock: SimClock) -> None:
+    _install(clock, {"index": 0}, busy=1.0)
+    clock.advance(1)
+    assert _nvlink_kib(handle(0), ALL_LINKS) == 0
 
 
 def test_xid_events_are_delivered_once_in_order_and_a_wait_without_one_times_out(clock: SimClock) -> None:

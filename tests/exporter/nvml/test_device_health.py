@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common import catalog as c
 from exporter.readings import GpuReading, NodeReading
+from exporter.sampler import Sampler, SamplerOptions
+from exporter.snapshot import CommandNameResolver
 from tests.conftest import Sim, one_gpu
 
 MiB = 2**20
@@ -154,3 +157,46 @@ def test_gpm_graphics_activity_is_read_beside_sm_activity(simulate: Callable[...
     gpm = _read(sim, 2).gpus[0].gpm
     assert gpm is not None
     assert (gpm.graphics_active, gpm.sm_active) == (0.8, 0.4)  # engine busy 80 % of the time, half the SMs
+
+
+def _exposition(sim: Sim) -> str:
+    sampler = Sampler(sim.reader, CommandNameResolver(nvml_name=sim.reader.process_name), SamplerOptions())
+    sampler.sample_once()
+    assert sampler.exposition is not None
+    return sampler.exposition.text.decode()
+
+
+def _series(text: str, metric: c.Metric) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(metric.name + "{")]
+
+
+def test_what_the_driver_does_not_give_is_absent_from_the_exposition_never_zero(simulate: Callable[..., Sim]) -> None:
+    gpus = [
+        {"index": 0, "row_remap": [{"uncorrectable": 2, "pending": True}]},
+        {"index": 1, "model": "NVIDIA L4", "unsupported": ["nvmlDeviceRegisterEvents"]},
+    ]
+    sim = simulate({"name": "mixed", "gpus": gpus, "processes": []})
+    text = _exposition(sim)
+    uuid0, uuid1 = sim.scenario.gpu_uuid(0), sim.scenario.gpu_uuid(1)
+    for metric in (c.GPU_MEMORY_TEMPERATURE, c.GPU_NVLINK_BYTES, c.GPU_REMAPPED_ROWS, c.GPU_ROW_REMAP_PENDING):
+        series = _series(text, metric)
+        assert any(uuid0 in line for line in series), metric.name
+        assert not any(uuid1 in line for line in series), metric.name  # the L4 has none of them
+    assert f'{c.GPU_REMAPPED_ROWS.name}{{gpu="0",gpu_uuid="{uuid0}",kind="uncorrectable"}} 2.0' in text
+    assert f'{c.GPU_ROW_REMAP_PENDING.name}{{gpu="0",gpu_uuid="{uuid0}"}} 1.0' in text
+    assert f'{c.GPU_SM_CLOCK.name}{{gpu="1",gpu_uuid="{uuid1}"}} 2.1e+08' in text  # the L4 idles at 210 MHz
+
+
+def test_the_xid_count_of_a_gpu_that_fell_off_the_bus_is_served_while_it_is_down(simulate: Callable[..., Sim]) -> None:
+    gpus = [{"index": 0, "lost_at": 10, "xid": [{"at": 10, "xid": 79}, {"at": 6, "xid": 13}]}]
+    sim = simulate({"name": "lost", "gpus": gpus, "processes": []}, start=5)
+    sim.reader.read()
+    sim.clock.advance(5)
+    text = _exposition(sim)
+    uuid = sim.scenario.gpu_uuid(0)
+    assert f'{c.GPU_UP.name}{{gpu="0",gpu_uuid="{uuid}"}} 0.0' in text
+    assert _series(text, c.GPU_XID_ERRORS) == [
+        f'{c.GPU_XID_ERRORS.name}{{gpu="0",gpu_uuid="{uuid}",xid="13"}} 1.0',
+        f'{c.GPU_XID_ERRORS.name}{{gpu="0",gpu_uuid="{uuid}",xid="79"}} 1.0',
+    ]
+    assert _series(text, c.GPU_SM_CLOCK) == []  # nothing else of a GPU that is down
