@@ -20,6 +20,12 @@ What the simulated driver reports follows a real H200's (``tests/fixtures/h200-r
 - **Kernel time is not SM activity**: smUtil is a process's ``sm``; GPM SM active is ``sm × sm_fraction``
   and SM occupancy that times ``occupancy``, so a launch-bound loop of tiny kernels reads 20 % in NVML and
   a few hundredths of a percent in GPM.
+- **Device health**: SM clocks sit at the model's floor when idle (345 MHz on the real H200) and at its boost
+  clock while kernels run; the memory clock is fixed; HBM parts report a memory temperature and row
+  remapping (GDDR parts answer NOT_SUPPORTED), SXM parts NVLink traffic from work spread over several GPUs
+  (PCIe parts have no links); codecs read 0 on compute work. XID errors (``xid`` on a GPU) reach an event
+  set registered before they happen, once each; a wait with none due answers TIMEOUT at once. Any NVML
+  function, or NVML_FI_* field, named in a GPU's ``unsupported`` answers NOT_SUPPORTED.
 """
 
 from __future__ import annotations
@@ -750,6 +756,8 @@ class FakeNvmlLibrary:
             registered = self._event_sets.get(_address(event_set))
             if registered is None:
                 return INVALID_ARGUMENT
+            if any("nvmlEventSetWait_v2" in self._gpu(gpu).unsupported for gpu in registered.registered):
+                return NOT_SUPPORTED
             due = [
                 (xid.at, gpu, i, xid.xid)
                 for gpu, (since, mask) in registered.registered.items()

@@ -515,6 +515,8 @@ class NvmlReader:
                 self._call("nvmlEventSetFree", scope, pynvml.nvmlEventSetFree, events)
                 return
             dev.xid_events, dev.xid_known = events, True
+        if self.health.unsupported(_XID_WAIT, scope):
+            return  # the driver said once it cannot wait on events here: the counts stay unknown
         for _ in range(_XID_EVENTS_PER_SAMPLE):
             self._entering(_XID_WAIT)
             try:

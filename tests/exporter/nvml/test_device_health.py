@@ -145,6 +145,15 @@ def test_xid_counts_stay_unknown_when_the_driver_cannot_deliver_events(simulate:
     assert node.errors[("nvmlDeviceRegisterEvents", "NotSupported")] == 1
 
 
+def test_xid_counts_become_unknown_when_the_event_wait_is_not_supported(simulate: Callable[..., Sim]) -> None:
+    gpus = [{"index": 0, "unsupported": ["nvmlEventSetWait_v2"], "xid": [{"at": 6, "xid": 79}]}]
+    sim = simulate(one_gpu(gpus=gpus), start=5)
+    node = _read(sim, 3)
+    assert not node.gpus[0].xid_events_known and node.gpus[0].xid_counts == ()
+    assert node.errors[("nvmlEventSetWait_v2", "NotSupported")] == 1
+    assert sim.fake.calls["nvmlEventSetWait_v2"] == 1  # not asked again
+
+
 def test_event_sets_are_freed_at_shutdown(simulate: Callable[..., Sim]) -> None:
     sim = simulate(one_gpu(gpus=[{"index": 0}, {"index": 1}]))
     sim.reader.read()
