@@ -27,7 +27,7 @@ system-deps:
 	fi
 
 # First an H200 node with an MPS-shared GPU, a launch-bound pod and time-slicing (summary only), then the
-# default 4xH100 inference node, served until Ctrl-C.
+# default 4xH100 inference node, served until Ctrl-C with the next steps to run against it.
 demo: $(STAMP)
 	$(BIN)/gpuattr demo --simulate scenarios/h200-mps-node.yaml --run-for 0 --listen 127.0.0.1:0
 	@echo

@@ -21,7 +21,7 @@ from attribution.health import Health, InputsFailedError, check
 from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, Packing, costs, pack, recommend
 from attribution.report import Result, families, terminal, to_json, write_files
-from attribution.split import split
+from attribution.split import FAILED_START_COLUMNS, WORKER_COLUMNS, split, table
 from common.checks import http_url, output_folder
 from common.envflags import Parser, parse_args
 from common.families import Families
@@ -80,7 +80,9 @@ def run(collected: Collected, *, window: str, headroom: float, price: float) -> 
         teams=collected.teams,
         tokens=collected.tokens,
     )
-    return Result(frame, recs, money, plan(frame, recs), collected.problems, window)
+    failed = table(collected.failed_starts, FAILED_START_COLUMNS)
+    workers = table(collected.workers, WORKER_COLUMNS)
+    return Result(frame, recs, money, plan(frame, recs), collected.problems, window, failed, workers)
 
 
 STATS: dict[str, float] = {}

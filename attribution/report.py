@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +33,8 @@ class Result:
     packing: Packing | None
     problems: list[str]
     window: str
+    failed_starts: pd.DataFrame = field(default_factory=pd.DataFrame)  # split.FAILED_START_COLUMNS
+    workers: pd.DataFrame = field(default_factory=pd.DataFrame)  # split.WORKER_COLUMNS
 
     def table(self) -> pd.DataFrame:
         """One row per server and GPU, in GiB, with the recommendation."""
@@ -57,7 +59,15 @@ def terminal(result: Result) -> str:
     lines = [f"vLLM memory split over {result.window}", "", result.table().to_string(index=False, na_rep="-")]
     if result.packing is not None:
         p = result.packing
-        lines += ["", f"Right-sized, these servers fit on {p.gpus_needed} GPU(s) instead of {p.gpus_today}."]
+        if p.gpus_needed < p.gpus_today:
+            lines += ["", f"Right-sized, these servers fit on {p.gpus_needed} GPU(s) instead of {p.gpus_today}."]
+        elif p.gpus_needed == p.gpus_today:  # no "instead of" that would read as a saving
+            lines += ["", f"Right-sized, these servers still need all {p.gpus_today} GPU(s): none to give back."]
+        else:
+            lines += [
+                "",
+                f"Right-sized, these servers need {p.gpus_needed} GPU(s), more than the {p.gpus_today} they have.",
+            ]
         lines += [f"  not moved: {name}: {why}" for name, why in p.refused.items()]
     if not result.costs.empty:
         for by in ("namespace", "team", "model"):
@@ -73,11 +83,33 @@ def terminal(result: Result) -> str:
             f"GPU cost over the window: {total['cost_held']:.2f} held, {total['cost_idle_kv']:.2f} in idle KV cache, "
             f"{total['cost_reclaimable']:.2f} reclaimable.",
         ]
+    lines += startup_lines(result)
     if result.problems:
         lines += ["", "Missing or inconsistent inputs (the rest of the report stands):"] + [
             f"  - {p}" for p in result.problems
         ]
     return "\n".join(lines)
+
+
+def startup_lines(result: Result) -> list[str]:
+    """Servers that failed to start, and the per-worker KV figures of TP/PP servers, as text lines."""
+    lines: list[str] = []
+    if not result.failed_starts.empty:
+        lines += ["", "Failed to start (from the start-up log):"]
+        for row in result.failed_starts.to_dict("records"):
+            lines.append(f"  {row['namespace']}/{row['pod']}: {row['reason']}; {row['suggestion']}")
+    if not result.workers.empty:
+        lines += ["", "Per worker (TP/PP; vLLM uses the fewest blocks of any worker):"]
+        for row in result.workers.to_dict("records"):
+            kv = row["available_kv_cache_bytes"]
+            count = row["kv_cache_tokens"] if not pd.isna(row["kv_cache_tokens"]) else row["num_gpu_blocks"]
+            what = "tokens" if not pd.isna(row["kv_cache_tokens"]) else "blocks"
+            lines.append(
+                f"  {row['namespace']}/{row['pod']} {row['worker']}: available KV "
+                f"{'-' if pd.isna(kv) else f'{kv / GiB:.2f} GiB'}, {'-' if pd.isna(count) else f'{count:,}'} {what}"
+                f"{'  <- sets the block count' if row['sets_block_count'] is True else ''}"
+            )
+    return lines
 
 
 def cost_summary(costs: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -87,9 +119,14 @@ def cost_summary(costs: pd.DataFrame, by: str) -> pd.DataFrame:
     return out.sort_values("cost_idle_kv", ascending=False, ignore_index=True)
 
 
+def startup_frames(result: Result) -> dict[str, pd.DataFrame]:
+    return {"failed_starts": result.failed_starts, "workers": result.workers}
+
+
 def write_files(result: Result, out_dir: Path, formats: Sequence[str]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = {"split": result.split, "recommendations": result.recommendations, "costs": result.costs}
+    frames.update({name: frame for name, frame in startup_frames(result).items() if not frame.empty})
     if not result.costs.empty:
         frames.update({f"costs_by_{by}": cost_summary(result.costs, by) for by in ("namespace", "team", "model")})
     written: list[Path] = []
@@ -148,6 +185,8 @@ def html_report(result: Result) -> str:
     if result.packing is not None:
         packing = f"<p><b>Right-sized, these servers fit on {result.packing.gpus_needed} GPU(s) instead of {result.packing.gpus_today}.</b></p>"
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in result.problems)
+    startup = "\n".join(startup_lines(result)).strip()
+    startup_html = f"<h2>Start-up</h2><pre>{html.escape(startup)}</pre>" if startup else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vLLM GPU memory: where it goes</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{vertical-align:top;padding:4px 8px;border-bottom:1px solid #ddd}}</style></head>
@@ -155,6 +194,7 @@ def html_report(result: Result) -> str:
 <p>Window: {html.escape(result.window)}. Each bar is one server on one GPU, to the scale of the largest GPU: {legend}</p>
 {packing}
 <table><tr><th>server</th><th>memory</th><th>recommendation</th><th>assumptions</th></tr>{"".join(rows)}</table>
+{startup_html}
 {f"<h2>Missing or inconsistent inputs</h2><ul>{problems}</ul>" if problems else ""}
 </body></html>
 """
@@ -199,6 +239,10 @@ def to_json(result: Result) -> str:
             "split": json.loads(result.split.to_json(orient="records") or "[]"),
             "recommendations": json.loads(result.recommendations.to_json(orient="records") or "[]"),
             "problems": result.problems,
+            **{
+                name: json.loads(frame.to_json(orient="records") or "[]")
+                for name, frame in startup_frames(result).items()
+            },
             "gpus_today": result.packing.gpus_today if result.packing else None,
             "gpus_needed": result.packing.gpus_needed if result.packing else None,
         },
