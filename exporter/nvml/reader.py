@@ -535,9 +535,11 @@ class NvmlReader:
             self.health.ok(_XID_WAIT, scope)
             if int(data.eventType) & pynvml.nvmlEventTypeXidCriticalError:
                 code = int(data.eventData)
-                dev.xid_counts[code] = dev.xid_counts.get(code, 0) + 1
+                seen = dev.xid_counts.get(code, 0)
+                dev.xid_counts[code] = seen + 1
                 dev.last_xid = code
-                log.warning("GPU %d (%s) reported XID %d", dev.index, scope, code)
+                if not seen:  # a workload that faults in a loop raises the same XID thousands of times
+                    log.warning("GPU %d (%s) reported XID %d; the next ones are counted only", dev.index, scope, code)
         dev.xid_seen = tuple(sorted(dev.xid_counts.items()))
 
     def _free_events(self, dev: _Device) -> None:

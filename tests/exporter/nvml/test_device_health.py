@@ -3,7 +3,10 @@ reserved memory, PCIe, NVLink, row remapping and XID events, and what stays unkn
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+
+import pytest
 
 from common import catalog as c
 from exporter.readings import GpuReading, NodeReading
@@ -117,6 +120,18 @@ def test_xid_errors_are_counted_by_code_from_nvml_events(simulate: Callable[...,
     assert gpu.xid_counts == ((13, 2), (48, 1)) and gpu.xid_errors_total == 3 and gpu.last_xid == 48
     assert not any(call == "nvmlEventSetWait_v2" for call, _code in node.errors)  # a timeout is "no event"
     assert sim.fake.calls["nvmlDeviceRegisterEvents"] == 1
+
+
+def test_each_xid_code_is_logged_once_however_often_it_comes(
+    simulate: Callable[..., Sim], caplog: pytest.LogCaptureFixture
+) -> None:
+    xids = [{"at": 6 + i / 10, "xid": 13} for i in range(30)] + [{"at": 8, "xid": 48}]
+    sim = simulate(one_gpu(gpus=[{"index": 0, "xid": xids}]), start=5)
+    with caplog.at_level(logging.WARNING, logger="gpuattr.nvml"):
+        gpu = _read(sim, 2).gpus[0]
+    assert gpu.xid_counts == ((13, 30), (48, 1))
+    logged = [r.getMessage() for r in caplog.records if "XID" in r.getMessage()]
+    assert len(logged) == 2 and "XID 13" in logged[0] and "XID 48" in logged[1]
 
 
 def test_an_xid_before_the_agent_registered_is_not_counted(simulate: Callable[..., Sim]) -> None:
