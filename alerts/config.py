@@ -83,6 +83,12 @@ class AlertConfig:
     exporter target at all, before GpuAttrExporterMissing fires: longer than an exporter pod takes to start."""
     exporter_severity: str = "warning"
     gpu_lost_severity: str = "critical"
+    hardware_error_window: str = "1h"
+    """How long a hardware XID or a new uncorrectable row remap keeps its alert firing after it happened."""
+    gpu_hardware_severity: str = "critical"
+    """Severity of a hardware XID, a new uncorrectable row remap and a failed row remap."""
+    gpu_reset_severity: str = "warning"
+    """Severity of a row remap that waits for a GPU reset."""
 
     job_stale_for: str = "26h"
     """How long after its last success `gpuattr attribute` counts as stale: a day for the daily CronJob, plus

@@ -206,6 +206,7 @@ def alerts(config: AlertConfig) -> list[Alert]:
         *exporter_alerts(config),
         *exporter_coverage_alerts(config),
         *gpu_health_alerts(config),
+        *gpu_hardware_alerts(config),
         *exporter_source_alerts(config),
         *job_alerts(config),
     ]
@@ -533,6 +534,77 @@ def gpu_health_alerts(config: AlertConfig) -> list[Alert]:
             "A GPU fell off the bus.",
             "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) on {{ $labels.instance }} answers GpuIsLost: "
             "its workloads are failing and the node likely needs a drain and a reset.",
+        ),
+    ]
+
+
+HARDWARE_XIDS = (48, 64, 74, 79, 92, 94, 95, 119, 120, 140)
+"""XID codes that point at the GPU, its memory, its links or its firmware rather than the workload: double-bit
+ECC (48), row remapper failure (64), NVLink (74), fallen off the bus (79), high single-bit ECC rate (92),
+contained and uncontained ECC errors (94, 95), GSP firmware errors (119, 120), unrecovered ECC (140). The
+workload's own faults (13, 31, 43, 45) and XID 63 (a row remap recorded, which GpuRowRemapPending covers)
+are not among them."""
+
+
+def gpu_hardware_alerts(config: AlertConfig) -> list[Alert]:
+    """A GPU whose hardware reports errors: hardware XIDs and HBM row remapping."""
+    w = config.hardware_error_window
+    xid = f'{c.GPU_XID_ERRORS.name}{{xid=~"{"|".join(str(x) for x in HARDWARE_XIDS)}"}}'
+    uncorrectable = f'{c.GPU_REMAPPED_ROWS.name}{{kind="uncorrectable"}}'
+    keys = "job, instance, gpu, gpu_uuid"
+    v = {"w": w}
+    return [
+        Alert(
+            "GpuXidHardwareError",
+            # A code's series appears with its first error: a series absent a window ago counts as new.
+            f"""
+            max by ({keys}, xid) (
+              increase({xid}[{w}]) > 0
+              or ({xid} unless {xid} offset {w})
+            )
+            """,
+            "0s",
+            config.gpu_hardware_severity,
+            "A GPU reported a hardware XID error.",
+            _fill(
+                "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) on {{ $labels.instance }} raised XID "
+                "{{ $labels.xid }} in the last <<w>>: an error of the GPU, its memory, links or firmware, not of "
+                "the workload. Its workloads have likely failed; drain the node and reset the GPU.",
+                v,
+            ),
+        ),
+        Alert(
+            "GpuUncorrectableRowRemap",
+            # Rows remapped before the exporter started are history: only a count that rose within the window.
+            f"max by ({keys}) (delta({uncorrectable}[{w}]) > 0)",
+            "0s",
+            config.gpu_hardware_severity,
+            "A GPU remapped an HBM row after an uncorrectable memory error.",
+            _fill(
+                "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) on {{ $labels.instance }} remapped an HBM row for "
+                "an uncorrectable error in the last <<w>>: the process that held that memory was killed, and the "
+                "spare row is used only after a GPU reset.",
+                v,
+            ),
+        ),
+        Alert(
+            "GpuRowRemapPending",
+            f"max by ({keys}) ({c.GPU_ROW_REMAP_PENDING.name}) == 1",
+            "1m",
+            config.gpu_reset_severity,
+            "A GPU needs a reset to apply a row remap.",
+            "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) on {{ $labels.instance }} has a row remap pending: "
+            "the spare HBM row takes over only at the next GPU reset. Drain the node and reset the GPU.",
+        ),
+        Alert(
+            "GpuRowRemapFailed",
+            f"max by ({keys}) ({c.GPU_ROW_REMAP_FAILED.name}) == 1",
+            "1m",
+            config.gpu_hardware_severity,
+            "A GPU could not remap a failing HBM row.",
+            "GPU {{ $labels.gpu }} ({{ $labels.gpu_uuid }}) on {{ $labels.instance }} failed to remap an HBM row "
+            "(no spare row left in that bank): its memory errors can no longer be repaired. Take the GPU out of "
+            "service and have it replaced.",
         ),
     ]
 

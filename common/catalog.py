@@ -188,6 +188,94 @@ GPU_TEMPERATURE = Metric(
     unit="celsius",
 )
 
+# Device health: what tells a failing or throttled GPU from a busy one ------------------------------------
+GPU_SM_CLOCK = Metric(
+    "gpuattr_gpu_sm_clock_hertz",
+    Kind.GAUGE,
+    "SM clock in hertz (nvidia-smi clocks.current.sm); below the boost clock while idle or throttled.",
+    GPU,
+    Group.DEVICE,
+    unit="hertz",
+)
+GPU_MEMORY_CLOCK = Metric(
+    "gpuattr_gpu_memory_clock_hertz",
+    Kind.GAUGE,
+    "Memory clock in hertz (nvidia-smi clocks.current.memory).",
+    GPU,
+    Group.DEVICE,
+    unit="hertz",
+)
+GPU_MEMORY_TEMPERATURE = Metric(
+    "gpuattr_gpu_memory_temperature_celsius",
+    Kind.GAUGE,
+    "HBM temperature in degrees Celsius (nvidia-smi temperature.memory); absent on GPUs without a memory sensor.",
+    GPU,
+    Group.DEVICE,
+    unit="celsius",
+)
+GPU_MEMORY_RESERVED = Metric(
+    "gpuattr_gpu_memory_reserved_bytes",
+    Kind.GAUGE,
+    "Framebuffer memory the driver and firmware reserve, in bytes (nvidia-smi memory.reserved); no process holds it.",
+    GPU,
+    Group.DEVICE,
+    unit="bytes",
+)
+GPU_PCIE_REPLAYS = Metric(
+    "gpuattr_gpu_pcie_replays_total",
+    Kind.COUNTER,
+    "PCIe packets the GPU had to resend since the driver loaded (nvidia-smi pci.replay_counter); a count "
+    "that keeps rising points at the link, riser or slot.",
+    GPU,
+    Group.DEVICE,
+)
+GPU_NVLINK_BYTES = Metric(
+    "gpuattr_gpu_nvlink_bytes_total",
+    Kind.COUNTER,
+    "NVLink data sent and received over all links since the driver loaded, in bytes (NVML NVLink throughput "
+    "counters); absent on GPUs without NVLink.",
+    GPU,
+    Group.DEVICE,
+    unit="bytes",
+)
+GPU_REMAPPED_ROWS = Metric(
+    "gpuattr_gpu_remapped_rows",
+    Kind.GAUGE,
+    "HBM rows the GPU replaced with spare rows, by the kind of error that caused it (kind=correctable or "
+    "uncorrectable; nvidia-smi -q remapped rows); absent on GPUs without row remapping.",
+    (*GPU, "kind"),
+    Group.DEVICE,
+)
+GPU_ROW_REMAP_PENDING = Metric(
+    "gpuattr_gpu_row_remap_pending",
+    Kind.GAUGE,
+    "1 when a row remap waits for the next GPU reset (nvidia-smi -q remapped rows pending), else 0.",
+    GPU,
+    Group.DEVICE,
+)
+GPU_ROW_REMAP_FAILED = Metric(
+    "gpuattr_gpu_row_remap_failed",
+    Kind.GAUGE,
+    "1 when a row remap failed for lack of spare rows (nvidia-smi -q remapped rows failure), else 0.",
+    GPU,
+    Group.DEVICE,
+)
+GPU_XID_ERRORS = Metric(
+    "gpuattr_gpu_xid_errors_total",
+    Kind.COUNTER,
+    "XID errors the driver raised for the GPU since the exporter started, by XID code (NVML XID events; "
+    "'NVRM: Xid' in the kernel log); absent where the driver delivers no XID events.",
+    (*GPU, "xid"),
+    Group.DEVICE,
+    notes=(
+        "A series appears with the first error of its code, so alerts also fire on a series that is new. "
+        "Codes caused by the workload (13 graphics engine exception, 31 memory page fault, 43 GPU stopped "
+        "processing, 45 preemptive cleanup) are the application's to fix; codes that point at the GPU, its "
+        "memory or its links (48, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140) are the platform's: see the "
+        "GpuXidHardwareError runbook. The counts restart with the exporter; the kernel log keeps the history."
+    ),
+)
+
 GPU_MPS_KERNEL_ACTIVE = Metric(
     "gpuattr_gpu_mps_kernel_active_ratio",
     Kind.GAUGE,

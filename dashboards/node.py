@@ -193,6 +193,95 @@ def _node_row(d: dash.Dashboard) -> dash.Dashboard:
     )
 
 
+HEALTH = "instance, gpu, gpu_uuid"
+"""One whole GPU of one node: device health has no MIG instance."""
+GPU_LEGEND = "{{instance}} GPU {{gpu}}"
+HERTZ = "hertz"
+CELSIUS = "celsius"
+BYTES_PER_S = "binBps"
+
+
+def _health(metric: c.Metric, *matchers: str) -> str:
+    return f"max by ({HEALTH}) ({sel(metric, NODE, *matchers)})"
+
+
+def _health_row(d: dash.Dashboard) -> dash.Dashboard:
+    return (
+        d.with_row(p.row("Device health"))
+        .with_panel(
+            p.table_panel(
+                "Device health per GPU",
+                "Each GPU of the selected nodes: XID errors since the exporter started (all codes; the hardware "
+                "ones fire GpuXidHardwareError), HBM rows remapped for correctable and uncorrectable errors, a "
+                "remap waiting for a GPU reset or one that failed (1 = yes), PCIe replays since the driver "
+                "loaded, and the clocks and memory temperature now. A blank cell is a value this GPU's driver "
+                "does not report.",
+                p.COUNT,
+                [
+                    p.Column(p.Query(f"sum by ({HEALTH}) ({sel(c.GPU_XID_ERRORS, NODE)})"), "XID errors", p.COUNT),
+                    p.Column(
+                        p.Query(_health(c.GPU_REMAPPED_ROWS, 'kind="correctable"')), "rows remapped (corr.)", p.COUNT
+                    ),
+                    p.Column(
+                        p.Query(_health(c.GPU_REMAPPED_ROWS, 'kind="uncorrectable"')),
+                        "rows remapped (uncorr.)",
+                        p.COUNT,
+                    ),
+                    p.Column(p.Query(_health(c.GPU_ROW_REMAP_PENDING)), "remap pending", p.COUNT),
+                    p.Column(p.Query(_health(c.GPU_ROW_REMAP_FAILED)), "remap failed", p.COUNT),
+                    p.Column(p.Query(_health(c.GPU_PCIE_REPLAYS)), "PCIe replays", p.COUNT),
+                    p.Column(p.Query(_health(c.GPU_SM_CLOCK)), "SM clock", HERTZ),
+                    p.Column(p.Query(_health(c.GPU_MEMORY_CLOCK)), "memory clock", HERTZ),
+                    p.Column(p.Query(_health(c.GPU_MEMORY_TEMPERATURE)), "HBM temperature", CELSIUS),
+                ],
+                labels=["instance", "gpu", "gpu_uuid"],
+                span=24,
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "XID errors by code",
+                "XID errors each GPU raised since the exporter started, by code (NVML XID events; 'NVRM: Xid' in "
+                "the kernel log). 13, 31, 43 and 45 are the workload's own faults; 48, 64, 74, 79, 92, 94, 95, "
+                "119, 120 and 140 are the GPU's (see the GpuXidHardwareError runbook).",
+                p.COUNT,
+                [p.Query(f"sum by ({HEALTH}, xid) ({sel(c.GPU_XID_ERRORS, NODE)})", GPU_LEGEND + " XID {{xid}}")],
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "SM clock per GPU",
+                "SM clock of each GPU (nvidia-smi clocks.current.sm). It drops to its floor when idle; a busy GPU "
+                "running well below its boost clock is throttled (power or temperature) and runs its work "
+                "slower.",
+                HERTZ,
+                [p.Query(_health(c.GPU_SM_CLOCK), GPU_LEGEND)],
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "Temperature per GPU",
+                "Core (nvidia-smi temperature.gpu) and HBM (temperature.memory) temperature of each GPU. HBM runs "
+                "hotter under memory-bound work; GPUs without a memory sensor show the core only.",
+                CELSIUS,
+                [
+                    p.Query(_health(c.GPU_TEMPERATURE), GPU_LEGEND + " core"),
+                    p.Query(_health(c.GPU_MEMORY_TEMPERATURE), GPU_LEGEND + " HBM"),
+                ],
+            )
+        )
+        .with_panel(
+            p.timeseries_panel(
+                "NVLink traffic per GPU",
+                "Data each GPU sent and received over NVLink, all links together. Only work spread over several "
+                "GPUs (tensor or data parallelism) uses it; GPUs without NVLink have no line.",
+                BYTES_PER_S,
+                [p.Query(f"sum by ({HEALTH}) (rate({sel(c.GPU_NVLINK_BYTES, NODE)}[$__rate_interval]))", GPU_LEGEND)],
+            )
+        )
+    )
+
+
 def _gpu_row(d: dash.Dashboard) -> dash.Dashboard:
     whole = (NODE, GPU, WHOLE_GPU)
     return (
@@ -374,4 +463,4 @@ def build() -> dash.Dashboard:
         )
         .with_variable(p.source_variable())
     )
-    return _gpu_row(_node_row(d))
+    return _gpu_row(_health_row(_node_row(d)))

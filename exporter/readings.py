@@ -80,6 +80,7 @@ class GpuReading:
     last_xid: int | None = None  # the last XID error seen (nvmlEventSetWait), None: none since start
     xid_errors_total: int = 0  # XID errors seen since the agent started, all codes
     xid_counts: tuple[tuple[int, int], ...] = ()  # (xid, count) since the agent started
+    xid_events_known: bool = False  # the driver delivers XID events for this GPU: the counts above are real
     gpm: GpmReading | None = None
     mig: tuple[MigReading, ...] = ()
     processes: tuple[ProcessReading, ...] = ()  # on a MIG GPU: empty; processes live in each MigReading

@@ -18,7 +18,7 @@ from prometheus_client.utils import floatToGoString
 from common import catalog as c
 from common.families import Families, Family, family, one
 from exporter.dcgm_compat import PodOnDevice, UnsuffixedCounter, dcgm_families, generation_of
-from exporter.readings import DcgmKey, GpmReading, GpuReading
+from exporter.readings import DcgmKey, GpmReading, GpuReading, NodeReading
 from exporter.snapshot import Snapshot
 
 FamilySource = Callable[[], Iterable[Family]]
@@ -81,6 +81,7 @@ def families(
                 mem_used.add_metric(mig_ids, m.memory_used_bytes)
             _activity(fams_by_name, mig_ids, m.gpm, snap.dcgm.get(DcgmKey(g.uuid, str(m.gpu_instance)), {}), None)
     out += [info, up, mem_total, mem_used, util, mctl, sm, occ, tensor, engine, bw, power, energy, temp]
+    out += _health_families(r)
     mps_kernel, mps_clients, mps_memory = (
         family(c.GPU_MPS_KERNEL_ACTIVE),
         family(c.GPU_MPS_CLIENTS),
@@ -178,6 +179,52 @@ def _activity(
             if value is not None:
                 fams[metric.family].add_metric([*labels, source], value)
                 break
+
+
+def _health_families(r: NodeReading) -> list[Family]:
+    """Device health of each GPU that was read, each series absent where the driver gave nothing.
+
+    XID counts are also served for a GPU that is down: the XID 79 of a GPU that fell off the bus is the
+    reason it is down.
+    """
+    fams = {
+        m.name: family(m)
+        for m in (
+            c.GPU_SM_CLOCK,
+            c.GPU_MEMORY_CLOCK,
+            c.GPU_MEMORY_TEMPERATURE,
+            c.GPU_MEMORY_RESERVED,
+            c.GPU_PCIE_REPLAYS,
+            c.GPU_NVLINK_BYTES,
+            c.GPU_REMAPPED_ROWS,
+            c.GPU_ROW_REMAP_PENDING,
+            c.GPU_ROW_REMAP_FAILED,
+            c.GPU_XID_ERRORS,
+        )
+    }
+
+    def put(metric: c.Metric, labels: list[str], value: float | None) -> None:
+        if value is not None:
+            fams[metric.name].add_metric(labels, value)
+
+    for g in r.gpus:
+        ids = [str(g.index), g.uuid]
+        if g.xid_events_known:
+            for code, count in g.xid_counts:
+                put(c.GPU_XID_ERRORS, [*ids, str(code)], count)
+        if not g.up:
+            continue
+        put(c.GPU_SM_CLOCK, ids, None if g.sm_clock_mhz is None else g.sm_clock_mhz * 1e6)
+        put(c.GPU_MEMORY_CLOCK, ids, None if g.memory_clock_mhz is None else g.memory_clock_mhz * 1e6)
+        put(c.GPU_MEMORY_TEMPERATURE, ids, g.memory_temperature_celsius)
+        put(c.GPU_MEMORY_RESERVED, ids, g.memory_reserved_bytes)
+        put(c.GPU_PCIE_REPLAYS, ids, g.pcie_replays_total)
+        put(c.GPU_NVLINK_BYTES, ids, g.nvlink_bytes_total)
+        put(c.GPU_REMAPPED_ROWS, [*ids, "correctable"], g.remapped_rows_correctable)
+        put(c.GPU_REMAPPED_ROWS, [*ids, "uncorrectable"], g.remapped_rows_uncorrectable)
+        put(c.GPU_ROW_REMAP_PENDING, ids, None if g.remapped_rows_pending is None else int(g.remapped_rows_pending))
+        put(c.GPU_ROW_REMAP_FAILED, ids, None if g.row_remap_failed is None else int(g.row_remap_failed))
+    return list(fams.values())
 
 
 def _exporter_families(snap: Snapshot, version: str) -> list[Family]:

@@ -20,6 +20,12 @@ What the simulated driver reports follows a real H200's (``tests/fixtures/h200-r
 - **Kernel time is not SM activity**: smUtil is a process's ``sm``; GPM SM active is ``sm × sm_fraction``
   and SM occupancy that times ``occupancy``, so a launch-bound loop of tiny kernels reads 20 % in NVML and
   a few hundredths of a percent in GPM.
+- **Device health**: SM clocks sit at the model's floor when idle (345 MHz on the real H200) and at its boost
+  clock while kernels run; the memory clock is fixed; HBM parts report a memory temperature and row
+  remapping (GDDR parts answer NOT_SUPPORTED), SXM parts NVLink traffic from work spread over several GPUs
+  (PCIe parts have no links); codecs read 0 on compute work. XID errors (``xid`` on a GPU) reach an event
+  set registered before they happen, once each; a wait with none due answers TIMEOUT at once. Any NVML
+  function, or NVML_FI_* field, named in a GPU's ``unsupported`` answers NOT_SUPPORTED.
 """
 
 from __future__ import annotations
@@ -56,6 +62,25 @@ INVALID_ARGUMENT: int = pynvml.NVML_ERROR_INVALID_ARGUMENT
 UNINITIALIZED: int = pynvml.NVML_ERROR_UNINITIALIZED
 GPU_IS_LOST: int = pynvml.NVML_ERROR_GPU_IS_LOST
 DRIVER_NOT_LOADED: int = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
+TIMEOUT: int = pynvml.NVML_ERROR_TIMEOUT
+
+_ALL_LINKS = 0xFFFFFFFF  # a field's scopeId that asks for the sum over every NVLink link
+_NVLINK_BYTES_PER_S = 40e9  # NVLink traffic, each direction, while kernels of multi-GPU work run all the time
+_PCIE_KB_PER_S = {pynvml.NVML_PCIE_UTIL_TX_BYTES: (300, 250_000), pynvml.NVML_PCIE_UTIL_RX_BYTES: (500, 600_000)}
+"""PCIe throughput in KB/s by counter: (idle, added when kernels run all the time)."""
+_FIELD_NAMES: dict[int, tuple[str, ...]] = {}
+"""NVML_FI_* names by field id, so a scenario's ``unsupported`` list can name a field."""
+for _name in dir(pynvml):
+    if _name.startswith("NVML_FI_") and isinstance(getattr(pynvml, _name), int):
+        _FIELD_NAMES[getattr(pynvml, _name)] = (*_FIELD_NAMES.get(getattr(pynvml, _name), ()), _name)
+_CODEC_PERIOD_US = 167_000  # the sampling period the driver reports with encoder/decoder utilisation
+_SUPPORTED_EVENTS = (
+    pynvml.nvmlEventTypeXidCriticalError
+    | pynvml.nvmlEventTypeSingleBitEccError
+    | pynvml.nvmlEventTypeDoubleBitEccError
+    | pynvml.nvmlEventTypePState
+    | pynvml.nvmlEventTypeClock
+)
 
 _MIG_CAPABLE = ("A100", "A30", "H100", "H200", "B200", "GB200")
 
@@ -96,6 +121,14 @@ class _Target:
 class _GpmSample:
     target: _Target
     t: float
+
+
+@dataclass
+class _EventSet:
+    """An NVML event set: the GPUs registered on it (since when, which types) and the events delivered."""
+
+    registered: dict[int, tuple[float, int]]  # GPU index -> (scenario second registered, event type mask)
+    delivered: set[tuple[int, int]]  # (GPU index, position in the GPU's xid list)
 
 
 @dataclass(frozen=True)
@@ -142,6 +175,22 @@ def swing_split(means: dict[int, float], swing: float, seed: str) -> dict[int, f
     return split
 
 
+def _multi_gpu_pids(scenario: Scenario) -> set[int]:
+    """Processes of work spread over several GPUs: on more than one themselves, a tensor-parallel vLLM worker,
+    or one of a container's processes on different GPUs (data-parallel ranks)."""
+    gpus_of: dict[str, set[int]] = {}
+    for proc in scenario.processes:
+        if proc.container is not None:
+            gpus_of.setdefault(proc.container, set()).update(proc.gpus)
+    return {
+        proc.pid
+        for proc in scenario.processes
+        if len(proc.gpus) > 1
+        or (proc.vllm is not None and proc.vllm.tensor_parallel > 1)
+        or (proc.container is not None and len(gpus_of[proc.container]) > 1)
+    }
+
+
 class FakeNvmlLibrary:
     """The object ``pynvml.nvmlLib`` points at while a scenario is installed."""
 
@@ -158,6 +207,10 @@ class FakeNvmlLibrary:
         self._by_pid = {p.pid: p for p in scenario.processes}
         self._released = threading.Event()  # set on uninstall: calls blocked by a hang fault return
         self._alive_cache: tuple[float, dict[int, list[ProcessSpec]]] | None = None
+        self._event_sets: dict[int, _EventSet] = {}
+        self._event_tokens = itertools.count(0x6000_0000, 0x10)
+        self._counters: dict[tuple[int, str], tuple[float, float]] = {}  # (GPU, name) -> (as of, total)
+        self._multi_gpu = _multi_gpu_pids(scenario)
 
     # -- lookup as the binding does it: getattr(nvmlLib, "nvmlDeviceGetCount_v2") ---------------------
     def __getattr__(self, name: str) -> Callable[..., int]:
@@ -526,6 +579,201 @@ class FakeNvmlLibrary:
         if ret == SUCCESS:
             _out(out).temperature = holder.value
         return ret
+
+    # -- device health ----------------------------------------------------------------------------------
+    def _whole_gpu(self, name: str, handle: Any) -> tuple[_Target | None, int]:
+        """A call that only the whole GPU answers: a MIG device handle gets NOT_SUPPORTED."""
+        target, ret = self._check(name, handle)
+        if target is not None and target.gi is not None:
+            return None, NOT_SUPPORTED
+        return target, ret
+
+    def _recent(self, index: int, seconds: float) -> dict[str, float]:
+        t = self._t()
+        return self._activity(_Target(index, None), max(0.0, t - seconds), t)
+
+    def _nvlink_bytes(self, index: int, name: str) -> float:
+        """Bytes one direction of the GPU's NVLink carried since the driver loaded; grows between calls, never
+        goes back. Only work spread over several GPUs talks over NVLink: a single-GPU job leaves it idle."""
+        t = self._t()
+        with self._lock:
+            since, total = self._counters.get((index, name), (0.0, 0.0))
+            if t > since:
+                busy = 0.0
+                for proc in self.processes_on(_Target(index, None), t):
+                    lo = max(since, proc.start)
+                    if proc.pid in self._multi_gpu and lo < t:
+                        busy += proc.sm.mean(lo, t) * (t - lo) / (t - since)
+                total += _NVLINK_BYTES_PER_S * min(1.0, busy) * (t - since)
+                self._counters[(index, name)] = (t, total)
+        return total
+
+    def _fn_nvmlDeviceGetClockInfo(self, handle: Any, clock_type: Any, out: Any) -> int:
+        target, ret = self._whole_gpu("nvmlDeviceGetClockInfo", handle)
+        if target is None:
+            return ret
+        model = self._gpu(target.gpu).health_model
+        kind = _val(clock_type)
+        if kind in (pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_GRAPHICS):
+            busy = self._recent(target.gpu, _UTIL_PERIOD_S)["kernel"] > 0
+            _out(out).value = model.sm_clock_max_mhz if busy else model.sm_clock_idle_mhz
+        elif kind == pynvml.NVML_CLOCK_MEM:
+            _out(out).value = model.memory_clock_mhz
+        else:
+            return INVALID_ARGUMENT
+        return SUCCESS
+
+    def _field(self, target: _Target, field_id: int, scope_id: int) -> tuple[int, int] | None:
+        """(value, NVML value type) of one field, or None when this GPU does not report it."""
+        spec = self._gpu(target.gpu)
+        links = spec.nvlink_links
+        if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP:
+            if not spec.health_model.hbm:
+                return None
+            temp = spec.memory_temperature_c + 25 * self._recent(target.gpu, 30)["dram"]
+            return int(temp), pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+        if field_id == pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT:
+            return (links, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT) if links else None
+        directions = (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)
+        if field_id in directions:
+            if not links or (scope_id != _ALL_LINKS and scope_id >= links):
+                return None
+            total = self._nvlink_bytes(target.gpu, f"nvlink{field_id}")
+            share = 1.0 if scope_id == _ALL_LINKS else 1.0 / links
+            return int(total * share / 1024), pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG  # KiB since driver load
+        if field_id == pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER:
+            return spec.pcie_replays, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+        return None
+
+    def _fn_nvmlDeviceGetFieldValues(self, handle: Any, count: Any, values_ref: Any) -> int:
+        target, ret = self._whole_gpu("nvmlDeviceGetFieldValues", handle)
+        if target is None:
+            return ret
+        values = _out(values_ref)
+        unsupported = self._gpu(target.gpu).unsupported
+        now_us = int(self.clock.wall() * 1e6)
+        for i in range(_val(count)):
+            fv = values[i]
+            names = _FIELD_NAMES.get(fv.fieldId, ())
+            found = None if any(n in unsupported for n in names) else self._field(target, fv.fieldId, fv.scopeId)
+            fv.timestamp, fv.latencyUsec = now_us, 0
+            if found is None:
+                fv.nvmlReturn, fv.value.ullVal = NOT_SUPPORTED, 0
+                continue
+            value, value_type = found
+            fv.nvmlReturn, fv.valueType = SUCCESS, value_type
+            if value_type == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT:
+                fv.value.uiVal = value
+            else:
+                fv.value.ullVal = value
+        return SUCCESS
+
+    def _codec(self, name: str, handle: Any, util: Any, period: Any) -> int:
+        target, ret = self._whole_gpu(name, handle)
+        if target is None:
+            return ret
+        _out(util).value, _out(period).value = 0, _CODEC_PERIOD_US  # compute work leaves NVENC/NVDEC idle
+        return SUCCESS
+
+    def _fn_nvmlDeviceGetEncoderUtilization(self, handle: Any, util: Any, period: Any) -> int:
+        return self._codec("nvmlDeviceGetEncoderUtilization", handle, util, period)
+
+    def _fn_nvmlDeviceGetDecoderUtilization(self, handle: Any, util: Any, period: Any) -> int:
+        return self._codec("nvmlDeviceGetDecoderUtilization", handle, util, period)
+
+    def _fn_nvmlDeviceGetPcieReplayCounter(self, handle: Any, out: Any) -> int:
+        target, ret = self._whole_gpu("nvmlDeviceGetPcieReplayCounter", handle)
+        if target is None:
+            return ret
+        _out(out).value = self._gpu(target.gpu).pcie_replays
+        return SUCCESS
+
+    def _fn_nvmlDeviceGetPcieThroughput(self, handle: Any, counter: Any, out: Any) -> int:
+        target, ret = self._whole_gpu("nvmlDeviceGetPcieThroughput", handle)
+        if target is None:
+            return ret
+        rates = _PCIE_KB_PER_S.get(_val(counter))
+        if rates is None:
+            return INVALID_ARGUMENT
+        idle, busy = rates
+        _out(out).value = int(idle + busy * self._recent(target.gpu, 0.02)["kernel"])  # a 20 ms window
+        return SUCCESS
+
+    def _fn_nvmlDeviceGetRemappedRows(self, handle: Any, corr: Any, unc: Any, pending: Any, failed: Any) -> int:
+        target, ret = self._whole_gpu("nvmlDeviceGetRemappedRows", handle)
+        if target is None:
+            return ret
+        spec = self._gpu(target.gpu)
+        if not spec.health_model.hbm:
+            return NOT_SUPPORTED  # row remapping is an HBM feature (A100 and newer data-centre parts)
+        state = spec.row_remap_at(self._t())
+        _out(corr).value, _out(unc).value = state.correctable, state.uncorrectable
+        _out(pending).value, _out(failed).value = int(state.pending), int(state.failed)
+        return SUCCESS
+
+    # -- events -----------------------------------------------------------------------------------------
+    def _fn_nvmlEventSetCreate(self, out: Any) -> int:
+        with self._lock:
+            token = next(self._event_tokens)
+            self._event_sets[token] = _EventSet({}, set())
+        _set_pointer(_out(out), token)
+        return SUCCESS
+
+    def _fn_nvmlEventSetFree(self, event_set: Any) -> int:
+        with self._lock:
+            if self._event_sets.pop(_address(event_set), None) is None:
+                return INVALID_ARGUMENT
+        return SUCCESS
+
+    def _fn_nvmlDeviceGetSupportedEventTypes(self, handle: Any, out: Any) -> int:
+        target, ret = self._whole_gpu("nvmlDeviceGetSupportedEventTypes", handle)
+        if target is None:
+            return ret
+        _out(out).value = _SUPPORTED_EVENTS
+        return SUCCESS
+
+    def _fn_nvmlDeviceRegisterEvents(self, handle: Any, event_types: Any, event_set: Any) -> int:
+        target, ret = self._whole_gpu("nvmlDeviceRegisterEvents", handle)
+        if target is None:
+            return ret
+        types = _val(event_types)
+        if types & ~_SUPPORTED_EVENTS:
+            return NOT_SUPPORTED
+        with self._lock:
+            registered = self._event_sets.get(_address(event_set))
+            if registered is None:
+                return INVALID_ARGUMENT
+            since, mask = registered.registered.get(target.gpu, (self._t(), 0))
+            registered.registered[target.gpu] = (since, mask | types)
+        return SUCCESS
+
+    def _fn_nvmlEventSetWait_v2(self, event_set: Any, data_ref: Any, timeout_ms: Any) -> int:
+        """The oldest XID not yet delivered on this set (raised after the GPU was registered); TIMEOUT if none.
+
+        It never blocks: the simulation has no other thread to raise an event while a caller waits."""
+        t = self._t()
+        with self._lock:
+            registered = self._event_sets.get(_address(event_set))
+            if registered is None:
+                return INVALID_ARGUMENT
+            if any("nvmlEventSetWait_v2" in self._gpu(gpu).unsupported for gpu in registered.registered):
+                return NOT_SUPPORTED
+            due = [
+                (xid.at, gpu, i, xid.xid)
+                for gpu, (since, mask) in registered.registered.items()
+                if mask & pynvml.nvmlEventTypeXidCriticalError
+                for i, xid in enumerate(self._gpu(gpu).xid)
+                if since <= xid.at <= t and (gpu, i) not in registered.delivered
+            ]
+            if not due:
+                return TIMEOUT
+            _at, gpu, i, code = min(due)
+            registered.delivered.add((gpu, i))
+        data = _out(data_ref)
+        data.device = ctypes.cast(_DEVICE_BASE + gpu * _DEVICE_STRIDE, pynvml.c_nvmlDevice_t)
+        data.eventType, data.eventData = pynvml.nvmlEventTypeXidCriticalError, code
+        data.gpuInstanceId = data.computeInstanceId = 0xFFFFFFFF
+        return SUCCESS
 
     # -- MIG --------------------------------------------------------------------------------------------
     def _fn_nvmlDeviceGetMigMode(self, handle: Any, current: Any, pending: Any) -> int:

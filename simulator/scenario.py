@@ -87,6 +87,31 @@ KNOWN_MODELS: dict[str, tuple[float, int, float, float]] = {
 _MIG_PROFILE = re.compile(r"^(\d+)g\.(\d+)gb$")
 
 
+@dataclass(frozen=True)
+class DeviceHealthModel:
+    """What a GPU model's driver reports for clocks, memory and interconnect (nvidia-smi -q)."""
+
+    sm_clock_idle_mhz: int  # SM clock at idle (P0 with nothing running)
+    sm_clock_max_mhz: int  # SM clock under load, no throttling
+    memory_clock_mhz: int  # memory clock in P0 (fixed on HBM parts)
+    nvlink_links: int  # NVLink links; 0 on PCIe cards
+    hbm: bool  # HBM memory: a memory temperature sensor and row remapping (GDDR parts have neither)
+
+
+HEALTH_MODELS: dict[str, DeviceHealthModel] = {
+    "NVIDIA H100 80GB HBM3": DeviceHealthModel(345, 1980, 2619, 18, True),
+    "NVIDIA H100 PCIe": DeviceHealthModel(345, 1755, 1593, 0, True),
+    "NVIDIA H200": DeviceHealthModel(345, 1980, 3201, 18, True),
+    "NVIDIA A100-SXM4-80GB": DeviceHealthModel(210, 1410, 1593, 12, True),
+    "NVIDIA A100-SXM4-40GB": DeviceHealthModel(210, 1410, 1215, 12, True),
+    "NVIDIA L4": DeviceHealthModel(210, 2040, 6251, 0, False),
+    "NVIDIA L40S": DeviceHealthModel(210, 2520, 9001, 0, False),
+    "Tesla T4": DeviceHealthModel(300, 1590, 5001, 0, False),
+    "NVIDIA B200": DeviceHealthModel(345, 1965, 3996, 18, True),
+}
+"""Per model; a model not listed reads like an H100 SXM."""
+
+
 class MigSpec(_Strict):
     """One MIG GPU instance (with one compute instance) on a MIG-enabled GPU."""
 
@@ -132,6 +157,23 @@ class HangSpec(_Strict):
         return self
 
 
+class XidSpec(_Strict):
+    """An XID error the driver reports for one GPU at a scenario second (delivered through NVML events)."""
+
+    at: float = Field(ge=0, description="scenario second of the error")
+    xid: int = Field(gt=0, description="XID code, e.g. 79 (fallen off the bus), 48 (double-bit ECC), 13 (app error)")
+
+
+class RowRemapSpec(_Strict):
+    """Row remapping state from a scenario second on (nvmlDeviceGetRemappedRows); later entries replace it."""
+
+    at: float = Field(default=0.0, ge=0, description="scenario second from which the driver reports this")
+    correctable: int = Field(default=0, ge=0, description="rows remapped for correctable errors")
+    uncorrectable: int = Field(default=0, ge=0, description="rows remapped for uncorrectable errors")
+    pending: bool = Field(default=False, description="a remap waits for the next GPU reset")
+    failed: bool = Field(default=False, description="a remap failed: the GPU needs service")
+
+
 class GpuSpec(_Strict):
     index: int = Field(ge=0)
     model: str = "NVIDIA H100 80GB HBM3"
@@ -142,7 +184,11 @@ class GpuSpec(_Strict):
     temperature_c: float = 35.0
     mig: list[MigSpec] | None = None
     unsupported: list[str] = Field(
-        default_factory=list, description="NVML functions that answer NOT_SUPPORTED on this GPU"
+        default_factory=list,
+        description=(
+            "NVML functions that answer NOT_SUPPORTED on this GPU, and NVML_FI_* fields that "
+            "nvmlDeviceGetFieldValues answers NOT_SUPPORTED for"
+        ),
     )
     failing: dict[str, str] = Field(
         default_factory=dict,
@@ -159,6 +205,17 @@ class GpuSpec(_Strict):
             "the clients as compute processes, the clients alone as MPS processes, and gives per-process "
             "utilisation samples to the server only (the clients' combined activity)"
         ),
+    )
+    memory_temperature_c: float = Field(
+        default=33.0, description="HBM temperature at idle; it rises with memory traffic (HBM parts only)"
+    )
+    nvlink: bool | None = Field(
+        default=None, description="whether the GPU has NVLink links; from the model (SXM parts) when absent"
+    )
+    pcie_replays: int = Field(default=0, ge=0, description="PCIe replays the driver counted since it loaded")
+    xid: list[XidSpec] = Field(default_factory=list, description="XID errors the driver reports for this GPU")
+    row_remap: list[RowRemapSpec] = Field(
+        default_factory=list, description="row remapping state over time; none: no rows remapped"
     )
     timeslice_swing: float = Field(
         default=0.0,
@@ -205,6 +262,25 @@ class GpuSpec(_Strict):
     def power_range(self) -> tuple[float, float]:
         _, _, idle, peak = KNOWN_MODELS.get(self.model, (0, 0, 50.0, 400.0))
         return idle, peak
+
+    @property
+    def health_model(self) -> DeviceHealthModel:
+        return HEALTH_MODELS.get(self.model, HEALTH_MODELS["NVIDIA H100 80GB HBM3"])
+
+    @property
+    def nvlink_links(self) -> int:
+        links = self.health_model.nvlink_links
+        if self.nvlink is None:
+            return links
+        return (links or 18) if self.nvlink else 0
+
+    def row_remap_at(self, t: float) -> RowRemapSpec:
+        """The row remapping state the driver reports at scenario second ``t``."""
+        state = RowRemapSpec()
+        for entry in sorted(self.row_remap, key=lambda r: r.at):
+            if entry.at <= t:
+                state = entry
+        return state
 
     def mig_instance(self, gi: int) -> MigSpec | None:
         for inst in self.mig or ():

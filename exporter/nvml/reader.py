@@ -37,9 +37,23 @@ _GPM_METRICS = (
     pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
     pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
     pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
 )
 _GPM_MIN_INTERVAL_S = 0.1  # NVML needs samples at least 100 ms apart
 _NO_INSTANCE = 0xFFFFFFFF
+_ALL_LINKS = 0xFFFFFFFF  # a field's scopeId that sums an NVLink counter over every link
+_FIELDS_CALL = "nvmlDeviceGetFieldValues"
+_MEMORY_TEMP = pynvml.NVML_FI_DEV_MEMORY_TEMP
+_LINK_COUNT = pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT
+_NVLINK_TX, _NVLINK_RX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
+_FIELD_NAMES = {
+    _MEMORY_TEMP: "NVML_FI_DEV_MEMORY_TEMP",
+    _LINK_COUNT: "NVML_FI_DEV_NVLINK_LINK_COUNT",
+    _NVLINK_TX: "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX",
+    _NVLINK_RX: "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX",
+}
+_XID_EVENTS_PER_SAMPLE = 64  # drained per GPU and sample; more wait for the next sample
+_XID_WAIT = "nvmlEventSetWait_v2"
 
 
 class _ProcessInfoV1(ctypes.Structure):
@@ -74,6 +88,27 @@ class _Device:
     process_call: str | None = None  # which running-processes call this driver answers
     gpm: dict[int | None, _GpmState] = field(default_factory=dict)  # by GPU-instance id (None = device)
     was_lost: bool = False
+    nvlink: bool | None = None  # the GPU has NVLink links; None until the driver said
+    xid_events: Any = None  # the NVML event set XID errors of this GPU arrive on; None: not created yet
+    xid_known: bool = False  # the driver accepted the registration for XID events
+    xid_counts: dict[int, int] = field(default_factory=dict)  # XID code -> events seen since start
+    last_xid: int | None = None
+    xid_seen: tuple[tuple[int, int], ...] = ()  # xid_counts as of the last drain, safe to read from any thread
+
+
+def _field_value(fv: Any) -> float:
+    """The number in an ``nvmlFieldValue_t``, by its value type."""
+    kind = int(fv.valueType)
+    if kind == pynvml.NVML_VALUE_TYPE_DOUBLE:
+        return float(fv.value.dVal)
+    member = {
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+    }.get(kind, "ullVal")
+    return float(getattr(fv.value, member))
 
 
 def _text(value: object) -> str:
@@ -143,6 +178,7 @@ class NvmlReader:
                 continue  # its thread is inside a call that hangs: leave its state alone
             try:
                 self._free_gpm(dev)
+                self._free_events(dev)
             except NvmlDownError:  # the library is already gone: nothing left to free
                 dev.gpm.clear()
         if None in stuck:
@@ -293,9 +329,10 @@ class NvmlReader:
 
     def _hung_reading(self, dev: _Device, hung: CallHungError) -> GpuReading:
         call = self._hung(hung, dev.uuid, dev)
-        return GpuReading(dev.index, dev.uuid, dev.name, up=False, hung_call=call)
+        return GpuReading(dev.index, dev.uuid, dev.name, up=False, hung_call=call, **_xid_fields(dev))
 
     def _read_device(self, dev: _Device) -> GpuReading:
+        self._drain_xid(dev)  # first: the XID that comes with a GPU falling off the bus is still counted
         try:
             reading = self._read_device_or_raise(dev)
         except GpuLostError:
@@ -304,7 +341,7 @@ class NvmlReader:
             dev.was_lost = True
             dev.gpm.clear()  # its GPM samples are meaningless now; the driver frees them with the device
             dev.last_seen_us = 0
-            return GpuReading(dev.index, dev.uuid, dev.name, up=False)
+            return GpuReading(dev.index, dev.uuid, dev.name, up=False, **_xid_fields(dev))
         if dev.was_lost:
             log.info("GPU %d (%s) answers again", dev.index, dev.uuid)
             dev.was_lost = False
@@ -328,6 +365,7 @@ class NvmlReader:
         temp = self._call_raw(
             "nvmlDeviceGetTemperature", scope, pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU
         )
+        health = self._read_health(dev)
 
         mig: tuple[MigReading, ...] = ()
         processes: tuple[ProcessReading, ...] = ()
@@ -365,12 +403,149 @@ class NvmlReader:
             power_watts=power_mw / 1000.0 if power_mw is not None else None,
             energy_joules=energy_mj / 1000.0 if energy_mj is not None else None,
             temperature_celsius=float(temp) if temp is not None else None,
+            **health,
+            **_xid_fields(dev),
             gpm=gpm,
             mig=mig,
             processes=processes,
             process_activity_known=activity_known,
             mps="mps_server" in roles.values() if not mig_mode else False,
         )
+
+    # -- device health --------------------------------------------------------------------------------
+    def _read_health(self, dev: _Device) -> dict[str, Any]:
+        """Clocks, memory temperature, codecs, reserved memory, PCIe, NVLink and row remapping of one GPU.
+
+        Each value the driver does not give (NOT_SUPPORTED, N/A, a failure) stays None: unknown, never 0.
+        ``nvmlDeviceGetPcieThroughput`` samples the link for about 20 ms per direction on a real driver.
+        """
+        h, scope = dev.handle, dev.uuid
+        out: dict[str, Any] = {}
+        sm = self._call_raw("nvmlDeviceGetClockInfo", scope, pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+        mem = self._call_raw("nvmlDeviceGetClockInfo", scope, pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM)
+        out["sm_clock_mhz"] = float(sm) if sm is not None else None
+        out["memory_clock_mhz"] = float(mem) if mem is not None else None
+        for key, call, fn in (
+            ("encoder_ratio", "nvmlDeviceGetEncoderUtilization", pynvml.nvmlDeviceGetEncoderUtilization),
+            ("decoder_ratio", "nvmlDeviceGetDecoderUtilization", pynvml.nvmlDeviceGetDecoderUtilization),
+        ):
+            codec = self._call_raw(call, scope, fn, h)
+            out[key] = min(1.0, codec[0] / 100.0) if codec is not None else None
+        memory = self._call_raw(
+            "nvmlDeviceGetMemoryInfo_v2", scope, pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2
+        )
+        out["memory_reserved_bytes"] = int(memory.reserved) if memory is not None else None
+        replays = self._call_raw("nvmlDeviceGetPcieReplayCounter", scope, pynvml.nvmlDeviceGetPcieReplayCounter, h)
+        out["pcie_replays_total"] = int(replays) if replays is not None else None
+        for key, counter in (
+            ("pcie_tx_bytes_per_second", pynvml.NVML_PCIE_UTIL_TX_BYTES),
+            ("pcie_rx_bytes_per_second", pynvml.NVML_PCIE_UTIL_RX_BYTES),
+        ):
+            kb = self._call_raw("nvmlDeviceGetPcieThroughput", scope, pynvml.nvmlDeviceGetPcieThroughput, h, counter)
+            out[key] = kb * 1024.0 if kb is not None else None
+        rows = self._call_raw("nvmlDeviceGetRemappedRows", scope, pynvml.nvmlDeviceGetRemappedRows, h)
+        if rows is not None:
+            correctable, uncorrectable, pending, failed = rows
+            out["remapped_rows_correctable"], out["remapped_rows_uncorrectable"] = int(correctable), int(uncorrectable)
+            out["remapped_rows_pending"], out["row_remap_failed"] = bool(pending), bool(failed)
+        out.update(self._read_fields(dev))
+        return out
+
+    def _read_fields(self, dev: _Device) -> dict[str, Any]:
+        """Memory temperature and NVLink traffic through one nvmlDeviceGetFieldValues call.
+
+        Each field carries its own return code; a field the GPU does not support is counted and logged once
+        under ``nvmlDeviceGetFieldValues(<field>)`` and not asked again. NVLink traffic is None on a GPU
+        without NVLink links (PCIe cards).
+        """
+        scope = dev.uuid
+        wanted: list[tuple[int, int]] = []
+        if not self.health.unsupported(_field_call(_MEMORY_TEMP), scope):
+            wanted.append((_MEMORY_TEMP, 0))
+        if dev.nvlink is None:
+            wanted.append((_LINK_COUNT, 0))
+        if dev.nvlink is not False:
+            wanted += [(_NVLINK_TX, _ALL_LINKS), (_NVLINK_RX, _ALL_LINKS)]
+        if not wanted:
+            return {}
+        values = self._call_raw(_FIELDS_CALL, scope, pynvml.nvmlDeviceGetFieldValues, dev.handle, wanted)
+        if values is None:
+            return {}
+        got: dict[int, float] = {}
+        for i, (field_id, _scope_id) in enumerate(wanted):
+            fv = values[i]
+            call = _field_call(field_id)
+            if int(fv.nvmlReturn) != pynvml.NVML_SUCCESS:
+                self.health.failed(call, scope, pynvml.NVMLError(int(fv.nvmlReturn)))
+                continue
+            self.health.ok(call, scope)
+            got[field_id] = _field_value(fv)
+        if dev.nvlink is None:
+            dev.nvlink = got.get(_LINK_COUNT, 0) > 0  # no answer or no links: a GPU without NVLink
+        out: dict[str, Any] = {}
+        if _MEMORY_TEMP in got:
+            out["memory_temperature_celsius"] = got[_MEMORY_TEMP]
+        if dev.nvlink and _NVLINK_TX in got and _NVLINK_RX in got:
+            out["nvlink_bytes_total"] = int(got[_NVLINK_TX] + got[_NVLINK_RX]) * 1024  # the driver counts KiB
+        return out
+
+    def _drain_xid(self, dev: _Device) -> None:
+        """Count the XID errors NVML raised for this GPU since the last sample, never waiting for one.
+
+        The GPU's event set is created and registered for ``nvmlEventTypeXidCriticalError`` on its first read;
+        a driver that cannot deliver them leaves the counts unknown (``xid_events_known`` false). A wait that
+        times out means no event.
+        """
+        scope = dev.uuid
+        if dev.xid_events is None:
+            if self.health.unsupported("nvmlDeviceRegisterEvents", scope):
+                return
+            events = self._call("nvmlEventSetCreate", scope, pynvml.nvmlEventSetCreate)
+            if events is None:
+                return
+            registered = self._call_raw(
+                "nvmlDeviceRegisterEvents",
+                scope,
+                _register_events,
+                dev.handle,
+                pynvml.nvmlEventTypeXidCriticalError,
+                events,
+            )
+            if registered is None:
+                self._call("nvmlEventSetFree", scope, pynvml.nvmlEventSetFree, events)
+                return
+            dev.xid_events, dev.xid_known = events, True
+        if self.health.unsupported(_XID_WAIT, scope):
+            return  # the driver said once it cannot wait on events here: the counts stay unknown
+        for _ in range(_XID_EVENTS_PER_SAMPLE):
+            self._entering(_XID_WAIT)
+            try:
+                data = pynvml.nvmlEventSetWait_v2(dev.xid_events, 0)
+            except pynvml.NVMLError_Timeout:
+                self.health.ok(_XID_WAIT, scope)
+                break
+            except (pynvml.NVMLError_Uninitialized, pynvml.NVMLError_DriverNotLoaded) as exc:
+                self.health.failed(_XID_WAIT, scope, exc)
+                raise NvmlDownError(_XID_WAIT) from exc
+            except pynvml.NVMLError as exc:
+                self.health.failed(_XID_WAIT, scope, exc)
+                if self.health.unsupported(_XID_WAIT, scope):
+                    dev.xid_known = False
+                break
+            self.health.ok(_XID_WAIT, scope)
+            if int(data.eventType) & pynvml.nvmlEventTypeXidCriticalError:
+                code = int(data.eventData)
+                seen = dev.xid_counts.get(code, 0)
+                dev.xid_counts[code] = seen + 1
+                dev.last_xid = code
+                if not seen:  # a workload that faults in a loop raises the same XID thousands of times
+                    log.warning("GPU %d (%s) reported XID %d; the next ones are counted only", dev.index, scope, code)
+        dev.xid_seen = tuple(sorted(dev.xid_counts.items()))
+
+    def _free_events(self, dev: _Device) -> None:
+        if dev.xid_events is not None:
+            self._call("nvmlEventSetFree", dev.uuid, pynvml.nvmlEventSetFree, dev.xid_events)
+            dev.xid_events = None
 
     # -- processes --------------------------------------------------------------------------------------
     def _running_processes(self, dev: _Device, handle: Any, scope: str) -> dict[int, tuple[int | None, int | None]]:
@@ -582,6 +757,7 @@ class NvmlReader:
             sm_occupancy=values[pynvml.NVML_GPM_METRIC_SM_OCCUPANCY],
             tensor_active=values[pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL],
             dram_bandwidth=values[pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL],
+            graphics_active=values[pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL],
         )
 
     def _free_gpm(self, dev: _Device) -> None:
@@ -609,6 +785,27 @@ class NvmlReader:
         except CallHungError as hung:
             self._hung(hung, "node", None)
             return None
+
+
+def _field_call(field_id: int) -> str:
+    """The name a field's outcome is counted under: ``nvmlDeviceGetFieldValues(NVML_FI_DEV_MEMORY_TEMP)``."""
+    return f"{_FIELDS_CALL}({_FIELD_NAMES.get(field_id, field_id)})"
+
+
+def _register_events(handle: Any, event_types: int, events: Any) -> bool:
+    pynvml.nvmlDeviceRegisterEvents(handle, event_types, events)
+    return True  # the binding returns None on success, which the call wrapper reads as a failure
+
+
+def _xid_fields(dev: _Device) -> dict[str, Any]:
+    """The XID part of a reading, from what the GPU's thread last drained (safe while it is stuck)."""
+    seen = dev.xid_seen
+    return {
+        "last_xid": dev.last_xid,
+        "xid_errors_total": sum(n for _code, n in seen),
+        "xid_counts": seen,
+        "xid_events_known": dev.xid_known,
+    }
 
 
 def _thread_name(key: int | None) -> str:

@@ -310,6 +310,7 @@ READY = (
     f"{r.SM_POD}",
     f"{r.VLLM_KV_USED}",
     f"count({r.ITL_P95}) == {len(SERVERS)}",
+    c.GPU_XID_ERRORS.name,  # the inference node's notebook faults (XID 31) at second 70
     # enough history for rate() over $__rate_interval (4s) to see the whole window
     f"min(count_over_time({c.External.VLLM_GENERATION_TOKENS}[1m])) >= 7",
 )
