@@ -13,6 +13,7 @@ import pandas as pd
 from prometheus_client.metrics_core import Metric as Family
 
 from attribution.recommend import Packing
+from attribution.sharing import SHARING_NOTE
 from common import catalog as c
 from common.families import family
 from common.units import GiB
@@ -73,6 +74,8 @@ def terminal(result: Result) -> str:
             f"GPU cost over the window: {total['cost_held']:.2f} held, {total['cost_idle_kv']:.2f} in idle KV cache, "
             f"{total['cost_reclaimable']:.2f} reclaimable.",
         ]
+        if ((result.split["mig_share"] < 1) | (result.split["replicas"] > 1)).any():
+            lines += [f"GPUs held: {SHARING_NOTE}."]
     if result.problems:
         lines += ["", "Missing or inconsistent inputs (the rest of the report stands):"] + [
             f"  - {p}" for p in result.problems
@@ -201,6 +204,8 @@ def to_json(result: Result) -> str:
             "problems": result.problems,
             "gpus_today": result.packing.gpus_today if result.packing else None,
             "gpus_needed": result.packing.gpus_needed if result.packing else None,
+            "costs": json.loads(result.costs.to_json(orient="records") or "[]"),
+            "sharing": SHARING_NOTE,
         },
         indent=1,
     )

@@ -36,6 +36,8 @@ COLUMNS = (
     "gpu_memory_utilization",
     "tensor_parallel",
     "assumptions",
+    "mig_share",
+    "replicas",
 )
 
 
@@ -66,6 +68,8 @@ class ServerGpu:
     non_torch_bytes: int | None = None
     cuda_graph_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    mig_share: float = 1.0  # the MIG instance's share of its GPU (its compute slices over the card's); 1 without MIG
+    replicas: int = 1  # containers holding this GPU or MIG instance over the window (time-slicing, MPS)
 
 
 def split_one(s: ServerGpu) -> dict[str, object]:
@@ -134,6 +138,8 @@ def split_one(s: ServerGpu) -> dict[str, object]:
         "gpu_memory_utilization": s.gpu_memory_utilization,
         "tensor_parallel": s.tensor_parallel,
         "assumptions": "; ".join(notes),
+        "mig_share": s.mig_share,
+        "replicas": s.replicas,
     }
 
 
