@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 proto: $(STAMP)
 	$(BIN)/python -m exporter.resolve.proto.generate
 
-# Real peers from Debian: prometheus (promtool) and prometheus-alertmanager (amtool); openssl for TLS tests.
+# Real peers from Debian: prometheus (promtool), prometheus-alertmanager (amtool) and victoria-metrics; openssl
+# for TLS tests.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v openssl >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v openssl >/dev/null \
+	    || ! command -v victoria-metrics >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager openssl >/dev/null; \
+	    prometheus prometheus-alertmanager openssl victoria-metrics >/dev/null; \
 	fi
 
 # First an H200 node with an MPS-shared GPU, a launch-bound pod and time-slicing (summary only), then the
