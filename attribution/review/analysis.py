@@ -145,6 +145,8 @@ def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
         items.append(Item(name, max(per_gpu, int(gpu_bytes * min(1.0, sm_share * (1 + headroom)))), ranks=gpus))
     plan = pack(items, gpu_bytes, gpus_today=math.ceil(round(today, 6)))
     today = round(today, 4)
+    if today == int(today):  # whole GPUs read as they did: 160, not 160.0
+        today = int(today)
     assumptions = [
         f"footprint per GPU of a vLLM server = what it holds less its KV cache reservation, plus its peak KV "
         f"in use × {1 + headroom:g} (as the attribution job recommends); of any other pod = peak memory × "

@@ -56,19 +56,33 @@ NICE_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 720
 """Intervals people configure; a measured spacing within 10 % of one is read as that one."""
 
 
+PROBE_S = 6 * 3600.0
+"""The spacing is measured on the densest stretch of this length in the window: a history that covers only
+part of the window is measured where it is, not spread over the whole window."""
+
+
+def _probe(window: str) -> float:
+    return min(parse_duration(window, "--window"), PROBE_S)
+
+
 def spacing_query(window: str) -> str:
-    """The number of samples of the densest GPU or allocation series over the window."""
+    """The most samples any GPU or allocation series has in a stretch of ``PROBE_S`` (or the window) of the
+    window."""
     names = f"{c.GPU_INFO.name}|{c.CONTAINER_ALLOCATED.name}"
-    return f'max(count_over_time({{__name__=~"{names}"}}[{window}]))'
+    probe = f"{round(_probe(window) * 1000)}ms"
+    densest = f'max(count_over_time({{__name__=~"{names}"}}[{probe}]))'
+    if parse_duration(window, "--window") <= PROBE_S:
+        return densest
+    return f"max_over_time(({densest})[{window}:{probe}])"
 
 
 def spacing_from(count: float, window: str) -> float | None:
-    """The seconds between samples given the densest series' ``count`` over ``window``; None for fewer than
-    two samples. A count that includes both ends of the window or only one gives the same interval."""
+    """The seconds between samples given the densest series' ``count`` in a stretch of the window
+    (``spacing_query``); None for fewer than two samples. A count that includes both ends of the stretch or
+    only one gives the same interval; one within 10 % of an interval people configure is read as it."""
     if count < 2:
         return None
-    seconds = parse_duration(window, "--window")
-    measured = seconds / (count - 0.5)  # halfway between window / count and window / (count - 1)
+    measured = _probe(window) / (count - 0.5)  # halfway between stretch / count and stretch / (count - 1)
     nice = min(NICE_S, key=lambda n: abs(math.log(measured / n)))
     return float(nice) if abs(measured / nice - 1) <= 0.1 else float(round(measured))
 

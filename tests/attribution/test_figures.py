@@ -164,12 +164,38 @@ def test_samples_sparser_than_the_resolution_are_integrated_in_full_and_the_revi
     assert f"- {sampling['note']}" in markdown(review).splitlines()  # and the report says it
 
 
-@pytest.mark.slow
-def test_dense_samples_keep_todays_queries(history: tuple[str, float]) -> None:
+def test_dense_samples_keep_todays_queries() -> None:
     from attribution.review.data import queries
 
     # 30 s scrapes need no look-back of their own: the queries are those of a review that does not ask
     assert queries("1d", "5m", 0.05, spacing_s=30.0) == queries("1d", "5m", 0.05)
+    assert queries("1d", "5m", 0.05, spacing_s=1800.0) != queries("1d", "5m", 0.05)
+
+
+@pytest.mark.slow
+def test_30s_scrapes_are_read_as_they_are(tmp_path: Path) -> None:
+    """Eight hours scraped every 30 s, a review of the last three: the figures are the truth, and the
+    report says the samples were read without a look-back of the review's own."""
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "make test installs Debian's prometheus package, which provides promtool"
+    end = float(int(time.time()) // 3600 * 3600 - 3600)
+    with (tmp_path / "dense.om").open("w") as out:
+        write_openmetrics(out, workloads(), end - 8 * 3600, end, 30.0, nodes=NODES, gpus_per_node=GPUS_PER_NODE)
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "dense.om"), str(tmp_path / "data")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    with prometheus(tmp_path, [], storage=tmp_path / "data") as prom:
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            assert review_main(["--prometheus", prom.url, "--window", "3h", "--at", str(end), "--json"]) == 0
+    result = json.loads(stdout.getvalue())
+    assert result["sampling"]["spacing_s"] == 30.0
+    assert result["sampling"]["note"] == "samples every 30s; integrated at 5m"
+    for team, gpus in HELD.items():
+        assert _teams(result)[team]["gpus_allocated"] == pytest.approx(gpus, rel=0.01), team
 
 
 @pytest.mark.slow
