@@ -204,6 +204,7 @@ def to_json(result: Result) -> str:
             "problems": result.problems,
             "gpus_today": result.packing.gpus_today if result.packing else None,
             "gpus_needed": result.packing.gpus_needed if result.packing else None,
+            "refused": result.packing.refused if result.packing else {},
             "costs": json.loads(result.costs.to_json(orient="records") or "[]"),
             "sharing": SHARING_NOTE,
         },

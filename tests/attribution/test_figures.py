@@ -221,6 +221,9 @@ def test_the_job_costs_a_mig_instance_and_a_time_sliced_replica_at_their_share(
     assert held["mig-4"] == pytest.approx(4 / 7)
     costs = {row["pod"]: row["cost_held"] for row in result["costs"]}
     assert costs["mig-3"] == pytest.approx(costs["qwen-0"] * 3 / 7)
+    # the plan counts whole GPUs: 8 replicas and the time-sliced one; MIG instances stay where they are
+    assert result["gpus_today"] == 9
+    assert {"llm/mig-3", "llm/mig-4"} <= set(result["refused"])
 
 
 @pytest.mark.slow
