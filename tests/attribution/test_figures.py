@@ -224,6 +224,9 @@ def test_the_job_costs_a_mig_instance_and_a_time_sliced_replica_at_their_share(
     # the plan counts whole GPUs: 8 replicas and the time-sliced one; MIG instances stay where they are
     assert result["gpus_today"] == 9
     assert {"llm/mig-3", "llm/mig-4"} <= set(result["refused"])
+    url, end = history
+    assert job.main(["--prometheus", url, "--window", "1d", "--at", str(end)]) == 0
+    assert "GPUs held: a MIG instance counts as its compute slices" in capsys.readouterr().out  # and it says so
 
 
 @pytest.mark.slow
