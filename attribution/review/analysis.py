@@ -124,7 +124,6 @@ def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
     refused: dict[str, str] = {}
     items: list[Item] = []
     today = 0.0
-    vllm_sized: list[str] = []
     vllm_unsized: list[str] = []
     gpu_bytes = int(per_pod["gpu_bytes"].max()) if not per_pod.empty and per_pod["gpu_bytes"].max() > 0 else 80 * GiB
     for row in per_pod.to_dict("records"):
@@ -138,8 +137,8 @@ def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
             items.append(Item(name, gpu_bytes, ranks=gpus))
             continue
         per_gpu, sized = footprint(row, headroom)
-        if row.get("model"):
-            (vllm_sized if sized else vllm_unsized).append(name)
+        if row.get("model") and not sized:
+            vllm_unsized.append(name)
         sm_share = float(row["peak_sm"]) / max(1, gpus)
         # time-slicing shares SM time too: a footprint takes at least its SM share of a GPU's memory "slot"
         items.append(Item(name, max(per_gpu, int(gpu_bytes * min(1.0, sm_share * (1 + headroom)))), ranks=gpus))
@@ -259,13 +258,14 @@ LATENCY_NAMES = {"ttft": (c.External.VLLM_TTFT,), "itl": c.External.VLLM_INTER_T
 
 def _unjudged(inputs: Inputs) -> list[str]:
     """A problem for each latency SLO that no histogram in Prometheus lets the review judge, when vLLM
-    servers ran (pods serving a model, or token counters): without them there is nothing to judge."""
+    servers ran (pods serving a model, or token counters): without them there is nothing to judge. A query
+    that failed is named as such already."""
     serving = bool(inputs.tokens) or (not inputs.per_pod.empty and bool((inputs.per_pod["model"] != "").any()))
     if not serving:
         return []
     out = []
     for metric, names in LATENCY_NAMES.items():
-        if not inputs.latency_buckets.get(metric):
+        if not inputs.latency_buckets.get(metric) and metric not in inputs.failed:
             either = names[0] + "".join(f" (or {n})" for n in names[1:])
             out.append(f"no {either} histograms in Prometheus; {metric.upper()} SLO not judged")
     return out
