@@ -50,7 +50,7 @@ RUN python -m venv /opt/gpuattr \
  && rm -rf /opt/gpuattr/lib/python3.*/site-packages/kubernetes/aio \
  && /opt/gpuattr/bin/python -c "import exporter.resolve.proto.podresources.v1.api_pb2_grpc, grpc; from kubernetes import client, config, watch" \
  && /opt/gpuattr/bin/gpuattr exporter --help >/dev/null \
- && /opt/gpuattr/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('simulator', 'pandas', 'attribution')))" \
+ && /opt/gpuattr/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('simulator', 'pandas', 'matplotlib', 'attribution')))" \
  && /opt/gpuattr/bin/pip uninstall --yes pip setuptools
 
 # ---- the attribution job's image: `docker build --target attribution .` (pandas and pyarrow stay out of

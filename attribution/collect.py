@@ -13,13 +13,17 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
 from attribution.sharing import mig_fraction
 from attribution.split import ServerGpu
 from common import catalog as c
 from common.fetch import redact
+from common.units import gib
+
+if TYPE_CHECKING:
+    from attribution.vllm_log import VllmLogFacts
 
 log = logging.getLogger("gpuattr.attribution")
 
@@ -36,6 +40,10 @@ class Collected:
     tokens: dict[tuple[str, str], float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what is missing, for the report
     failed: dict[str, str] = field(default_factory=dict)  # input (query name) -> why it could not be read
+    # pods that serve a model (pod_info) but publish no vLLM series: their log may show a failed start-up
+    candidates: list[tuple[str, str, str]] = field(default_factory=list)  # (namespace, pod, model)
+    failed_starts: list[dict[str, Any]] = field(default_factory=list)  # one per server whose log shows a failure
+    workers: list[dict[str, Any]] = field(default_factory=list)  # one per worker of a server with several
 
 
 def _key(labels: Mapping[str, str]) -> tuple[str, str]:
@@ -164,10 +172,15 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
                 )
             )
     teams = {k: v.get("team", "") for k, v in info.items()}
+    candidates = [
+        (namespace, pod, labels.get("model") or "")
+        for (namespace, pod), labels in sorted(info.items())
+        if namespace and pod and labels.get("model") and (namespace, pod) not in set(vllm_pods)
+    ]
     # Thanos, Mimir and Prometheus with a failing remote read answer "success" with warnings such as
     # "partial response": the figures may be low, and the report must say so
     problems += [f"{redact(client.url)} warned: {w}" for w in dict.fromkeys(client.warnings)]
-    return Collected(servers, teams, tokens, problems, failed)
+    return Collected(servers, teams, tokens, problems, failed, candidates)
 
 
 def progress(items: list[T], what: str, every: int = 50) -> Iterator[T]:
@@ -263,45 +276,147 @@ def _log_file(logs_dir: Path, namespace: str, pod: str) -> Path | None:
     return None
 
 
+def _read_log(
+    logs_dir: Path | None, read: Callable[[str, str], str | None] | None, namespace: str, pod: str
+) -> tuple[str | None, str]:
+    """A server's start-up log (from ``logs_dir``, else ``read``) and a name for it; None when there is none."""
+    if logs_dir is not None:
+        path = _log_file(logs_dir, namespace, pod)
+        if path is not None:
+            return path.read_text(encoding="utf-8", errors="replace"), str(path)
+    return (read(namespace, pod) if read is not None else None), f"{namespace}/{pod}"
+
+
 def add_logs(collected: Collected, logs_dir: Path | None, read: Callable[[str, str], str | None] | None = None) -> None:
     """Weights and the KV budget from each server's start-up log: a file ``<namespace>_<pod>.log`` in
-    ``logs_dir``, or ``read(namespace, pod)`` (e.g. the Kubernetes API's pod logs)."""
+    ``logs_dir``, or ``read(namespace, pod)`` (e.g. the Kubernetes API's pod logs).
+
+    A log that shows a failed start-up (the KV cache does not fit) gives a ``failed_starts`` row with the
+    figures read and what would have fitted, never a KV allocation; so does the log of a pod that serves a
+    model without vLLM series (``candidates``), or a ``<namespace>_<pod>.log`` in ``logs_dir`` of no known
+    server. A server with several workers (TP/PP) gives a ``workers`` row each: its available KV memory,
+    tokens or blocks, and whether it set the server's block count."""
     from attribution.vllm_log import VllmLogError, parse_log
 
-    seen: dict[tuple[str, str], object] = {}
+    seen: dict[tuple[str, str], VllmLogFacts | None] = {}
     for server in progress(collected.servers, "reading start-up logs"):
         key = (server.namespace, server.pod)
         if key not in seen:
-            text: str | None = None
-            source = f"{server.namespace}/{server.pod}"
-            if logs_dir is not None:
-                path = _log_file(logs_dir, *key)
-                if path is not None:
-                    text, source = path.read_text(encoding="utf-8", errors="replace"), str(path)
-            if text is None and read is not None:
-                text = read(*key)
+            text, source = _read_log(logs_dir, read, *key)
             if text is None:
                 seen[key] = None
                 collected.problems.append(f"{source}: no start-up log; weights from the model config or an estimate")
                 continue
             try:
-                seen[key] = parse_log(text, source)
+                seen[key] = parsed = parse_log(text, source)
             except VllmLogError as exc:
                 seen[key] = None
                 collected.problems.append(str(exc))
+            else:
+                _add_startup(collected, parsed, (server.namespace, server.pod, server.model), source)
         facts = seen[key]
         if facts is None:
             continue
-        server.weights_bytes_log = getattr(facts, "weights_bytes", None)
-        if server.kv_allocated_bytes is None:
-            server.kv_allocated_bytes = getattr(facts, "kv_cache_bytes", None)
+        server.weights_bytes_log = facts.weights_bytes
+        server.max_model_len = facts.max_model_len
+        server.activation_peak_bytes = facts.activation_peak_bytes
+        server.non_torch_bytes = facts.non_torch_bytes
+        server.cuda_graph_bytes = facts.cuda_graph_bytes
         if server.gpu_memory_utilization is None:
-            server.gpu_memory_utilization = getattr(facts, "gpu_memory_utilization", None)
+            server.gpu_memory_utilization = facts.gpu_memory_utilization
+        stages = {w["stage"] for w in facts.workers if w.get("stage") is not None}
+        if len(stages) > 1 and server.pipeline_parallel == 1:  # the GPUs counted are TP × PP ranks
+            server.pipeline_parallel = max(stages) + 1
+            if server.tensor_parallel % server.pipeline_parallel == 0:
+                server.tensor_parallel //= server.pipeline_parallel
+        if facts.failed_to_start is not None:  # the KV figures are what was available, not an allocation
+            server.notes.append(f"its start-up log shows a failed start ({facts.failed_to_start}): see failed_starts")
+            continue
+        if server.kv_allocated_bytes is None:
+            server.kv_allocated_bytes = facts.kv_cache_bytes
         if server.num_gpu_blocks is None:
-            server.num_gpu_blocks = getattr(facts, "num_gpu_blocks", None)
-        server.activation_peak_bytes = getattr(facts, "activation_peak_bytes", None)
-        server.non_torch_bytes = getattr(facts, "non_torch_bytes", None)
-        server.cuda_graph_bytes = getattr(facts, "cuda_graph_bytes", None)
+            server.num_gpu_blocks = facts.num_gpu_blocks
+    others: list[tuple[str, str, str]] = [c for c in collected.candidates if c[:2] not in seen]
+    if logs_dir is not None:  # logs of pods the inputs do not know, e.g. a server that never served
+        known = set(seen) | {c[:2] for c in others}
+        for path in sorted(logs_dir.glob("*_*.log")):
+            namespace, _, pod = path.stem.partition("_")
+            if namespace and pod and (namespace, pod) not in known:
+                others.append((namespace, pod, ""))
+    for namespace, pod, model in others:
+        text, source = _read_log(logs_dir, read, namespace, pod)
+        if text is None:
+            continue
+        try:
+            facts = parse_log(text, source)
+        except VllmLogError:
+            continue  # not a vLLM server, or one that printed nothing yet
+        if facts.failed_to_start is not None:
+            _add_startup(collected, facts, (namespace, pod, model), source)
+
+
+def _add_startup(collected: Collected, facts: VllmLogFacts, server: tuple[str, str, str], source: str) -> None:
+    """The failed start-up and the per-worker figures of one server's log (``server``: namespace, pod, model),
+    as rows of ``collected``."""
+    namespace, pod, model = server
+    workers = list(facts.workers)
+    if facts.failed_to_start is not None:
+        available = [w["available_kv_cache_bytes"] for w in workers if w.get("available_kv_cache_bytes") is not None]
+        collected.failed_starts.append(
+            {
+                "namespace": namespace,
+                "pod": pod,
+                "model": model,
+                "log": source,
+                "vllm_version": facts.vllm_version,
+                "reason": facts.failed_to_start,
+                "weights_bytes": facts.weights_bytes,
+                "kv_available_bytes": min(available) if available else None,
+                "gpu_memory_utilization": facts.gpu_memory_utilization,
+                "max_model_len": facts.max_model_len,
+                "kv_cache_needed_bytes": facts.kv_cache_needed_bytes,
+                "suggested_gpu_memory_utilization": facts.suggested_gpu_memory_utilization,
+                "suggested_max_model_len": facts.suggested_max_model_len,
+                "suggested_kv_cache_memory_bytes": facts.suggested_kv_cache_memory_bytes,
+                "suggestion": startup_suggestion(facts),
+                "notes": "; ".join(facts.notes),
+            }
+        )
+    if len(workers) > 1:
+        limiting = facts.limiting_worker
+        for worker in workers:
+            label = str(worker["worker"])
+            collected.workers.append(
+                {
+                    "namespace": namespace,
+                    "pod": pod,
+                    "model": model,
+                    "worker": label,
+                    "stage": worker.get("stage"),
+                    "weights_bytes": worker.get("weights_bytes"),
+                    "available_kv_cache_bytes": worker.get("available_kv_cache_bytes"),
+                    "kv_cache_tokens": worker.get("kv_cache_tokens"),
+                    "num_gpu_blocks": worker.get("num_gpu_blocks"),
+                    "sets_block_count": None
+                    if limiting is None
+                    else (limiting == label or limiting.endswith(f"({label})")),
+                }
+            )
+
+
+def startup_suggestion(facts: VllmLogFacts) -> str:
+    """What would have made a failed start-up fit, as flags, from the figures its log holds."""
+    options = []
+    if facts.suggested_gpu_memory_utilization is not None:
+        options.append(f"--gpu-memory-utilization {facts.suggested_gpu_memory_utilization}")
+    if facts.suggested_max_model_len is not None:
+        options.append(f"--max-model-len {facts.suggested_max_model_len}")
+    if facts.suggested_kv_cache_memory_bytes is not None:
+        size = facts.suggested_kv_cache_memory_bytes
+        options.append(f"--kv-cache-memory {size} ({gib(size)})")
+    if not options:
+        return "no setting computed from the log fits: see the notes"
+    return "fits with " + " or ".join(options)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -324,8 +439,17 @@ def add_model_configs(collected: Collected, configs_dir: Path | None) -> None:
             continue
         try:
             config = load_config(model_dir)
-            sizing = kv_sizing(config, tensor_parallel=server.tensor_parallel, source=str(model_dir / "config.json"))
+            sizing = kv_sizing(
+                config,
+                tensor_parallel=server.tensor_parallel,
+                pipeline_parallel=server.pipeline_parallel,
+                source=str(model_dir / "config.json"),
+            )
             server.kv_bytes_per_token = sizing.kv_bytes_per_token
+            if sizing.state_bytes_per_seq:  # a Mamba / linear-attention hybrid: state per sequence, hybrid pages
+                server.kv_state_bytes_per_seq = sizing.state_bytes_per_seq
+                server.kv_block_bytes = sizing.block_bytes
+                server.kv_block_size_model = sizing.block_size
             weights = weight_sizing(config, model_dir)
             server.weights_bytes_model, server.weights_model_method = weights.weight_bytes, weights.method
         except (UnsupportedModel, ValueError, OSError) as exc:

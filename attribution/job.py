@@ -21,7 +21,7 @@ from attribution.health import Health, InputsFailedError, check
 from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, Packing, costs, pack, recommend
 from attribution.report import Result, families, terminal, to_json, write_files
-from attribution.split import split
+from attribution.split import FAILED_START_COLUMNS, WORKER_COLUMNS, split, table
 from common.checks import http_url, output_folder
 from common.envflags import Parser, parse_args
 from common.families import Families
@@ -75,7 +75,16 @@ def plan(frame_split: pd.DataFrame, recommendations: pd.DataFrame) -> Packing | 
     return Packing(today, needed, placement, refused)
 
 
-def run(collected: Collected, *, window: str, headroom: float, price: float) -> Result:
+def run(
+    collected: Collected,
+    *,
+    window: str,
+    headroom: float,
+    price: float,
+    at: float | None = None,
+    point_in_time: bool = False,
+    currency: str = "USD",
+) -> Result:
     frame = split(collected.servers)
     recs = recommend(frame, headroom=headroom)
     money = costs(
@@ -86,7 +95,21 @@ def run(collected: Collected, *, window: str, headroom: float, price: float) -> 
         teams=collected.teams,
         tokens=collected.tokens,
     )
-    return Result(frame, recs, money, plan(frame, recs), collected.problems, window)
+    failed = table(collected.failed_starts, FAILED_START_COLUMNS)
+    workers = table(collected.workers, WORKER_COLUMNS)
+    return Result(
+        frame,
+        recs,
+        money,
+        plan(frame, recs),
+        collected.problems,
+        window,
+        failed,
+        workers,
+        at=at,
+        point_in_time=point_in_time,
+        currency=currency,
+    )
 
 
 STATS: dict[str, float] = {}
@@ -132,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-configs", help="directory of model configs: <org>/<name>/config.json (and safetensors)")
     p.add_argument("--headroom", type=float, default=0.2, help="KV kept above the observed peak (0.2 = 20%%)")
     p.add_argument("--price-per-gpu-hour", type=float, default=2.5, help="price of one GPU-hour")
+    p.add_argument("--currency", default="USD", help="currency of the prices, shown with every cost (default: USD)")
     p.add_argument("--out", help="directory for the report files")
     p.add_argument("--format", default="csv,json,html", help="comma list of csv, parquet, json, html")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
@@ -182,6 +206,8 @@ def validate(args: argparse.Namespace) -> None:
         if folder is not None and not Path(folder).is_dir():
             what = "is not a folder" if Path(folder).exists() else "does not exist"
             raise InputError(f"--{flag.replace('_', '-')}: {folder!r} {what}")
+    if not args.currency.strip() or len(args.currency) > 12:
+        raise InputError(f"--currency: expected a short currency name such as USD or EUR, got {args.currency!r}")
     unknown = [f for f in (part.strip() for part in args.format.split(",")) if f and f not in FORMATS]
     if unknown:
         raise InputError(f"--format: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(FORMATS)}")
@@ -194,6 +220,18 @@ def validate(args: argparse.Namespace) -> None:
             socket.create_server((address, port), family=family).close()
         except OSError as exc:
             raise InputError(f"--serve {args.serve}: cannot listen there: {exc.strerror or exc}") from None
+
+
+def _run(args: argparse.Namespace, collected: Collected) -> Result:
+    return run(
+        collected,
+        window=args.window,
+        headroom=args.headroom,
+        price=args.price_per_gpu_hour,
+        at=args.at if args.at is not None else time.time(),
+        point_in_time=bool(args.vllm),
+        currency=args.currency,
+    )
 
 
 def health(args: argparse.Namespace) -> Health:
@@ -218,7 +256,7 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
     try:
         window_seconds(args.window)
         collected = collect(args)
-        result = run(collected, window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
+        result = _run(args, collected)
     except ValueError as exc:
         print(f"gpuattr attribute: {exc}", file=sys.stderr)
         return 2
@@ -273,7 +311,7 @@ def _serve(args: argparse.Namespace, first: Result | None, state: Health, stop: 
         while not stop.wait(args.every):
             try:
                 collected = collect(args)
-                result = run(collected, window=args.window, headroom=args.headroom, price=args.price_per_gpu_hour)
+                result = _run(args, collected)
             except InputsFailedError as exc:
                 state.record(time.time(), exc.failed, ok=False)
                 log.warning("attribution run failed, serving the figures of the last good run: %s", exc)

@@ -4,7 +4,7 @@ packing of the right-sized footprints onto GPUs; and what the idle part costs.""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -19,6 +19,11 @@ def recommend(split: pd.DataFrame, *, headroom: float = 0.2, min_kv_bytes: int =
     The utilisation is today's minus what is given back, over the GPU's memory: vLLM's budget is
     total × utilisation − (weights + activations + non-torch), so lowering it by the reclaimed share
     shrinks exactly the KV cache.
+
+    For a Mamba / linear-attention hybrid (the split's ``kv_state_bytes_per_seq``) every running sequence
+    also holds a fixed state in the same pool, so the budget kept never goes below one ``max_model_len``
+    request with its state (vLLM refuses to start otherwise), is whole blocks of the pool, and the advice
+    says how many sequences it serves.
     """
     out = split[["namespace", "pod", "model", "gpu_uuid"]].copy()
     keep: list[int | None] = []
@@ -34,24 +39,49 @@ def recommend(split: pd.DataFrame, *, headroom: float = 0.2, min_kv_bytes: int =
             notes.append("no recommendation: KV allocation or usage unknown")
             continue
         target = min(alloc, max(int(min_kv_bytes), math.ceil(peak * (1 + headroom))))
+        state = _int(row.get("kv_state_bytes_per_seq"))
+        hybrid = ""
+        if state:
+            target, hybrid = _hybrid_target(row, target, alloc, state)
         keep.append(target)
         give_back.append(alloc - target)
         util, gpu = _float(row["gpu_memory_utilization"]), _int(row["gpu_memory_bytes"])
         if util is None or not gpu:
             new_util.append(None)
-            notes.append(f"set --kv-cache-memory {target} (current utilisation unknown)")
+            notes.append(f"set --kv-cache-memory {target} (current utilisation unknown){hybrid}")
         else:
             proposed = round(util - (alloc - target) / gpu, 3)
             new_util.append(proposed)
             notes.append(
                 f"--gpu-memory-utilization {proposed:.3f} (or --kv-cache-memory {target}): keeps the peak KV "
-                f"plus {headroom:.0%} headroom"
+                f"plus {headroom:.0%} headroom{hybrid}"
             )
     out["kv_keep_bytes"] = pd.array(keep, dtype="Int64")
     out["reclaimable_bytes"] = pd.array(give_back, dtype="Int64")
     out["recommended_gpu_memory_utilization"] = pd.array(new_util, dtype="Float64")
     out["recommendation"] = notes
     return out
+
+
+def _hybrid_target(row: Mapping[Hashable, object], target: int, alloc: int, state: int) -> tuple[int, str]:
+    """A hybrid's KV budget: at least one max_model_len request with its state, in whole blocks of the pool
+    (never above today's), and a clause saying what the state costs per sequence."""
+    per_token, max_len, block = (_int(row.get(k)) for k in ("kv_bytes_per_token", "max_model_len", "kv_block_bytes"))
+    one = state + per_token * max_len if per_token is not None and max_len else None
+    if one is not None:
+        target = max(target, one)
+    if block:
+        target = -(-target // block) * block
+    target = min(alloc, target)
+    clause = f"; hybrid: each running sequence also holds {state / GiB:.3f} GiB of Mamba/linear-attention state"
+    if one is not None and max_len is not None:
+        clause += (
+            f", so this budget serves {target // one} sequence(s) of {max_len:,} tokens at once "
+            f"(at most {target // state} short ones)"
+        )
+    else:
+        clause += f", so this budget serves at most {target // state} sequences at once (max_model_len unknown)"
+    return target, clause
 
 
 def _int(value: object) -> int | None:

@@ -36,6 +36,11 @@ COLUMNS = (
     "gpu_memory_utilization",
     "tensor_parallel",
     "assumptions",
+    "kv_bytes_per_token",
+    "kv_state_bytes_per_seq",
+    "kv_block_bytes",
+    "max_model_len",
+    "pipeline_parallel",
     "mig_share",
     "replicas",
 )
@@ -67,6 +72,11 @@ class ServerGpu:
     activation_peak_bytes: int | None = None  # parts of the overhead vLLM logged, when it did
     non_torch_bytes: int | None = None
     cuda_graph_bytes: int | None = None
+    max_model_len: int | None = None  # tokens of one request, from the start-up log
+    # Mamba / linear-attention hybrids only, from the calculator (None otherwise):
+    kv_state_bytes_per_seq: int | None = None  # per GPU, the state every running sequence holds
+    kv_block_bytes: int | None = None  # per GPU, one block of the shared pool over all layer slots
+    kv_block_size_model: int | None = None  # tokens per attention block, as vLLM raises it for the state pages
     notes: list[str] = field(default_factory=list)
     mig_share: float = 1.0  # the MIG instance's share of its GPU (its compute slices over the card's); 1 without MIG
     replicas: int = 1  # containers holding this GPU or MIG instance over the window (time-slicing, MPS)
@@ -91,6 +101,15 @@ def split_one(s: ServerGpu) -> dict[str, object]:
     kv_alloc: int | None
     if s.kv_allocated_bytes is not None:
         kv_alloc, kv_source = s.kv_allocated_bytes, "cache_config_info.kv_cache_memory_bytes"
+    elif s.num_gpu_blocks is not None and s.kv_block_bytes:
+        # A hybrid's blocks are pages of attention KV or of one sequence's state, all of one size
+        kv_alloc = s.num_gpu_blocks * s.kv_block_bytes
+        kv_source = "num_gpu_blocks × block bytes over all layer slots (hybrid pages, calculator)"
+        if s.block_size is not None and s.kv_block_size_model is not None and s.block_size != s.kv_block_size_model:
+            notes.append(
+                f"cache_config_info says block_size {s.block_size}, the calculator {s.kv_block_size_model} tokens "
+                "(the block vLLM raises for the state pages)"
+            )
     elif s.num_gpu_blocks is not None and s.block_size is not None and s.kv_bytes_per_token is not None:
         kv_alloc = s.num_gpu_blocks * s.block_size * s.kv_bytes_per_token
         kv_source = "num_gpu_blocks × block_size × KV bytes per token (calculator)"
@@ -138,6 +157,11 @@ def split_one(s: ServerGpu) -> dict[str, object]:
         "gpu_memory_utilization": s.gpu_memory_utilization,
         "tensor_parallel": s.tensor_parallel,
         "assumptions": "; ".join(notes),
+        "kv_bytes_per_token": s.kv_bytes_per_token,
+        "kv_state_bytes_per_seq": s.kv_state_bytes_per_seq,
+        "kv_block_bytes": s.kv_block_bytes,
+        "max_model_len": s.max_model_len,
+        "pipeline_parallel": s.pipeline_parallel,
         "mig_share": s.mig_share,
         "replicas": s.replicas,
     }
@@ -147,6 +171,56 @@ def split(servers: Iterable[ServerGpu]) -> pd.DataFrame:
     """The split of every server on every GPU, one row each, columns ``COLUMNS``."""
     rows = [split_one(s) for s in servers]
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    int_columns = [c for c in COLUMNS if c.endswith("_bytes")]
+    int_columns = [c for c in COLUMNS if c.endswith(("_bytes", "_per_token", "_per_seq")) or c == "max_model_len"]
     frame[int_columns] = frame[int_columns].astype("Int64")  # nullable: a missing figure stays missing
     return frame.sort_values(["namespace", "pod", "gpu_uuid"], ignore_index=True)
+
+
+FAILED_START_COLUMNS = (
+    "namespace",
+    "pod",
+    "model",
+    "log",
+    "vllm_version",
+    "reason",
+    "weights_bytes",
+    "kv_available_bytes",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "kv_cache_needed_bytes",
+    "suggested_gpu_memory_utilization",
+    "suggested_max_model_len",
+    "suggested_kv_cache_memory_bytes",
+    "suggestion",
+    "notes",
+)
+"""A server whose start-up log shows it stopped (the KV cache does not fit): the figures read and what fits."""
+
+WORKER_COLUMNS = (
+    "namespace",
+    "pod",
+    "model",
+    "worker",
+    "stage",
+    "weights_bytes",
+    "available_kv_cache_bytes",
+    "kv_cache_tokens",
+    "num_gpu_blocks",
+    "sets_block_count",
+)
+"""One worker of a TP/PP server, from its log: its own KV figures and whether it set the server's block count."""
+
+_COUNT_COLUMNS = ("stage", "max_model_len", "suggested_max_model_len", "kv_cache_tokens", "num_gpu_blocks")
+
+
+def table(rows: Iterable[dict[str, object]], columns: tuple[str, ...]) -> pd.DataFrame:
+    """``rows`` as a frame of ``columns``; sizes and counts nullable integers (a missing figure stays missing)."""
+    frame = pd.DataFrame(list(rows), columns=list(columns))
+    ints = [c for c in columns if c.endswith("_bytes") or c in _COUNT_COLUMNS]
+    frame[ints] = frame[ints].astype("Int64")
+    if "sets_block_count" in columns:
+        frame["sets_block_count"] = frame["sets_block_count"].astype("boolean")
+    if "suggested_gpu_memory_utilization" in columns:
+        for column in ("gpu_memory_utilization", "suggested_gpu_memory_utilization"):
+            frame[column] = frame[column].astype("Float64")
+    return frame

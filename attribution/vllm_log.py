@@ -1058,7 +1058,7 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def _build_parser() -> _Parser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="gpuattr vllm-log",
         description="What a vLLM server's start-up log says about its GPU memory (sizes in GiB = 2^30 B). Every "
@@ -1076,7 +1076,7 @@ def _build_parser() -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpuattr vllm-log FILE [--json]``: the memory facts of a vLLM log; exit 2 naming the file on error."""
-    parser = _build_parser()
+    parser = build_parser()
     try:
         args = envflags.parse_args(parser, argv)
         facts = parse_file(args.file)

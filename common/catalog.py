@@ -612,68 +612,210 @@ EXPORTER_DCGM_DURATION = Metric(
 )
 
 # dcgm-exporter compatible names (--dcgm-compat) ------------------------------------------------------
-DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "GPU_I_PROFILE", "GPU_I_ID")
-"""dcgm-exporter's label names: gpu index, UUID, ``nvidiaN`` device, model, host, MIG profile and id.
-``promtool check metrics`` objects to ``modelName`` (camelCase); it is kept because dashboards built for
-dcgm-exporter select on it. These are the only lint findings of ``--dcgm-compat``."""
+DCGM_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "GPU_I_PROFILE", "GPU_I_ID", "DCGM_FI_DRIVER_VERSION")
+"""dcgm-exporter's label names: gpu index, UUID, ``nvidiaN`` device, model, host, MIG profile and id, and the
+driver version (DCGM_FI_DRIVER_VERSION, a "label" field of its default counters). ``promtool check metrics``
+objects to ``modelName`` (camelCase) and to counters without ``_total``; both are kept because what was built
+for dcgm-exporter selects on them. These are the only lint findings of ``--dcgm-compat``. In Kubernetes mode
+(kubelet pod-resources on) the series also carry ``namespace``, ``pod`` and ``container`` (:data:`DCGM_POD_LABELS`);
+the host label is ``Hostname`` or ``hostname`` by generation (:class:`DcgmGeneration`)."""
+DCGM_POD_LABELS = K8S
+"""What dcgm-exporter's Kubernetes mode adds to the series of a GPU or MIG instance allocated to a pod."""
 
-DCGM_FB_USED = Metric(
-    "DCGM_FI_DEV_FB_USED", Kind.GAUGE, "Framebuffer memory used (in MiB).", DCGM_LABELS, Group.DCGM_COMPAT
+
+@dataclass(frozen=True)
+class DcgmGeneration:
+    """A span of dcgm-exporter releases whose pages look alike, as ``--dcgm-compat`` selects it."""
+
+    name: str
+    releases: str
+    host_label: str
+    """``Hostname`` until PR #655 (NVIDIA/dcgm-exporter, merged after 4.5.3-4.8.2), ``hostname`` since."""
+
+
+DCGM_GENERATIONS = (
+    DcgmGeneration("3.x", "dcgm-exporter 3.x (to 3.3.9-3.6.1)", "Hostname"),
+    DcgmGeneration("4.x", "dcgm-exporter 4.x releases (4.1.1-4.0.3 to 4.5.3-4.8.2)", "Hostname"),
+    DcgmGeneration("next", "dcgm-exporter's main branch since PR #655 (in no release up to 4.5.3-4.8.2)", "hostname"),
 )
-DCGM_FB_FREE = Metric(
-    "DCGM_FI_DEV_FB_FREE", Kind.GAUGE, "Framebuffer memory free (in MiB).", DCGM_LABELS, Group.DCGM_COMPAT
-)
-DCGM_GPU_UTIL = Metric("DCGM_FI_DEV_GPU_UTIL", Kind.GAUGE, "GPU utilization (in %).", DCGM_LABELS, Group.DCGM_COMPAT)
-DCGM_MEM_COPY_UTIL = Metric(
-    "DCGM_FI_DEV_MEM_COPY_UTIL", Kind.GAUGE, "Memory utilization (in %).", DCGM_LABELS, Group.DCGM_COMPAT
-)
-DCGM_POWER_USAGE = Metric("DCGM_FI_DEV_POWER_USAGE", Kind.GAUGE, "Power draw (in W).", DCGM_LABELS, Group.DCGM_COMPAT)
-DCGM_TOTAL_ENERGY = Metric(
+DCGM_DEFAULT_GENERATION = "4.x"
+"""What a bare ``--dcgm-compat`` (or ``GPUATTR_DCGM_COMPAT=true``) selects: the newest released page layout."""
+
+
+def dcgm_generation(name: str) -> DcgmGeneration:
+    """The generation called ``name``; KeyError when there is none."""
+    for g in DCGM_GENERATIONS:
+        if g.name == name:
+            return g
+    raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class DcgmVariant:
+    """How one generation differs from the default for a field: its type or help."""
+
+    kind: Kind | None = None
+    help: str | None = None
+
+
+@dataclass(frozen=True)
+class DcgmField:
+    """One dcgm-exporter field: its metric (as the default generation serves it), what it is made from, and
+    the conversion from our unit (bytes, ratio, watts, joules, MHz, °C, bytes/s, counts) to DCGM's.
+
+    A counter of dcgm-exporter has no ``_total`` suffix: its ``# TYPE`` line names the field as it is.
+    """
+
+    metric: Metric
+    source: str
+    """What we read (for the docs)."""
+    scale: float = 1.0
+    """DCGM's value = ours × scale (MiB: 2**-20, %: 100, mJ: 1000)."""
+    integer: bool = False
+    """Rounded to an integer, as DCGM serves this field."""
+    per_instance: bool = False
+    """Also served per MIG instance (GPU_I_ID), from the instance's own reading."""
+    variants: tuple[tuple[str, DcgmVariant], ...] = ()
+    """(generation, difference) where a generation's default counters typed or described it otherwise."""
+
+    def variant(self, generation: str) -> tuple[Kind, str]:
+        """The type and help this field has in ``generation``."""
+        for name, v in self.variants:
+            if name == generation:
+                return v.kind or self.metric.kind, v.help or self.metric.help
+        return self.metric.kind, self.metric.help
+
+
+def _dcgm(name: str, kind: Kind, help: str, notes: str = "") -> Metric:
+    return Metric(name, kind, help, DCGM_LABELS, Group.DCGM_COMPAT, notes=notes)
+
+
+_MIB = 2.0**-20
+
+DCGM_SM_CLOCK = _dcgm("DCGM_FI_DEV_SM_CLOCK", Kind.GAUGE, "SM clock frequency (in MHz).")
+DCGM_MEM_CLOCK = _dcgm("DCGM_FI_DEV_MEM_CLOCK", Kind.GAUGE, "Memory clock frequency (in MHz).")
+DCGM_MEMORY_TEMP = _dcgm("DCGM_FI_DEV_MEMORY_TEMP", Kind.GAUGE, "Memory temperature (in C).")
+DCGM_GPU_TEMP = _dcgm("DCGM_FI_DEV_GPU_TEMP", Kind.GAUGE, "GPU temperature (in C).")
+DCGM_POWER_USAGE = _dcgm("DCGM_FI_DEV_POWER_USAGE", Kind.GAUGE, "Power draw (in W).")
+DCGM_TOTAL_ENERGY = _dcgm(
     "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-    Kind.GAUGE,
+    Kind.COUNTER,
     "Total energy consumption since boot (in mJ).",
-    DCGM_LABELS,
-    Group.DCGM_COMPAT,
-    notes="dcgm-exporter declares it a counter; it is served as a gauge because a counter must end in _total.",
+    notes="A counter without the _total suffix, as dcgm-exporter writes it.",
 )
-DCGM_GPU_TEMP = Metric("DCGM_FI_DEV_GPU_TEMP", Kind.GAUGE, "GPU temperature (in C).", DCGM_LABELS, Group.DCGM_COMPAT)
-DCGM_SM_ACTIVE = Metric(
+DCGM_PCIE_REPLAY = _dcgm("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", Kind.COUNTER, "Total number of PCIe retries.")
+DCGM_GPU_UTIL = _dcgm("DCGM_FI_DEV_GPU_UTIL", Kind.GAUGE, "GPU utilization (in %).")
+DCGM_MEM_COPY_UTIL = _dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", Kind.GAUGE, "Memory utilization (in %).")
+DCGM_ENC_UTIL = _dcgm("DCGM_FI_DEV_ENC_UTIL", Kind.GAUGE, "Encoder utilization (in %).")
+DCGM_DEC_UTIL = _dcgm("DCGM_FI_DEV_DEC_UTIL", Kind.GAUGE, "Decoder utilization (in %).")
+DCGM_XID_ERRORS = _dcgm("DCGM_FI_DEV_XID_ERRORS", Kind.GAUGE, "Value of the last XID error encountered.")
+DCGM_FB_FREE = _dcgm("DCGM_FI_DEV_FB_FREE", Kind.GAUGE, "Framebuffer memory free (in MiB).")
+DCGM_FB_USED = _dcgm("DCGM_FI_DEV_FB_USED", Kind.GAUGE, "Framebuffer memory used (in MiB).")
+DCGM_FB_RESERVED = _dcgm("DCGM_FI_DEV_FB_RESERVED", Kind.GAUGE, "Framebuffer memory reserved (in MiB).")
+DCGM_UNCORRECTABLE_REMAPPED_ROWS = _dcgm(
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", Kind.COUNTER, "Number of remapped rows for uncorrectable errors"
+)
+DCGM_CORRECTABLE_REMAPPED_ROWS = _dcgm(
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", Kind.COUNTER, "Number of remapped rows for correctable errors"
+)
+DCGM_ROW_REMAP_FAILURE = _dcgm("DCGM_FI_DEV_ROW_REMAP_FAILURE", Kind.GAUGE, "Whether remapping of rows has failed")
+DCGM_GR_ENGINE_ACTIVE = _dcgm(
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE", Kind.GAUGE, "Ratio of time the graphics engine is active (from NVML GPM)."
+)
+DCGM_SM_ACTIVE = _dcgm(
     "DCGM_FI_PROF_SM_ACTIVE",
     Kind.GAUGE,
     "The ratio of cycles an SM has at least 1 warp assigned (from NVML GPM SM_UTIL).",
-    DCGM_LABELS,
-    Group.DCGM_COMPAT,
 )
-DCGM_SM_OCCUPANCY = Metric(
+DCGM_SM_OCCUPANCY = _dcgm(
     "DCGM_FI_PROF_SM_OCCUPANCY",
     Kind.GAUGE,
     "The ratio of number of warps resident on an SM (from NVML GPM SM_OCCUPANCY).",
-    DCGM_LABELS,
-    Group.DCGM_COMPAT,
 )
-DCGM_DRAM_ACTIVE = Metric(
-    "DCGM_FI_PROF_DRAM_ACTIVE",
-    Kind.GAUGE,
-    "Ratio of cycles the device memory interface is active sending or receiving data (from NVML GPM DRAM_BW_UTIL).",
-    DCGM_LABELS,
-    Group.DCGM_COMPAT,
-)
-DCGM_TENSOR_ACTIVE = Metric(
+DCGM_TENSOR_ACTIVE = _dcgm(
     "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
     Kind.GAUGE,
     "Ratio of cycles any tensor pipe is active (from NVML GPM ANY_TENSOR_UTIL).",
-    DCGM_LABELS,
-    Group.DCGM_COMPAT,
+)
+DCGM_DRAM_ACTIVE = _dcgm(
+    "DCGM_FI_PROF_DRAM_ACTIVE",
+    Kind.GAUGE,
+    "Ratio of cycles the device memory interface is active sending or receiving data (from NVML GPM DRAM_BW_UTIL).",
+)
+DCGM_PCIE_TX = _dcgm(
+    "DCGM_FI_PROF_PCIE_TX_BYTES",
+    Kind.GAUGE,
+    "The rate of data transmitted over the PCIe bus - including both protocol headers and data payloads - in bytes "
+    "per second.",
+)
+DCGM_PCIE_RX = _dcgm(
+    "DCGM_FI_PROF_PCIE_RX_BYTES",
+    Kind.GAUGE,
+    "The rate of data received over the PCIe bus - including both protocol headers and data payloads - in bytes "
+    "per second.",
 )
 
+_PCIE_3X_TX = DcgmVariant(Kind.COUNTER, "Total number of bytes transmitted through PCIe TX via NVML.")
+_PCIE_3X_RX = DcgmVariant(Kind.COUNTER, "Total number of bytes received through PCIe RX via NVML.")
+
+DCGM_FIELDS: tuple[DcgmField, ...] = (
+    DcgmField(DCGM_SM_CLOCK, "nvmlDeviceGetClockInfo(SM), MHz"),
+    DcgmField(DCGM_MEM_CLOCK, "nvmlDeviceGetClockInfo(MEM), MHz"),
+    DcgmField(DCGM_MEMORY_TEMP, "NVML memory (HBM) temperature, °C"),
+    DcgmField(DCGM_GPU_TEMP, "nvmlDeviceGetTemperature, °C"),
+    DcgmField(DCGM_POWER_USAGE, "nvmlDeviceGetPowerUsage, W"),
+    DcgmField(DCGM_TOTAL_ENERGY, "nvmlDeviceGetTotalEnergyConsumption, J × 1000", scale=1000.0),
+    DcgmField(DCGM_PCIE_TX, "nvmlDeviceGetPcieThroughput(TX), bytes/s", variants=(("3.x", _PCIE_3X_TX),)),
+    DcgmField(DCGM_PCIE_RX, "nvmlDeviceGetPcieThroughput(RX), bytes/s", variants=(("3.x", _PCIE_3X_RX),)),
+    DcgmField(DCGM_PCIE_REPLAY, "nvmlDeviceGetPcieReplayCounter"),
+    DcgmField(DCGM_GPU_UTIL, "utilization.gpu, ratio × 100", scale=100.0, integer=True),
+    DcgmField(DCGM_MEM_COPY_UTIL, "utilization.memory, ratio × 100", scale=100.0, integer=True),
+    DcgmField(DCGM_ENC_UTIL, "nvmlDeviceGetEncoderUtilization, %", scale=100.0, integer=True),
+    DcgmField(DCGM_DEC_UTIL, "nvmlDeviceGetDecoderUtilization, %", scale=100.0, integer=True),
+    DcgmField(DCGM_XID_ERRORS, "the last XID event the driver reported"),
+    DcgmField(
+        DCGM_FB_FREE,
+        "memory total − used, bytes / 2**20; per MIG instance on a MIG GPU",
+        scale=_MIB,
+        integer=True,
+        per_instance=True,
+        variants=(("3.x", DcgmVariant(help="Frame buffer memory free (in MB).")),),
+    ),
+    DcgmField(
+        DCGM_FB_USED,
+        "memory used, bytes / 2**20; per MIG instance on a MIG GPU",
+        scale=_MIB,
+        integer=True,
+        per_instance=True,
+        variants=(("3.x", DcgmVariant(help="Frame buffer memory used (in MB).")),),
+    ),
+    DcgmField(DCGM_FB_RESERVED, "nvmlDeviceGetMemoryInfo_v2 reserved, bytes / 2**20", scale=_MIB, integer=True),
+    DcgmField(DCGM_UNCORRECTABLE_REMAPPED_ROWS, "nvmlDeviceGetRemappedRows, uncorrectable"),
+    DcgmField(DCGM_CORRECTABLE_REMAPPED_ROWS, "nvmlDeviceGetRemappedRows, correctable"),
+    DcgmField(DCGM_ROW_REMAP_FAILURE, "nvmlDeviceGetRemappedRows, failure flag (1 or 0)"),
+    DcgmField(DCGM_GR_ENGINE_ACTIVE, "GPM GRAPHICS_UTIL / 100", per_instance=True),
+    DcgmField(DCGM_SM_ACTIVE, "GPM SM_UTIL / 100", per_instance=True),
+    DcgmField(DCGM_SM_OCCUPANCY, "GPM SM_OCCUPANCY / 100", per_instance=True),
+    DcgmField(DCGM_TENSOR_ACTIVE, "GPM ANY_TENSOR_UTIL / 100", per_instance=True),
+    DcgmField(DCGM_DRAM_ACTIVE, "GPM DRAM_BW_UTIL / 100", per_instance=True),
+)
+"""Every dcgm-exporter field ``--dcgm-compat`` produces, each only when its reading is known (never 0 for
+unknown). The series of a field are those of its metric's name in every generation: the generations differ in
+the host label (:class:`DcgmGeneration`) and, for 3.x, in some types and help texts."""
+
 DCGM_UNMAPPED: dict[str, str] = {
-    "DCGM_FI_DEV_SM_CLOCK, DCGM_FI_DEV_MEM_CLOCK": "clocks are not read: they say nothing about who uses a GPU",
-    "DCGM_FI_DEV_XID_ERRORS": "XID events need an NVML event set and a long-lived listener; not collected",
-    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER, DCGM_FI_DEV_NVLINK_*": "interconnect health is out of scope",
-    "DCGM_FI_DEV_ECC_*, DCGM_FI_DEV_RETIRED_*": "memory health is out of scope",
-    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "GPM GRAPHICS_UTIL would map; not yet read",
-    "DCGM_FI_PROF_PCIE_TX_BYTES, DCGM_FI_PROF_PCIE_RX_BYTES": "PCIe throughput is not read",
-    "DCGM_FI_DEV_ENC_UTIL, DCGM_FI_DEV_DEC_UTIL": "encoder and decoder use is not read",
+    "DCGM_FI_DEV_VGPU_LICENSE_STATUS": "a vGPU guest's licence state; on bare metal and in containers there is "
+    "no vGPU licence to report (dcgm-exporter serves 0 there), so nothing true can be said",
+    "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL": "typed counter but served by DCGM as a rate in an undocumented unit "
+    "(KiB/s by NVIDIA's own answers, NVIDIA/dcgm-exporter#472, NVIDIA/deepops#810); NVML's byte counters cannot "
+    "reproduce that value faithfully, so the field is left out rather than served with another meaning",
+    "DCGM_FI_DEV_ECC_*, DCGM_FI_DEV_RETIRED_*, DCGM_FI_DEV_*_VIOLATION, DCGM_EXP_*": "not in dcgm-exporter's "
+    "default counters (commented out there); not produced",
+    "DCGM_FI_PROF_PIPE_FP64/FP32/FP16_ACTIVE": "not in the default counters; NVML GPM has per-pipe metrics, not read",
+    "DCGM 4.6 field names (DCGM_FI_DEV_GPU_TEMP_CELSIUS, DCGM_FI_DEV_SM_CLOCK_HERTZ, "
+    "DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL, DCGM_FI_DEV_GPU_UTIL_RATIO, …)": "DCGM 4.6 (go-dcgm) renamed many fields "
+    "and added Hz/J/ratio variants, but no dcgm-exporter default-counters.csv uses them up to 4.5.3-4.8.2 and its "
+    "main branch: no page serves these names, so no generation does",
 }
 """dcgm-exporter fields that ``--dcgm-compat`` does not produce, and why (rendered into the docs)."""
 

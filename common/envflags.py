@@ -1,14 +1,15 @@
 """Every command-line flag is also an environment variable: ``--price-per-gpu-hour`` is ``GPUATTR_PRICE_PER_GPU_HOUR``.
 
 A flag given on the command line wins over the variable; the variable wins over the flag's default. A
-variable that does not convert is refused like a bad flag, naming the variable. Help texts show the
-variable beside each flag.
+variable that does not convert is refused like a bad flag, naming the variable. Help texts show each
+flag's default and its variable: ``what a GPU-hour costs (default: 2.5) [env GPUATTR_PRICE_PER_GPU_HOUR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -38,12 +39,56 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if a.option_strings and not isinstance(a, _SKIP) and a.dest != "help"]
 
 
+def _required_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str | None:
+    """``required``, or ``one of --a, --b required`` for a member of a required group; None if optional."""
+    if action.required:
+        return "required"
+    for group in parser._mutually_exclusive_groups:
+        if group.required and action in group._group_actions:
+            return "one of " + ", ".join(a.option_strings[0] for a in group._group_actions) + " required"
+    return None
+
+
+def default_text(value: Any) -> str:
+    """How a help text shows a default: ``on``/``off`` for a switch, ``none`` for nothing, lists comma-joined."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value in ("", []):
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def with_default(help_text: str, default: str | None, env: str) -> str:
+    """``help (default: X) [env GPUATTR_…]``; a help that already says its default (``(default: now)``,
+    ``(required)``) keeps its own words. Idempotent."""
+    text = help_text.strip()
+    said = re.search(r"\([^()]*\b(default|required)\b[^()]*\)", text) is not None
+    if default is not None and not said:
+        text = f"{text} (default: {default.replace('%', '%%')})"
+    tag = f"[env {env}]"
+    return text if tag in text else f"{text} {tag}"
+
+
 def annotate(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``[env GPUATTR_…]`` to each option's help (once)."""
+    """Add ``(default: X)`` (or ``(required)``) and ``[env GPUATTR_…]`` to each option's help (once)."""
     for action in _options(parser):
-        tag = f"[env {env_name(action.dest)}]"
-        if action.help is not argparse.SUPPRESS and tag not in (action.help or ""):
-            action.help = f"{action.help or ''} {tag}".strip()
+        if action.help is argparse.SUPPRESS:
+            continue
+        required = _required_text(parser, action)
+        if required is not None:
+            shown = required
+            help_text = action.help or ""
+            if not re.search(r"\brequired\b", help_text):
+                help_text = f"{help_text} ({shown})"
+            action.help = with_default(help_text, None, env_name(action.dest))
+            continue
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            shown = default_text(bool(action.default))
+        else:
+            shown = default_text(action.default)
+        action.help = with_default(action.help or "", shown, env_name(action.dest))
     return parser
 
 

@@ -104,20 +104,20 @@ def _summary_row(d: dash.Dashboard) -> dash.Dashboard:
         )
         .with_panel(
             p.stat_panel(
-                "Cost of unused allocations",
-                "Allocated but unused GPU-hours over the time range times $gpu_hour_price (USD per GPU-hour): "
+                f"Cost of unused allocations ({p.CURRENCY})",
+                "Allocated but unused GPU-hours over the time range times $gpu_hour_price ($currency per GPU-hour): "
                 "what idle allocations cost in this period.",
-                p.USD,
+                p.MONEY,
                 p.Query(f"{_gpu_hours(UNUSED_POD)} * {PRICE}"),
                 decimals=0,
             )
         )
         .with_panel(
             p.stat_panel(
-                "Cost of all allocations",
-                "All GPU-hours allocated over the time range times $gpu_hour_price: the GPU bill this view "
-                "covers, against which the cost of unused allocations is a share.",
-                p.USD,
+                f"Cost of all allocations ({p.CURRENCY})",
+                "All GPU-hours allocated over the time range times $gpu_hour_price ($currency): the GPU bill this "
+                "view covers, against which the cost of unused allocations is a share.",
+                p.MONEY,
                 p.Query(f"{_gpu_hours(ALLOC_POD)} * {PRICE}"),
                 decimals=0,
             )
@@ -213,18 +213,18 @@ def _owners_row(d: dash.Dashboard) -> dash.Dashboard:
         used = or_zero(_gpu_hours(sel(used_rule, *matchers), label), alloc, label)
         unused = _gpu_hours(_unused_by(label, pods=unused_pod(*matchers)), label)
         return p.table_panel(
-            f"Allocation and use by {owner}",
+            f"Allocation, use and unused cost ({p.CURRENCY}) by {owner}",
             f"Per {owner}: GPU-hours allocated and GPU-hours used (SM activity) over the time range (recording "
             f"rules {alloc_rule} and {used_rule}), the share used, and the allocated-but-unused GPU-hours "
             "(summed per pod, so one pod's overuse does not hide another's idle GPU) with their cost at "
-            "$gpu_hour_price. Sorted by cost: who to talk to first." + note,
+            "$gpu_hour_price, in $currency. Sorted by cost: who to talk to first." + note,
             p.COUNT,
             [
                 p.Column(p.Query(alloc), "GPU-hours allocated", p.COUNT),
                 p.Column(p.Query(used), "GPU-hours used", p.COUNT),
                 p.Column(p.Query(f"{used} / {alloc}"), "share used", p.RATIO),
                 p.Column(p.Query(unused), "unused GPU-hours", p.COUNT),
-                p.Column(p.Query(f"{unused} * {PRICE}"), "unused cost", p.USD),
+                p.Column(p.Query(f"{unused} * {PRICE}"), "unused cost", p.MONEY),
             ],
             labels=[label],
             span=12,
@@ -354,6 +354,7 @@ def build() -> dash.Dashboard:
             )
         )
         .with_variable(p.price_variable())
+        .with_variable(p.currency_variable())
     )
     for add in (_summary_row, _busy_row, _owners_row, _classes_row, _review_row):
         d = add(d)

@@ -7,7 +7,18 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from alerts import rules as r
 from common import catalog as c
 from dashboards import panels as p
-from dashboards.promql import GPU, IN_POD, KERNEL_SOURCES, MIG_ONLY, NODE, SOURCE, WHOLE_GPU, sel
+from dashboards.promql import (
+    GPU,
+    IN_POD,
+    KERNEL_SOURCES,
+    MIG_ONLY,
+    NODE,
+    NODE_HELP,
+    NODE_LABEL,
+    SOURCE,
+    WHOLE_GPU,
+    sel,
+)
 
 UID = "gpuattr-node-gpu"
 TITLE = "GPU attribution / Node and GPU"
@@ -348,8 +359,8 @@ def build() -> dash.Dashboard:
             p.query_variable(
                 "node",
                 "Node",
-                f"label_values({c.GPU_INFO.name}, instance)",
-                "The exporter targets (one per GPU node) by their scrape address.",
+                f"label_values({c.GPU_INFO.name}, {NODE_LABEL})",
+                NODE_HELP,
             )
         )
         .with_variable(

@@ -30,7 +30,9 @@ RATIO = "percentunit"  # 0..1 shown as 0..100%
 PERCENT = "percent"  # 0..100
 COUNT = "short"  # GPUs, pods, GPU-hours
 TOKENS_PER_S = "short"
-USD = "currencyUSD"
+MONEY = "short"  # an amount in the dashboard's $currency: Grafana takes no unit from a variable
+CURRENCY = "${currency}"
+"""The currency of every cost, for titles, legends and descriptions (a dashboard variable)."""
 SECONDS = "s"
 WATTS = "watt"
 
@@ -376,14 +378,14 @@ def source_variable() -> dash.CustomVariable:
 
 
 def price_variable(default: str = "2.5") -> dash.CustomVariable:
-    """The price of one GPU-hour in USD; pick one or type your own."""
+    """The price of one GPU-hour in the dashboard's currency; pick one or type your own."""
     values = [default, "1", "2", "4", "8"]
     return (
         dash.CustomVariable("gpu_hour_price")
-        .label("USD per GPU-hour")
+        .label("Price per GPU-hour")
         .description(
-            "What one GPU costs per hour, in USD (your cloud or amortised on-prem price); type your own. "
-            "Costs on this dashboard are GPU-hours times this price."
+            "What one GPU costs per hour, in the currency of the Currency variable (your cloud or amortised "
+            "on-prem price); type your own. Costs on this dashboard are GPU-hours times this price."
         )
         .values(",".join(values))
         .current(model.VariableOption(selected=True, text=default, value=default))
@@ -391,6 +393,21 @@ def price_variable(default: str = "2.5") -> dash.CustomVariable:
         .multi(False)
         .include_all(False)
         .allow_custom_value(True)
+    )
+
+
+def currency_variable(default: str = "USD") -> dash.TextBoxVariable:
+    """The currency of the price and of every cost, shown in cost panels' titles and legends (type your own:
+    EUR, GBP, €…). Grafana does not take a panel's unit from a variable, so costs are plain numbers."""
+    return (
+        dash.TextBoxVariable("currency")
+        .label("Currency")
+        .description(
+            "The currency of the price per GPU-hour and of every cost on this dashboard (a code or a symbol); "
+            "it names the amounts, it converts nothing."
+        )
+        .default_value(default)
+        .current(model.VariableOption(selected=True, text=default, value=default))
     )
 
 

@@ -1,16 +1,26 @@
 """PromQL building blocks shared by the dashboards: selectors, template-variable matchers and pod joins.
 
 Metric names come from ``common.catalog`` and recording-rule names from ``alerts.rules``; this module only
-assembles them. Grafana substitutes ``$node``, ``$namespace``, ``$model``, ``$gpu``, ``$pod`` and
-``$source`` before the query reaches Prometheus.
+assembles them. Grafana substitutes ``$node``, ``$namespace``, ``$model``, ``$gpu``, ``$pod``, ``$source`` and
+``$gpu_hour_price`` before the query reaches Prometheus.
 """
 
 from __future__ import annotations
 
 from common import catalog as c
 
+NODE_LABEL = "instance"
+"""The label that names a series' GPU node: both scrape configurations of ``deploy/`` (the plain scrape job
+and the prometheus-operator ServiceMonitor) set it to the exporter pod's node name, so series survive an
+exporter rollout and the ``node`` variable lists node names, not pod addresses."""
+
+NODE_HELP = (
+    f"GPU nodes by name: the {NODE_LABEL} label, which the scrape job and the ServiceMonitor of deploy/ set to "
+    "the exporter pod's node."
+)
+
 # Matchers on template variables (multi-value variables are regexes: Grafana sends ``(a|b)`` or ``.*``).
-NODE = 'instance=~"$node"'
+NODE = f'{NODE_LABEL}=~"$node"'
 NAMESPACE = 'namespace=~"$namespace"'
 MODEL = 'model=~"$model"'
 GPU = 'gpu_uuid=~"$gpu"'
@@ -35,7 +45,7 @@ def used(*matchers: str) -> str:
 
 
 PRICE = "$gpu_hour_price"
-"""Price of one GPU for one hour, in USD (a dashboard variable)."""
+"""Price of one GPU for one hour, in the dashboard's ``$currency`` (dashboard variables)."""
 
 
 def sel(metric: c.Metric | str, *matchers: str) -> str:

@@ -13,6 +13,8 @@ from dashboards.promql import (
     MODEL,
     NAMESPACE,
     NODE,
+    NODE_HELP,
+    NODE_LABEL,
     PRICE,
     SOURCE,
     external,
@@ -216,12 +218,17 @@ def _vllm_row(d: dash.Dashboard) -> dash.Dashboard:
         )
         .with_panel(
             p.timeseries_panel(
-                "Cost per million generated tokens",
-                "GPUs allocated to each model's pods times $gpu_hour_price, over the tokens they generate per "
-                "hour, per million tokens. Compare with an API price; a cost that climbs at night is "
-                "replicas kept for a peak.",
-                p.USD,
-                [p.Query(f"{GPUS_HELD_BY_MODEL} * {PRICE} / ({generated} * 3600) * 1e6", "{{model}}")],
+                f"Cost per million generated tokens ({p.CURRENCY})",
+                "GPUs allocated to each model's pods times $gpu_hour_price ($currency per GPU-hour), over the "
+                "tokens they generate per hour, per million tokens. Compare with an API price; a cost that "
+                "climbs at night is replicas kept for a peak.",
+                p.MONEY,
+                [
+                    p.Query(
+                        f"{GPUS_HELD_BY_MODEL} * {PRICE} / ({generated} * 3600) * 1e6",
+                        f"{{{{model}}}} ({p.CURRENCY} per million tokens)",
+                    )
+                ],
             )
         )
         .with_panel(
@@ -267,8 +274,8 @@ def build() -> dash.Dashboard:
             p.query_variable(
                 "node",
                 "Node",
-                f"label_values({c.GPU_INFO.name}, instance)",
-                "The exporter targets (one per GPU node) by their scrape address.",
+                f"label_values({c.GPU_INFO.name}, {NODE_LABEL})",
+                NODE_HELP,
             )
         )
         .with_variable(
@@ -290,5 +297,6 @@ def build() -> dash.Dashboard:
         )
         .with_variable(p.source_variable())
         .with_variable(p.price_variable())
+        .with_variable(p.currency_variable())
     )
     return _vllm_row(_workload_row(_model_row(d)))

@@ -186,6 +186,7 @@ def _kubernetes(
         client = PodResourcesClient(settings.pod_resources_socket, resource_prefixes=prefixes, timeout_s=2.0)
         allocations = Allocations(client)
         closers.append(client.close)
+        options.dcgm_pods = allocations.placed  # refreshed by metadata.before_families, before rendering
     resolver = KubeOwnerResolver(ProcReader(settings.proc_root), cache, nvml_name=reader.process_name)
     metadata = PodMetadata(
         resolver,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import exposition as text_format
@@ -17,14 +17,26 @@ from prometheus_client.utils import floatToGoString
 
 from common import catalog as c
 from common.families import Families, Family, family, one
+from exporter.dcgm_compat import PodOnDevice, UnsuffixedCounter, dcgm_families, generation_of
 from exporter.readings import DcgmKey, GpmReading, GpuReading
 from exporter.snapshot import Snapshot
 
 FamilySource = Callable[[], Iterable[Family]]
 
 
-def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, version: str = "") -> list[Family]:
-    """Every family the exporter serves for one snapshot."""
+def families(
+    snap: Snapshot,
+    *,
+    hostname: str = "",
+    dcgm_compat: bool | str = False,
+    version: str = "",
+    dcgm_pods: Sequence[PodOnDevice] | None = None,
+) -> list[Family]:
+    """Every family the exporter serves for one snapshot.
+
+    ``dcgm_compat``: a dcgm-exporter generation (``True``: the default one) to also serve its series;
+    ``dcgm_pods``: the kubelet's allocations when it is read (Kubernetes mode), for their pod labels.
+    """
     r = snap.reading
     out: list[Family] = []
 
@@ -126,8 +138,9 @@ def families(snap: Snapshot, *, hostname: str = "", dcgm_compat: bool = False, v
     out += [cmem, cproc, ckernel, csm, cbw, cocc, ctensor, cengine, cunknown]
 
     out += _exporter_families(snap, version)
-    if dcgm_compat:
-        out += dcgm_families(snap, hostname)
+    generation = generation_of(dcgm_compat)
+    if generation is not None:
+        out += dcgm_families(snap, hostname, generation, dcgm_pods)
     return out
 
 
@@ -197,66 +210,6 @@ def _exporter_families(snap: Snapshot, version: str) -> list[Family]:
     ]
 
 
-def dcgm_families(snap: Snapshot, hostname: str) -> list[Family]:
-    """Device series under dcgm-exporter's names, units and labels, so its dashboards keep working."""
-    r = snap.reading
-    fams = {
-        m.name: family(m)
-        for m in (
-            c.DCGM_FB_USED,
-            c.DCGM_FB_FREE,
-            c.DCGM_GPU_UTIL,
-            c.DCGM_MEM_COPY_UTIL,
-            c.DCGM_POWER_USAGE,
-            c.DCGM_TOTAL_ENERGY,
-            c.DCGM_GPU_TEMP,
-            c.DCGM_SM_ACTIVE,
-            c.DCGM_SM_OCCUPANCY,
-            c.DCGM_DRAM_ACTIVE,
-            c.DCGM_TENSOR_ACTIVE,
-        )
-    }
-    mib = float(2**20)
-
-    def put(metric: c.Metric, labels: list[str], value: float | None) -> None:
-        if value is not None:
-            fams[metric.name].add_metric(labels, value)
-
-    for g in r.gpus:
-        if not g.up:
-            continue
-        base = [str(g.index), g.uuid, f"nvidia{g.index}", g.name, hostname]
-        whole = [*base, "", ""]
-        # On a MIG GPU dcgm-exporter serves the memory of each instance, not the parent's as well: summing
-        # DCGM_FI_DEV_FB_USED over a node must count each byte once.
-        if g.memory_used_bytes is not None and g.memory_total_bytes is not None and not g.mig:
-            put(c.DCGM_FB_USED, whole, round(g.memory_used_bytes / mib))
-            put(c.DCGM_FB_FREE, whole, round((g.memory_total_bytes - g.memory_used_bytes) / mib))
-        put(c.DCGM_GPU_UTIL, whole, None if g.utilization_ratio is None else round(g.utilization_ratio * 100))
-        put(
-            c.DCGM_MEM_COPY_UTIL,
-            whole,
-            None if g.memory_controller_ratio is None else round(g.memory_controller_ratio * 100),
-        )
-        put(c.DCGM_POWER_USAGE, whole, g.power_watts)
-        put(c.DCGM_TOTAL_ENERGY, whole, None if g.energy_joules is None else g.energy_joules * 1000)
-        put(c.DCGM_GPU_TEMP, whole, g.temperature_celsius)
-        scopes = [(whole, g.gpm)] + [([*base, m.profile, str(m.gpu_instance)], m.gpm) for m in g.mig]
-        for labels, gpm in scopes:
-            if gpm is None:
-                continue
-            put(c.DCGM_SM_ACTIVE, labels, gpm.sm_active)
-            put(c.DCGM_SM_OCCUPANCY, labels, gpm.sm_occupancy)
-            put(c.DCGM_DRAM_ACTIVE, labels, gpm.dram_bandwidth)
-            put(c.DCGM_TENSOR_ACTIVE, labels, gpm.tensor_active)
-        for m in g.mig:
-            if m.memory_used_bytes is not None and m.memory_total_bytes is not None:
-                labels = [*base, m.profile, str(m.gpu_instance)]
-                put(c.DCGM_FB_USED, labels, round(m.memory_used_bytes / mib))
-                put(c.DCGM_FB_FREE, labels, round((m.memory_total_bytes - m.memory_used_bytes) / mib))
-    return list(fams.values())
-
-
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "info": "gauge", "stateset": "gauge", "unknown": "untyped"}
@@ -317,7 +270,9 @@ class Renderer:
             if not _plain(fam):
                 out.append(text_format.generate_latest(Families([fam])).decode())
                 continue
-            name = fam.name + ("_total" if fam.type == "counter" else "_info" if fam.type == "info" else "")
+            name = fam.name
+            if not isinstance(fam, UnsuffixedCounter):
+                name += "_total" if fam.type == "counter" else "_info" if fam.type == "info" else ""
             doc = fam.documentation.replace("\\", "\\\\").replace("\n", "\\n")
             out.append(f"# HELP {name} {doc}\n# TYPE {name} {_TEXT_TYPES[fam.type]}\n")
             self._sample_lines(fam, out)
@@ -331,7 +286,8 @@ class Renderer:
                 rendered = openmetrics_format.generate_latest(Families([fam]))  # type: ignore[no-untyped-call]
                 out.append(rendered.decode().removesuffix("# EOF\n"))
                 continue
-            out.append(f"# HELP {fam.name} {_escape_value(fam.documentation)}\n# TYPE {fam.name} {fam.type}\n")
+            kind = "unknown" if isinstance(fam, UnsuffixedCounter) else fam.type  # OpenMetrics counters end in _total
+            out.append(f"# HELP {fam.name} {_escape_value(fam.documentation)}\n# TYPE {fam.name} {kind}\n")
             if fam.unit:
                 out.append(f"# UNIT {fam.name} {fam.unit}\n")
             self._sample_lines(fam, out)

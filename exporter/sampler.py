@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import Metric as Family
 
 from exporter.dcgm import DcgmSource
+from exporter.dcgm_compat import PodOnDevice
 from exporter.nvml.reader import NvmlReader
 from exporter.readings import NodeReading
 from exporter.render import Exposition, Renderer, families
@@ -25,7 +26,10 @@ Listener = Callable[[Snapshot, list[Family]], object]
 class SamplerOptions:
     interval_s: float = 5.0
     hostname: str = ""
-    dcgm_compat: bool = False
+    dcgm_compat: bool | str = False
+    """A dcgm-exporter generation to also serve its series under (True: the default one); off when False."""
+    dcgm_pods: Callable[[NodeReading], Sequence[PodOnDevice]] | None = None
+    """The kubelet's allocations placed on this sample's GPUs, for the pod labels of --dcgm-compat series."""
     version: str = ""
     mode: str = "nvml"  # "nvml" or "simulated", shown in the build-info series
     max_usages: int = 4096
@@ -66,6 +70,11 @@ class Sampler:
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
 
+    def _dcgm_pods(self, reading: NodeReading) -> Sequence[PodOnDevice] | None:
+        if self.options.dcgm_pods is None or not self.options.dcgm_compat:
+            return None
+        return self.options.dcgm_pods(reading)
+
     def sample_once(self) -> Snapshot:
         """Take one sample and publish it; never raises for a GPU or driver fault."""
         with self._lock:
@@ -100,6 +109,7 @@ class Sampler:
                 hostname=self.options.hostname,
                 dcgm_compat=self.options.dcgm_compat,
                 version=self.options.version,
+                dcgm_pods=self._dcgm_pods(reading),
             )
             for extra in self.options.extra_families:
                 try:

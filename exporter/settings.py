@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import net
-from common.envflags import env_name, parse_bool
-from common.quoting import InputError
+from common import catalog, net
+from common.envflags import default_text, env_name, parse_bool, with_default
+from common.quoting import InputError, short_repr
 
 
 class SettingsError(InputError):
@@ -49,11 +49,20 @@ class ExporterSettings:
     proc_root: str = field(default="/proc", metadata=_opt("the host's /proc as mounted in the container"))
     hostname: str = field(
         default_factory=lambda: os.environ.get("NODE_NAME") or socket.gethostname(),
-        metadata=_opt("node name for the Hostname label of --dcgm-compat series (default: $NODE_NAME)"),
+        metadata=_opt(
+            "node name for the Hostname (or hostname) label of --dcgm-compat series "
+            "(default: $NODE_NAME, else the host name)"
+        ),
     )
     gpm: bool = field(default=True, metadata=_opt("read GPM activity metrics on Hopper and newer"))
-    dcgm_compat: bool = field(
-        default=False, metadata=_opt("also serve device series under dcgm-exporter's names and labels")
+    dcgm_compat: bool | str = field(
+        default=False,
+        metadata=_opt(
+            "also serve device series under dcgm-exporter's names and labels, as the given generation of its "
+            f"pages has them ({', '.join(g.name for g in catalog.DCGM_GENERATIONS)}; bare or 'true': "
+            f"{catalog.DCGM_DEFAULT_GENERATION})",
+            optional_value=True,
+        ),
     )
     dcgm_exporter_url: str | None = field(
         default=None,
@@ -215,11 +224,48 @@ def _parse_bool(text: str, where: str) -> bool:
         raise SettingsError(str(exc)) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
-    """One flag per dataclass field; help shows the environment variable."""
+def _bool_or_generation(text: str, where: str) -> bool | str:
+    """True or false as for a switch, else a dcgm-exporter generation's name; anything else is refused."""
+    names = [g.name for g in catalog.DCGM_GENERATIONS]
+    if text.strip() in names:
+        return text.strip()
+    try:
+        return parse_bool(text, where)
+    except ValueError:
+        raise SettingsError(
+            f"{where}: expected true or false, or a dcgm-exporter generation ({', '.join(names)}), "
+            f"got {short_repr(text)}"
+        ) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any], defaults: Mapping[str, Any] | None = None) -> None:
+    """One flag per dataclass field; help shows the default (``defaults`` overrides the field's, as a
+    command that starts from other values does) and the environment variable. A computed default is
+    described in the field's own help."""
+    defaults = defaults or {}
     for f in dataclasses.fields(cls):
-        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
-        if f.type in ("bool", bool):
+        declared = defaults.get(f.name, f.default)
+        shown = None if declared is dataclasses.MISSING else default_text(declared)
+        help_text = with_default(f.metadata.get("help", ""), shown, env_name(f.name))
+        if f.metadata.get("optional_value") is not None:  # --flag, --flag VALUE and --no-flag
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                nargs="?",
+                const=f.metadata["optional_value"],
+                default=None,
+                help=help_text,
+                metavar=f.name.upper(),
+            )
+            parser.add_argument(
+                "--no-" + flag_name(f.name)[2:],
+                dest=f.name,
+                action="store_const",
+                const=False,
+                default=None,
+                help=f"turn {flag_name(f.name)} off (its default)",
+            )
+        elif f.type in ("bool", bool):
             parser.add_argument(
                 flag_name(f.name),
                 dest=f.name,
@@ -252,6 +298,8 @@ def _convert(kind: Any, raw: Any, where: str) -> Any:
         return raw
     if kind == "bool":
         return _parse_bool(str(raw), where)
+    if kind == "bool | str":  # a switch that may name what to switch on: --dcgm-compat [GENERATION]
+        return _bool_or_generation(str(raw), where)
     if kind in ("float", "int"):
         try:
             return float(raw) if kind == "float" else int(raw)

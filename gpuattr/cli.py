@@ -17,11 +17,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.envflags import parse_args
+from common.envflags import annotate, env_name, parse_args
 from common.quoting import InputError
 from exporter.settings import ExporterSettings, SettingsError, add_arguments, from_sources
 
 DEFAULT_SCENARIO = "scenarios/h100-inference-node.yaml"
+
+# Where the demo starts from other values than the exporter (a flag or GPUATTR_* variable still wins)
+DEMO_DEFAULTS: dict[str, object] = {
+    "simulate": DEFAULT_SCENARIO,
+    "listen": "127.0.0.1:9835",
+    "interval": 2.0,
+    "kubernetes": True,  # the simulated node brings its own API server and kubelet socket
+    "dcgm_exporter_url": "simulated",  # a simulated dcgm-exporter beside the simulated node
+    "sim_start": 60.0,  # past the servers' start-up, so memory shows what they hold
+}
 
 
 def _logging(level: str) -> None:
@@ -57,21 +67,14 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from exporter.app import build
-    from simulator.demo import summary, wait_for_samples
+    from simulator.demo import next_steps, summary, wait_for_samples
 
     settings: ExporterSettings = from_sources(ExporterSettings, args)
     if settings.simulate is None:
         settings.simulate = DEFAULT_SCENARIO
-    if args.listen is None and "GPUATTR_LISTEN" not in os.environ:
-        settings.listen = "127.0.0.1:9835"
-    if args.interval is None and "GPUATTR_INTERVAL" not in os.environ:
-        settings.interval = 2.0
-    if args.kubernetes is None and "GPUATTR_KUBERNETES" not in os.environ:
-        settings.kubernetes = True  # the simulated node brings its own API server and kubelet socket
-    if args.dcgm_exporter_url is None and "GPUATTR_DCGM_EXPORTER_URL" not in os.environ:
-        settings.dcgm_exporter_url = "simulated"  # a simulated dcgm-exporter beside the simulated node
-    if args.sim_start is None and "GPUATTR_SIM_START" not in os.environ:
-        settings.sim_start = 60.0  # past the servers' start-up, so memory shows what they hold
+    for name, value in DEMO_DEFAULTS.items():
+        if name != "simulate" and getattr(args, name) is None and env_name(name) not in os.environ:
+            setattr(settings, name, value)
     _logging(settings.log_level)
     run_for = args.run_for if args.run_for is not None else _env_float("GPUATTR_RUN_FOR")
     exporter = build(settings)
@@ -80,10 +83,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         metrics = wait_for_samples(exporter.server.url, samples=3, timeout_s=30)
         print(f"Simulated node {settings.simulate!r}: what the exporter sees\n")
         print(summary(metrics))
-        if exporter.simulation is not None and exporter.simulation.vllm:
-            print("\n" + _attribution_of(exporter.simulation.vllm, exporter.server.url))
+        servers = exporter.simulation.vllm if exporter.simulation is not None else []
+        if servers:
+            print("\n" + _attribution_of(servers, exporter.server.url))
         print(f"\nScrape it: curl -s {exporter.server.url}")
         if run_for != 0:
+            print("\n" + next_steps(servers, exporter.server.url, command=_invoked_as()))
             print(
                 "Serving until Ctrl-C." if run_for is None else f"Serving for {run_for:.0f}s.",
                 flush=True,
@@ -92,6 +97,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         exporter.stop()
     return 0
+
+
+def _invoked_as() -> str:
+    """How this command was run, for commands to copy: ``.venv/bin/gpuattr`` under ``make demo``, else ``gpuattr``."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return argv0 if Path(argv0).name == "gpuattr" else "gpuattr"
 
 
 def _attribution_of(servers: list[Any], exporter_url: str) -> str:
@@ -202,6 +213,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuattr", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, summary) in PASSTHROUGH.items():
         sub.add_parser(name, help=summary + f" (gpuattr {name} --help)", add_help=False)
@@ -219,12 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help=f"run the exporter on a simulated node ({DEFAULT_SCENARIO}) and show what it sees"
     )
-    add_arguments(demo, ExporterSettings)
+    add_arguments(demo, ExporterSettings, DEMO_DEFAULTS)
     demo.add_argument(
         "--run-for",
         type=float,
         default=None,
-        help="keep serving this many seconds after the summary (0: exit at once) [env GPUATTR_RUN_FOR]",
+        help="keep serving this many seconds after the summary (0: exit at once; default: until signalled) "
+        "[env GPUATTR_RUN_FOR]",
     )
     demo.set_defaults(func=cmd_demo)
 
@@ -254,7 +267,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--check", action="store_true", help="fail if the files differ from what would be generated")
     dash.set_defaults(func=cmd_dashboards)
+    for name in (*ENV_FLAGS, "exporter", "demo"):
+        annotate(_subparsers(parser)[name])  # each flag's default and variable in its help
     return parser
+
+
+def version() -> str:
+    """The installed package's version; ``unknown`` when run from a source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("gpu-attribution")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand, its help annotated as ``gpuattr NAME --help`` shows it."""
+    if name in PASSTHROUGH:
+        import importlib
+
+        module, _, factory = PARSERS[name].partition(":")
+        built: argparse.ArgumentParser = getattr(importlib.import_module(module), factory)()
+        return annotate(built)
+    return _subparsers(build_parser())[name]
 
 
 # Subcommands of the attribution package: their own parsers, imported only when asked for (so the
@@ -264,6 +301,15 @@ PASSTHROUGH = {
     "model-memory": ("attribution.model_memory", "KV bytes per token and weights of a model, and how many tokens fit"),
     "vllm-log": ("attribution.vllm_log", "read what a vLLM start-up log says about memory"),
     "review": ("attribution.review", "the capacity review: allocation against use, waste, SLOs, consolidation"),
+}
+
+
+# The parser of each subcommand above (for the help checks; ``main`` of each module builds its own)
+PARSERS = {
+    "attribute": "attribution.job:build_parser",
+    "model-memory": "attribution.model_memory.cli:build_parser",
+    "vllm-log": "attribution.vllm_log:build_parser",
+    "review": "attribution.review.cli:build_parser",
 }
 
 

@@ -74,8 +74,9 @@ server. So the exporter:
 dcgm-exporter pages are read with prometheus-client's parser and matched to GPUs by `UUID` (or `uuid`)
 and MIG instance by `GPU_I_ID`. Profiling fields are 0–1 ratios; older releases wrote "(in %)" in their
 HELP while serving ratios (NVIDIA/dcgm-exporter#346), so a field is read as percent only when a value
-is above 1. Release 4.9 renamed some fields and labels; `--dcgm-field-aliases NEW=OLD` reads a renamed
-field as the one it replaced.
+is above 1. DCGM 4.6 renamed many fields (kept as aliases in DCGM, not yet used by dcgm-exporter's default
+counters) and dcgm-exporter's main branch renamed `Hostname` to `hostname`; `--dcgm-field-aliases NEW=OLD`
+reads a renamed field as the one it replaced.
 """
 
 
@@ -90,6 +91,63 @@ def _metric_rows(group: c.Group) -> list[str]:
         labels = ", ".join(f"`{label}`" for label in m.labels) or "—"
         rows.append(f"| `{m.name}` | {m.kind.value} | {labels} | {m.help} |")
     return rows
+
+
+_DCGM_PODS = """\
+### Kubernetes mode: pod labels on `DCGM_*` series
+
+dcgm-exporter's Kubernetes mode learns from the kubelet's pod-resources API which pod holds which GPU and
+adds `namespace`, `pod` and `container` to that GPU's series (or the MIG instance's, matched by its GPU
+instance). The agent does the same whenever it reads pod-resources (`--pod-resources-socket`, which the
+Kubernetes deployment sets); without it the series have no such labels. Our `gpuattr_*` series are unchanged.
+
+- A whole GPU held by one container: its series carry that container's `namespace`, `pod`, `container`.
+- A MIG instance: the instance's series (`GPU_I_ID`) carry the container holding it; the whole-GPU series of
+  a MIG GPU (temperature, power, clocks) carry empty pod labels, since no single pod holds the device.
+- A GPU or instance no pod holds: one series with the pod labels empty.
+- A GPU shared by several containers (time-slicing, MPS, a shared MIG instance): **one copy of every
+  device series per container**, each with the device's own value, as dcgm-exporter does with
+  `--kubernetes-virtual-gpus` (without that flag dcgm-exporter labels only one of the pods, whichever it
+  met last). The device value is therefore repeated, not split: `sum by (namespace, pod)` answers "what
+  do the GPUs my pod uses show", while a node or cluster total must count each device once, e.g.
+  `sum(max by (UUID, GPU_I_ID) (DCGM_FI_DEV_FB_USED))`. The per-container share of a shared GPU is in
+  `gpuattr_container_gpu_*`, not here.
+"""
+
+
+def _dcgm_compat_doc() -> list[str]:
+    lines = [
+        "### dcgm-exporter generations (`--dcgm-compat GENERATION`)",
+        "",
+        f"A bare `--dcgm-compat` (or `GPUATTR_DCGM_COMPAT=true`) means `{c.DCGM_DEFAULT_GENERATION}`. The "
+        "field names are the same in every generation: dcgm-exporter's default counters still use them up to "
+        "its newest release and main branch (the DCGM 4.6 names are listed above as not produced).",
+        "",
+        "| generation | releases | host label | differences |",
+        "| --- | --- | --- | --- |",
+    ]
+    for g in c.DCGM_GENERATIONS:
+        diffs = [
+            f"`{f.metric.name}`: {v.kind.value + ', ' if v.kind else ''}{v.help or f.metric.help}"
+            for f in c.DCGM_FIELDS
+            for name, v in f.variants
+            if name == g.name
+        ]
+        lines.append(f"| `{g.name}` | {g.releases} | `{g.host_label}` | {'; '.join(diffs) or '—'} |")
+    lines += [
+        "",
+        "### How each `DCGM_*` field is made",
+        "",
+        "Each series is served only while its reading is known; an unknown value is absent, never 0. Counters "
+        "keep dcgm-exporter's names without `_total` (`# TYPE <name> counter` in the text format; typed `unknown` "
+        "in OpenMetrics, whose counters must end in `_total`).",
+        "",
+        "| field | type | from | per MIG instance |",
+        "| --- | --- | --- | --- |",
+    ]
+    for f in c.DCGM_FIELDS:
+        lines.append(f"| `{f.metric.name}` | {f.metric.kind.value} | {f.source} | {'yes' if f.per_instance else '—'} |")
+    return [*lines, "", _DCGM_PODS.rstrip("\n")]
 
 
 def render_metrics_doc() -> str:
@@ -114,6 +172,8 @@ def render_metrics_doc() -> str:
     ]
     lines += [f"| `{name}` | {why} |" for name, why in c.DCGM_UNMAPPED.items()]
     lines += [
+        "",
+        *_dcgm_compat_doc(),
         "",
         _PRECEDENCE,
         "## Configuration",

@@ -1,10 +1,10 @@
 """A simulated dcgm-exporter for the simulated node: its ``/metrics`` page, computed from the scenario.
 
 Values are what DCGM's profiling fields would read over the last second of scenario time on each GPU
-and MIG instance, in the page layouts of dcgm-exporter releases (``style``): ``"3.3"`` (``Hostname``,
-``DCGM_FI_DRIVER_VERSION``, utilisation in %, framebuffer in MiB) and ``"4.9"`` (``hostname``,
-``DCGM_FI_SYSTEM_DRIVER_VERSION``, utilisation as a ratio, framebuffer in bytes). Faults: serve nothing,
-answer slowly, or answer garbage during scenario windows.
+and MIG instance, in the page layouts of dcgm-exporter (``style``): ``"3.3"`` (releases to date: ``Hostname``)
+and ``"next"`` (its main branch, which renamed that label ``hostname``, NVIDIA/dcgm-exporter#655). Both keep
+``DCGM_FI_DRIVER_VERSION``, utilisation in % and framebuffer in MiB: no release has changed those yet. Faults:
+serve nothing, answer slowly, or answer garbage during scenario windows.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ _PROF = (
 
 def render_page(fake: FakeNvmlLibrary, spec: DcgmExporterSpec, hostname: str) -> str:
     scenario, t = fake.scenario, fake.clock.now()
-    new = spec.style == "4.9"
-    host_label = "hostname" if new else "Hostname"
-    driver_label = "DCGM_FI_SYSTEM_DRIVER_VERSION" if new else "DCGM_FI_DRIVER_VERSION"
+    host_label = "hostname" if spec.style == "next" else "Hostname"
     lines: list[str] = []
     scopes: list[tuple[dict[str, str], _Target]] = []
     for gpu in scenario.gpus:
@@ -46,7 +44,7 @@ def render_page(fake: FakeNvmlLibrary, spec: DcgmExporterSpec, hostname: str) ->
             "device": f"nvidia{gpu.index}",
             "modelName": gpu.model,
             host_label: hostname,
-            driver_label: scenario.node.driver_version,
+            "DCGM_FI_DRIVER_VERSION": scenario.node.driver_version,
         }
         if gpu.mig:
             for inst in gpu.mig:
@@ -59,21 +57,15 @@ def render_page(fake: FakeNvmlLibrary, spec: DcgmExporterSpec, hostname: str) ->
     def labels(d: dict[str, str]) -> str:
         return ",".join(f'{k}="{v}"' for k, v in d.items())
 
-    util_help = "GPU utilization (ratio)." if new else "GPU utilization (in %)."
-    lines += ["# HELP DCGM_FI_DEV_GPU_UTIL " + util_help, "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
+    lines += ["# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).", "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
     for lbl, target in scopes:
         if target.gi is None:
             kernel = fake._activity(target, max(0.0, t - 1), t)["kernel"]
-            lines.append(f"DCGM_FI_DEV_GPU_UTIL{{{labels(lbl)}}} {kernel if new else round(kernel * 100)}")
-    fb_name, fb_help = (
-        ("DCGM_FI_DEV_FB_USED_BYTES", "Framebuffer memory used (in bytes).")
-        if new
-        else ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).")
-    )
-    lines += [f"# HELP {fb_name} {fb_help}", f"# TYPE {fb_name} gauge"]
+            lines.append(f"DCGM_FI_DEV_GPU_UTIL{{{labels(lbl)}}} {round(kernel * 100)}")
+    lines += ["# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).", "# TYPE DCGM_FI_DEV_FB_USED gauge"]
     for lbl, target in scopes:
         _, used = fake._memory(target, t)
-        lines.append(f"{fb_name}{{{labels(lbl)}}} {used if new else used // 2**20}")
+        lines.append(f"DCGM_FI_DEV_FB_USED{{{labels(lbl)}}} {used // 2**20}")
     for name, key, doc in _PROF:
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge"]
         for lbl, target in scopes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Any
 
 from alerts.config import AlertConfig
 from common import catalog as c
@@ -34,7 +35,14 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
     gpu_keys = ("gpu", "gpu_uuid", "mig_instance")
     total = by_key(c.GPU_MEMORY_TOTAL.name, *gpu_keys)
     used = by_key(c.GPU_MEMORY_USED.name, *gpu_keys)
-    sm = by_key(c.GPU_SM_ACTIVE.name, *gpu_keys)
+    kernel_time = by_key(c.GPU_UTILIZATION.name, *gpu_keys)  # whole GPUs only: N/A under MIG
+    # SM activity from GPM where the GPU has it, else dcgm-exporter's; the source=nvml fallback is kernel time
+    sm = {
+        tuple(lbl.get(k, "") for k in gpu_keys): v
+        for source in ("dcgm", "gpm")
+        for lbl, v in metrics.get(c.GPU_SM_ACTIVE.name, [])
+        if lbl.get("source") == source
+    }
     bw = by_key(c.GPU_MEMORY_BANDWIDTH.name, *gpu_keys)
     up = by_key(c.GPU_UP.name, "gpu")
     names = {lbl["gpu"]: lbl["gpu_model"] for lbl, _ in metrics.get(c.GPU_INFO.name, [])}
@@ -44,7 +52,7 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
         gpu, _uuid, mig = key
         label = f"{gpu}" + (f" / MIG {mig}" if mig else "")
         if up.get((gpu,), 1) == 0:
-            gpu_rows.append([label, names.get(gpu, ""), "LOST", "", "", ""])
+            gpu_rows.append([label, names.get(gpu, ""), "LOST", "", "", "", ""])
             continue
         gpu_rows.append(
             [
@@ -52,6 +60,7 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
                 names.get(gpu, "") if not mig else "",
                 gib(used.get(key, 0), 1),
                 gib(total.get(key, 0), 1),
+                _pct(kernel_time.get(key)),
                 _pct(sm.get(key)),
                 _pct(bw.get(key)),
             ]
@@ -108,7 +117,9 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
             ]
         )
     tables = [
-        table(["GPU", "model", "used", "total", "SM", "DRAM bw"], gpu_rows, right=(2, 3, 4, 5)),
+        table(
+            ["GPU", "model", "used", "total", "kernel time", "SM active", "DRAM bw"], gpu_rows, right=(2, 3, 4, 5, 6)
+        ),
         table(
             ["GPU", "who", "memory", "kernel time", "SM active", "DRAM bw", ""],
             usage_rows,
@@ -149,7 +160,46 @@ def summary(metrics: dict[str, list[Sample]]) -> str:
                 ]
             )
         tables.append(table(["pod", "workload", "model", "class", "team", "allocated GPUs", ""], pod_rows))
+    tables.append(LEGEND)
     return "\n\n".join(tables)
+
+
+LEGEND = "\n".join(
+    (
+        "kernel time  share of the interval in which a kernel ran, not how many SMs it kept busy",
+        f"             ({c.GPU_UTILIZATION.name}, {c.CONTAINER_KERNEL_ACTIVE.name})",
+        "SM active    share of the SMs busy, from GPM or dcgm-exporter; '-' where neither measures it",
+        f"             ({c.GPU_SM_ACTIVE.name}, {c.CONTAINER_SM_ACTIVE.name})",
+    )
+)
+
+
+def next_steps(servers: list[Any], exporter_url: str, command: str = "gpuattr") -> str:
+    """The simulated vLLM servers' URLs, and the README's next steps as commands that run against them
+    while the demo serves. ``servers``: :class:`simulator.vllm.SimVllmServer` objects."""
+    leaders = [s for s in servers if getattr(s, "rank", 0) == 0]
+    if not leaders:
+        return f"Next, while it serves:\n  curl -s {exporter_url}"
+    rows = [[f"{s.namespace}/{s.pod}", s.metrics_url, s.logs_url] for s in leaders]
+    first = leaders[0]
+    lines = [
+        "The simulated vLLM servers:",
+        "",
+        table(["server", "/metrics", "start-up log"], rows),
+        "",
+        "Next, while it serves (in another terminal):",
+        f"  curl -s {exporter_url}",
+        f"  curl -s {first.metrics_url} | grep '^vllm:'",
+        f"  curl -s {first.logs_url} | {command} vllm-log -",
+        "  mkdir -p demo-logs",
+        *(f"  curl -s {s.logs_url} > demo-logs/{s.namespace}_{s.pod}.log" for s in leaders),
+        f"  {command} attribute --window 5m --exporter-url {exporter_url} --logs demo-logs \\",
+        *(
+            f"      --vllm {s.namespace}/{s.pod}={s.metrics_url}" + (" \\" if s is not leaders[-1] else "")
+            for s in leaders
+        ),
+    ]
+    return "\n".join(lines)
 
 
 def wait_for_samples(url: str, samples: int, timeout_s: float) -> dict[str, list[Sample]]:

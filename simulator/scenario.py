@@ -548,7 +548,9 @@ class FaultSpec(_Strict):
 class DcgmExporterSpec(_Strict):
     """A simulated dcgm-exporter beside the node (used with --dcgm-exporter-url simulated)."""
 
-    style: Literal["3.3", "4.9"] = Field(default="3.3", description="page layout of that release")
+    style: Literal["3.3", "next"] = Field(
+        default="3.3", description="page layout: 3.3 (releases to date, Hostname) or next (main branch, hostname)"
+    )
     down_between: list[tuple[float, float]] = Field(default_factory=list, description="answers 503 then")
     slow_between: list[tuple[float, float]] = Field(default_factory=list, description="answers late then")
     slow_seconds: float = 5.0

@@ -46,7 +46,7 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _build_parser() -> _Parser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="gpuattr model-memory",
         description="KV cache bytes per token per GPU and weight bytes of a model from its config.json, and how "
@@ -56,10 +56,10 @@ def _build_parser() -> _Parser:
         "--config",
         dest="model_config",  # GPUATTR_MODEL_CONFIG, as documented
         metavar="CONFIG",
-        help="config.json, or a directory holding it",
+        help="config.json, or a directory holding it (required)",
     )
-    parser.add_argument("--tensor-parallel", type=int, default=1, help="TP size")
-    parser.add_argument("--pipeline-parallel", type=int, default=1, help="PP size")
+    parser.add_argument("--tensor-parallel", type=int, default=1, help="tensor-parallel size")
+    parser.add_argument("--pipeline-parallel", type=int, default=1, help="pipeline-parallel size")
     parser.add_argument(
         "--kv-cache-dtype",
         default="auto",
@@ -77,26 +77,25 @@ def _build_parser() -> _Parser:
         "--gpu-memory-utilization",
         type=float,
         default=DEFAULT_UTILIZATION,
-        help=f"vLLM's --gpu-memory-utilization (default {DEFAULT_UTILIZATION})",
+        help="vLLM's --gpu-memory-utilization",
     )
     parser.add_argument(
         "--activation-peak",
         type=_size,
         default=DEFAULT_ACTIVATION_PEAK,
-        help=f"PyTorch activation peak per GPU (default {DEFAULT_ACTIVATION_PEAK}; the start-up log's budget line has "
-        "the real figure)",
+        help="PyTorch activation peak per GPU (the start-up log's budget line has the real figure)",
     )
     parser.add_argument(
         "--non-torch",
         type=_size,
-        help=f"non-torch memory per GPU (default {DEFAULT_NON_TORCH_TP1} at TP 1, {DEFAULT_NON_TORCH_TP} at TP > 1 for "
-        "NCCL buffers)",
+        help=f"non-torch memory per GPU (default: {DEFAULT_NON_TORCH_TP1} at TP 1, {DEFAULT_NON_TORCH_TP} at TP > 1 "
+        "for NCCL buffers)",
     )
     parser.add_argument("--max-model-len", type=int, help="tokens per request, for the concurrency the capacity allows")
     parser.add_argument(
         "--max-num-seqs",
         type=int,
-        help="sequences running at once whose Mamba / linear-attention state a hybrid holds beside its KV (default 1; "
+        help="sequences running at once whose Mamba / linear-attention state a hybrid holds beside its KV (default: 1; "
         "capacity is what is left for tokens)",
     )
     parser.add_argument(
@@ -109,7 +108,7 @@ def _build_parser() -> _Parser:
         "--block-size",
         type=int,
         default=DEFAULT_BLOCK_SIZE,
-        help=f"tokens per KV block; capacity is whole blocks (default {DEFAULT_BLOCK_SIZE})",
+        help="tokens per KV block; capacity is whole blocks",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -117,7 +116,7 @@ def _build_parser() -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpuattr model-memory``: 0 on success, 2 on bad input (the message names it)."""
-    parser = _build_parser()
+    parser = build_parser()
     try:
         args = envflags.parse_args(parser, argv)
         if not args.model_config:

@@ -55,6 +55,7 @@ class KvSizing:
     state_bytes_per_seq: int = 0  # bytes per sequence per GPU those layers hold, in vLLM's padded pages
     block_size: int | None = None  # tokens per attention block vLLM raises the block size to
     state_method: str = ""  # one sentence: shapes, page alignment and grouping
+    block_bytes: int = 0  # one block of vLLM's shared pool over all layer slots (a page × the group size)
 
 
 # Model types whose config class fixes which layers slide when the config gives no list or pattern
@@ -252,8 +253,9 @@ def kv_sizing(
         hybrid_how += f" (layer kinds from {kinds_how})"
     if hybrid_how and pipeline_parallel > 1:
         raise UnsupportedModel(
-            f"{source}: hybrid attention ({kinds_how}) with pipeline_parallel {pipeline_parallel}: vLLM's grouping "
-            "across stages is not sized here"
+            f"{source}: hybrid attention ({kinds_how}) with pipeline_parallel {pipeline_parallel} is not sized, "
+            "because how vLLM groups layers of each kind on each stage changed between releases (each stage's own "
+            "layers, then groups of the whole model cut by stage)"
         )
     if hybrid_how:
         on_gpu, layer_how = slots, f"{slots} layer slots"
@@ -308,8 +310,9 @@ def _hybrid_sizing(
     source = view.source
     if pipeline_parallel > 1:
         raise UnsupportedModel(
-            f"{source}: {view.model_type} hybrid with pipeline_parallel {pipeline_parallel}: vLLM's grouping across "
-            "stages is not sized here"
+            f"{source}: a {view.model_type} hybrid with pipeline_parallel {pipeline_parallel} is not sized, because "
+            "how vLLM groups its attention and state layers into pages on each stage changed between releases (each "
+            "stage's own layers, then groups of the whole model cut by stage)"
         )
     layout = hybrid_layout(view, layers)
     if layout.attention_layers == 0 or layout.state_layers == 0:
@@ -357,4 +360,5 @@ def _hybrid_sizing(
         state_bytes_per_seq=state_total,
         block_size=block,
         state_method=state_method,
+        block_bytes=page * group,
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from attribution.model_memory.config import (
     _ATTENTION_LAYER_TYPES,
+    SIZED_HYBRID_TYPES,
     UnsupportedModel,
     _head_geometry,
     _int,
@@ -317,6 +318,12 @@ def _moe_layers(view: _View, layers: int) -> list[bool]:
 
 def _estimate(config: Mapping[str, Any], dtype: str = "auto") -> WeightSizing:
     view = _view(config, "<config>")
+    if view.model_type in SIZED_HYBRID_TYPES:
+        raise UnsupportedModel(
+            f"{view.source}: the weights of a {view.model_type} hybrid are not estimated, because the parameters of "
+            "its Mamba / linear-attention layers are not modelled here; give the checkpoint's *.safetensors for "
+            "exact bytes, or its start-up log for vLLM's own figure"
+        )
     _refuse_unsupported(view)
     layer_types = view.cfg.get("layer_types")
     if isinstance(layer_types, list) and any(

@@ -143,7 +143,7 @@ def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
         # time-slicing shares SM time too: a footprint takes at least its SM share of a GPU's memory "slot"
         items.append(Item(name, max(per_gpu, int(gpu_bytes * min(1.0, sm_share * (1 + headroom)))), ranks=gpus))
     plan = pack(items, gpu_bytes, gpus_today=math.ceil(round(today, 6)))
-    today = round(today, 4)
+    today = round(today, 2)
     if today == int(today):  # whole GPUs read as they did: 160, not 160.0
         today = int(today)
     assumptions = [
@@ -164,7 +164,7 @@ def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
     return {
         "gpus_today": today,
         "gpus_needed": plan.gpus_needed,
-        "gpus_freed": round(today - plan.gpus_needed, 4),
+        "gpus_freed": round(today - plan.gpus_needed, 2),
         "refused": {**refused, **plan.refused},
         "assumptions": assumptions,
     }

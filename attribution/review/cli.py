@@ -15,7 +15,7 @@ from attribution.prometheus import PrometheusClient
 from attribution.review.analysis import run
 from attribution.review.data import ESSENTIAL, inputs
 from attribution.review.publish import HEALTH_JOB, push
-from attribution.review.render import FORMATS, markdown, write
+from attribution.review.render import FORMATS, headline, markdown, write
 from common.checks import http_url, output_folder
 from common.envflags import Parser, parse_args
 from common.fetch import FetchError
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GPU_MODEL=PRICE",
         help='price per GPU-hour of one GPU model, e.g. "NVIDIA H100 80GB HBM3=3.9" (repeatable)',
     )
+    p.add_argument("--currency", default="USD", help="currency of the prices, shown with every cost (default: USD)")
     p.add_argument("--pushgateway", help="push the headline figures to this Pushgateway")
     p.add_argument(
         "--idle-threshold", type=float, default=0.05, help="SM activity at or below which an allocated GPU is idle"
@@ -90,6 +91,8 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, float], list[str]]:
     ):
         if not math.isfinite(number) or number < 0:
             raise InputError(f"{flag}: expected a finite number, not negative, got {number}")
+    if not args.currency.strip() or len(args.currency) > 12:
+        raise InputError(f"--currency: expected a short currency name such as USD or EUR, got {args.currency!r}")
     if args.timeout == 0:
         raise InputError("--timeout: must be longer than zero seconds, got 0")
     if args.idle_threshold > 1:
@@ -115,11 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     health = Health(
         "review", HEALTH_JOB, inputs=inputs(args.window, args.resolution, args.idle_threshold), essential=ESSENTIAL
     )
+    at = args.at or time.time()
     try:
         review = run(
             client,
             window=args.window,
-            at=args.at or time.time(),
+            at=at,
             resolution=args.resolution,
             price=args.price_per_gpu_hour,
             idle=args.idle_threshold,
@@ -135,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pushgateway:
             health.push_or_say(args.pushgateway, args.timeout, PROG)
         return 1
+    # what the reports need beside the figures: the dates covered, the currency and the headline
+    review.update(start=at - parse_duration(args.window, "--window"), end=at, currency=args.currency)
+    review["headline"] = headline(review)
     print(json.dumps(review, indent=1) if args.json else markdown(review))
     if args.out:
         for path in write(review, Path(args.out), formats):

@@ -156,5 +156,5 @@ def test_help_shows_each_flags_variable_once(
     out = capsys.readouterr().out
     for dest in ("PRICE_PER_GPU_HOUR", "DRY_RUN", "NAMESPACE", "PORTS", "MODE"):
         assert out.count(f"[env GPUATTR_{dest}]") == 1, out
-    assert "what a GPU-hour costs [env GPUATTR_PRICE_PER_GPU_HOUR]" in out
+    assert "what a GPU-hour costs (default: 1.0) [env GPUATTR_PRICE_PER_GPU_HOUR]" in out
     assert "GPUATTR_HELP" not in out

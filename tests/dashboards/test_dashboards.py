@@ -228,3 +228,32 @@ def test_the_kustomization_ships_every_generated_dashboard_as_a_labelled_configm
 def test_each_configmap_stays_far_below_the_annotation_limit_of_client_side_apply() -> None:
     # kubectl apply stores the object in an annotation limited to 256 KiB.
     assert all(len(text.encode()) < 200 * 1024 for text in build.render_all().values())
+
+
+def _costs(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels with an amount of money: a query priced by $gpu_hour_price."""
+    return [p for p in panels(board) if any("$gpu_hour_price" in t["expr"] for t in p.get("targets", []))]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_costs_name_the_currency_variable_and_no_fixed_currency(name: str) -> None:
+    board = _load(name)
+    costs = _costs(board)
+    if not costs:
+        assert "currency" not in _variables(board)
+        return
+    currency = _variables(board)["currency"]
+    assert currency["type"] == "textbox" and currency["query"] == currency["current"]["value"] == "USD"
+    for panel in costs:
+        assert "${currency}" in panel["title"], panel["title"]
+        units = [panel["fieldConfig"]["defaults"].get("unit", "")]
+        units += [
+            prop["value"]
+            for override in panel["fieldConfig"].get("overrides", [])
+            for prop in override["properties"]
+            if prop["id"] == "unit"
+        ]
+        assert not [u for u in units if u.startswith("currency")], (panel["title"], units)
+    # the variable's default is the only USD: no unit, title or legend fixes the currency
+    board["templating"]["list"].remove(currency)
+    assert "USD" not in json.dumps(board)

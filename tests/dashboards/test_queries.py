@@ -438,7 +438,7 @@ def values_for(board: dict[str, Any], chosen: dict[str, list[str] | str]) -> dic
             values[name] = regex_escape(pick) if var.get("multi") or var.get("includeAll") else plain_escape(pick)
         elif var.get("includeAll") and var.get("allValue"):
             values[name] = var["allValue"]
-        elif var["type"] == "custom":
+        elif var["type"] in ("custom", "textbox", "constant"):
             values[name] = var["current"]["value"]
         else:
             raise AssertionError(f"no value for variable {name}")
@@ -565,7 +565,7 @@ def test_shares_of_the_allocation_used_are_fractions_and_training_uses_most_of_i
     assert by_class["training"] > 0.8  # torchrun at 91-96% on every GPU it holds
     assert by_class["experimentation"] == 0  # idle notebooks
     assert all(0 <= v <= 1 for v in by_class.values())
-    teams = _ask(cluster, name, "Allocation and use by team", "C")
+    teams = _ask(cluster, name, "Allocation, use and unused cost (${currency}) by team", "C")
     assert {s["metric"]["team"] for s in teams} == {"search", "research", "support-bot", "data", "nlp", "risk"}
     assert all(0 <= float(s["value"][1]) <= 1 for s in teams)
 
@@ -623,7 +623,9 @@ def test_vllm_memory_totals_are_the_attribution_jobs_numbers(cluster: Cluster) -
 
 def test_cost_per_million_tokens_is_gpus_times_price_over_tokens(cluster: Cluster) -> None:
     model = cluster.places[LLAMA_8B.pod].model
-    series = _ask(cluster, "gpuattr-workload-model.json", "Cost per million generated tokens", model=[model])
+    series = _ask(
+        cluster, "gpuattr-workload-model.json", "Cost per million generated tokens (${currency})", model=[model]
+    )
     (cost,) = [s for s in series if s["metric"]["model"] == model]
     expected = 1 * 2.5 / (LLAMA_8B.generated_per_s * 3600) * 1e6  # one GPU at the default price
     assert float(cost["value"][1]) == pytest.approx(expected, rel=0.05)

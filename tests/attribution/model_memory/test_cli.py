@@ -130,7 +130,7 @@ def test_cli_reports_kv_when_only_the_weights_cannot_be_sized(capsys: pytest.Cap
         (["--config", "/nonexistent/config.json"], "/nonexistent/config.json: no such file"),
         (
             ["--config", str(CONFIGS / "qwen3-next-80b-a3b.json"), "--gpu-memory", "80GiB"],
-            "model_type 'qwen3_next' mixes attention",
+            "the weights of a qwen3_next hybrid are not estimated",
         ),
         (["--config", str(VLLM_FIXTURE), "--gpu-memory", "lots"], "--gpu-memory: not a size: 'lots'"),
         (["--config", str(VLLM_FIXTURE), "--tensor-parallel", "two"], "--tensor-parallel: invalid int value"),

@@ -24,6 +24,7 @@ def test_jamba_mamba_1_state_and_its_4_attention_layers() -> None:
     assert sizing.state_layers == 28
     assert sizing.block_size == 80
     assert sizing.state_bytes_per_seq == 9_175_040
+    assert sizing.block_bytes == 4 * 327_680  # a block of the pool spans the 4 layer slots of a group
     assert "unpadded 8,716,288 B" in sizing.state_method  # 28 × 311,296
     assert "attn_layer_period 8, attn_layer_offset 4" in sizing.method
 
@@ -36,6 +37,7 @@ def test_bamba_mamba_2_groups_pad_its_29_state_layers_to_30_slots() -> None:
     sizing = kv("ibm-ai-platform/Bamba-9B")
     assert (sizing.kv_bytes_per_token, sizing.state_layers, sizing.block_size) == (12_288, 29, 528)
     assert sizing.state_bytes_per_seq == 64_880_640
+    assert sizing.block_bytes == 3 * 2_162_688
 
 
 @pytest.mark.parametrize(

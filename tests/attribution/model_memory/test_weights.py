@@ -74,6 +74,16 @@ def test_gemma_3_weights_are_refused_naming_the_missing_vocab_size() -> None:
         weight_sizing(config("gemma-3-27b-it"))
 
 
+@pytest.mark.parametrize(
+    "name", ["ai21labs/Jamba-v0.1", "ibm-ai-platform/Bamba-9B", "qwen3-next-80b-a3b", "tiiuae/Falcon-H1-7B-Instruct"]
+)
+def test_a_hybrids_weights_are_not_estimated_and_the_sentence_says_what_would_size_them(name: str) -> None:
+    with pytest.raises(UnsupportedModel) as refused:
+        weight_sizing(config(name))
+    message = str(refused.value)
+    assert "hybrid are not estimated, because" in message and "*.safetensors" in message and "\n" not in message
+
+
 # --- checkpoints and quantisation ----------------------------------------------------------------------
 
 

@@ -97,7 +97,7 @@ def test_without_the_environment_the_defaults_hold(
     assert main(["--prometheus", "http://prometheus.example:9090"]) == 0
     (call,) = runs
     assert (call["window"], call["slo_ttft"], call["prices"]) == ("7d", 0.5, {})
-    assert capsys.readouterr().out.startswith("# GPU capacity review (7d)")  # Markdown, not JSON
+    assert capsys.readouterr().out.startswith("# GPU capacity review, 7d from ")  # Markdown, not JSON
 
 
 def test_a_bad_environment_value_is_one_line_naming_the_variable_and_exit_2(

@@ -13,9 +13,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from attribution.review import html, markdown, write
-from attribution.review.render import DIMENSION_HEADER
+from attribution.review import cli, html, main, markdown, write
+from attribution.review.render import DIMENSION_HEADER, dimension_header, headline
+from common.envflags import parse_args
 from tests.attribution.review.conftest import HOSTILE_TEAM, PIPED_TEAM, Review
+from tests.browser import binary, chromium
 
 
 @dataclass
@@ -109,15 +111,16 @@ def _same_in_both(review: dict[str, Any]) -> dict[str, Section]:
     # one table per dimension, a row per name: the comparison above compared something
     for dimension, rows in review["by"].items():
         title = f"By {dimension.replace('_', ' ')}"
-        assert md[title].header == list(DIMENSION_HEADER)
+        assert md[title].header == list(dimension_header(review.get("currency", "USD")))
         assert len(md[title].rows) == len(rows) and all(len(r) == len(DIMENSION_HEADER) for r in md[title].rows)
     return md
 
 
 def test_markdown_and_html_carry_the_same_tables_lists_and_text(small_review: dict[str, Any]) -> None:
     md = _same_in_both(small_review)
-    assert [r[0] for r in md["By team"].rows] == [HOSTILE_TEAM, PIPED_TEAM, "(none)"]
-    assert md["By team"].rows[1][3] == "-"  # no memory share
+    # largest idle cost first: 2.5, 1 and 0 idle GPUs over the day
+    assert [r[0] for r in md["By team"].rows] == [HOSTILE_TEAM, "(none)", PIPED_TEAM]
+    assert md["By team"].rows[2][3] == "-"  # no memory share
     assert md["Consolidation"].items == ["not moved: ns<1>/train-0: training keeps its GPUs"]
     assert len(md["SLO attainment"].items) == 2
     assert md["Missing inputs"].items == small_review["problems"]
@@ -171,3 +174,104 @@ def test_an_unknown_format_is_refused_before_anything_is_written(small_review: d
         "by_namespace.csv",
         "by_model.csv",
     ]
+
+
+def _dated(review: dict[str, Any]) -> dict[str, Any]:
+    """``review`` as the command line hands it to the renderers: with its end, currency and headline."""
+    out = {**review, "end": 1796425200.0, "currency": "EUR"}  # 2026-12-04 23:00 UTC
+    out["models"] = [
+        {"model": "small", "tokens": 4e6, "traffic_share": 0.8, "gpu_share": 0.3},
+        {"model": "big", "tokens": 1e6, "traffic_share": 0.2, "gpu_share": 0.7},
+    ]
+    return {**out, "headline": headline(out)}
+
+
+def test_both_formats_open_with_the_headline_and_the_dates_covered(small_review: dict[str, Any]) -> None:
+    review = _dated(small_review)
+    md = _same_in_both(review)
+    assert list(md)[:2] == ["Headline", "Allocated against used, by team"]
+    assert markdown(review).startswith("# GPU capacity review, 1d from 2026-12-03 23:00 UTC to 2026-12-04 23:00 UTC\n")
+    teams = review["by"]["team"]
+    held = sum(r["gpus_allocated"] for r in teams)
+    values = {row[0]: row[1] for row in md["Headline"].rows}
+    assert values["GPUs held"] == f"{held:.1f} GPUs on average"
+    assert values["GPU cost"] == f"{sum(r['cost'] for r in teams):,.0f} EUR"
+    assert values["Idle cost"].startswith(f"{sum(r['cost_idle'] for r in teams):,.0f} EUR")
+    freed = review["consolidation"]["gpus_freed"]
+    price = sum(r["cost"] for r in teams) / (held * 24)  # a 1d window
+    assert (
+        values["The plan frees"]
+        == f"{freed} of {review['consolidation']['gpus_today']} GPUs, {freed * 24 * price:,.0f} EUR over the window"
+    )
+    assert all(c.endswith("(EUR)") for c in (md["By team"].header or [])[-2:]) and md["By team"].header
+
+
+def test_the_traffic_share_table_puts_models_over_provisioned_for_their_traffic_first(
+    small_review: dict[str, Any],
+) -> None:
+    md = _same_in_both(_dated(small_review))
+    table = md["Traffic share against GPU share"]
+    assert [r[0] for r in table.rows] == ["big", "small"]  # 70 % of the GPUs for 20 % of the tokens
+    assert table.rows[0][1:] == ["1,000,000", "20%", "70%", "3.5×"]
+
+
+def test_slo_worst_first_and_trends_largest_change_first(small_review: dict[str, Any]) -> None:
+    review = {
+        **small_review,
+        "trends": [
+            {"dimension": "team", "name": "a", "gpus_used": 1.0, "gpus_used_previous": 1.1, "change": -0.1},
+            {"dimension": "team", "name": "b", "gpus_used": 1.0, "gpus_used_previous": 4.0, "change": -3.0},
+        ],
+    }
+    md = md_sections(markdown(review))
+    assert md["SLO attainment"].items[0].startswith("m&m: 75.0%")
+    assert md["Week over week"].items[0].startswith("team b: 4.0 → 1.0")
+
+
+def test_charts_are_in_the_html_only_with_their_numbers(small_review: dict[str, Any]) -> None:
+    review = _dated(small_review)
+    page, text = html(review), markdown(review)
+    assert page.count('<svg class="chart"') == 2 and "<svg" not in text
+    first = page[page.index("<svg") : page.index("</svg>")]
+    for r in review["by"]["team"]:  # each team's used and allocated GPUs written beside its bar
+        assert f"{r['gpus_used_sm']:.1f} of {r['gpus_allocated']:.1f}" in first
+    assert html(review) == page  # deterministic: same figures, same bytes
+
+
+@pytest.mark.skipif(binary() is None, reason="chromium is missing: `make system-deps` installs it")
+def test_the_review_renders_in_chromium_with_its_charts_and_the_jsons_headline(
+    small_review: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "run", lambda client, **kwargs: {**small_review, "window": kwargs["window"]})
+    flags = ["--prometheus", "http://prometheus:9090", "--window", "1d", "--at", "1796425200", "--currency", "EUR"]
+    assert main([*flags, "--out", str(tmp_path), "--format", "html,json"]) == 0
+    capsys.readouterr()
+    expected = json.loads((tmp_path / "review.json").read_text())["headline"]
+    with chromium() as page:
+        page.load(tmp_path / "report.html")
+        assert page.errors == []
+        charts = page.evaluate(
+            "[...document.querySelectorAll('svg.chart')].map(s => {const r = s.getBoundingClientRect();"
+            " return [r.width, r.height, s.querySelectorAll('path, text, use').length]})"
+        )
+        figures = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('tr[data-figure]')].map("
+            "e => [e.dataset.figure, e.children[1].textContent]))"
+        )
+    assert len(charts) == 2 and all(w > 100 and h > 50 and n > 10 for w, h, n in charts), charts
+    assert figures["gpus_held"] == f"{expected['gpus_held']:.1f} GPUs on average"
+    assert figures["gpus_used"].startswith(f"{expected['gpus_used']:.1f} GPUs")
+    assert figures["cost"] == f"{expected['cost']:,.0f} EUR"
+    assert figures["idle_cost"].startswith(f"{expected['idle_cost']:,.0f} EUR")
+    assert figures["gpus_freed"].startswith(f"{expected['gpus_freed']} of {expected['gpus_today']} GPUs")
+    assert expected["covers"] == "1d from 2026-12-03 23:00 UTC to 2026-12-04 23:00 UTC"
+
+
+@pytest.mark.parametrize("name", ["--currency", "GPUATTR_CURRENCY"])
+def test_the_reviews_currency_comes_from_the_flag_or_the_environment_and_defaults_to_usd(name: str) -> None:
+    parser = cli.build_parser()
+    base = ["--prometheus", "http://prometheus:9090"]
+    assert parse_args(parser, base, environ={}).currency == "USD"
+    assert "default: USD" in parser.format_help()
+    argv, env = ([*base, name, "EUR"], {}) if name.startswith("--") else (base, {name: "EUR"})
+    assert parse_args(parser, argv, environ=env).currency == "EUR"

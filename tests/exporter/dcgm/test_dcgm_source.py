@@ -224,7 +224,7 @@ def _scenario_with_dcgm(tmp_path: Path, **dcgm: object) -> Path:
 
 
 def test_the_exporter_serves_dcgm_attributed_series_and_none_stale_while_dcgm_is_down(tmp_path: Path) -> None:
-    scenario = _scenario_with_dcgm(tmp_path, style="4.9", down_between=[[70, 80]])
+    scenario = _scenario_with_dcgm(tmp_path, style="next", down_between=[[70, 80]])
     settings = ExporterSettings(
         simulate=str(scenario),
         listen="127.0.0.1:0",
