@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 proto: $(STAMP)
 	$(BIN)/python -m exporter.resolve.proto.generate
 
-# Real peers from Debian: prometheus (promtool) and prometheus-alertmanager (amtool); openssl for TLS tests;
-# chromium (headless) to render the HTML reports in a real browser.
+# Real peers from Debian: prometheus (promtool), prometheus-alertmanager (amtool) and victoria-metrics;
+# openssl for TLS tests; chromium (headless) to render the HTML reports in a real browser.
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v openssl >/dev/null \
-	    || ! command -v chromium >/dev/null; then \
+	    || ! command -v chromium >/dev/null || ! command -v victoria-metrics >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager openssl chromium chromium-driver >/dev/null; \
+	    prometheus prometheus-alertmanager openssl chromium chromium-driver victoria-metrics >/dev/null; \
 	fi
 
 # First an H200 node with an MPS-shared GPU, a launch-bound pod and time-slicing (summary only), then the

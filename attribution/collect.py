@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
+from attribution.sharing import mig_fraction
 from attribution.split import ServerGpu
 from common import catalog as c
 from common.fetch import redact
@@ -77,6 +78,7 @@ tables only) and the token counts (costs per token) are not essential."""
 def queries(window: str) -> dict[str, str]:
     """The PromQL the job sends: one aggregate per input, whatever the number of samples."""
     usage = f'{{__name__=~"{KV_USAGE}"}}'
+    allocated = f'last_over_time({c.CONTAINER_ALLOCATED.name}{{pod!=""}}[{window}])'
     return {
         "memory": (
             "max by (namespace, pod, gpu_uuid, mig_instance) "
@@ -88,6 +90,10 @@ def queries(window: str) -> dict[str, str]:
         "kv_p95": f"max by (namespace, pod) (quantile_over_time(0.95, {usage}[{window}]))",
         "kv_max": f"max by (namespace, pod) (max_over_time({usage}[{window}]))",
         "cache_config": f"last_over_time({CACHE_CONFIG}[{window}])",
+        # each allocation over the window, over the number of containers that held its device (time-slicing,
+        # MPS, several containers of a MIG instance): 1/N; the MIG profile gives the instance's share
+        "allocated": f"max by (namespace, pod, gpu_uuid, mig_instance, mig_profile) ({allocated} "
+        f"/ on (gpu_uuid, mig_instance) group_left count by (gpu_uuid, mig_instance) ({allocated}))",
         # increase() drops the metric name, so the two counters would collide in one vector (Prometheus
         # refuses it with 422): each is told apart by a label of its own, then both are summed per pod.
         "tokens": "sum by (namespace, pod) ("
@@ -119,6 +125,15 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     kv = {name: {_key(s.labels): s.value for s in results[name]} for name in ("kv_p50", "kv_p95", "kv_max")}
     config = {_key(s.labels): s.labels for s in results["cache_config"]}
     tokens = {_key(s.labels): s.value for s in results["tokens"]}
+    shares: dict[tuple[str, str, str, str], tuple[float | None, float]] = {}  # -> (MIG share, replicas)
+    for s in results["allocated"]:
+        where = (*_key(s.labels), s.labels.get("gpu_uuid", ""), s.labels.get("mig_instance", ""))
+        profile = s.labels.get("mig_profile", "")
+        shares[where] = (mig_fraction(profile), 1 / s.value if s.value > 0 else 1.0)
+    odd = sorted({s.labels.get("mig_profile", "") for s in results["allocated"]} - {""})
+    odd = [p for p in odd if mig_fraction(p) is None]
+    if odd:
+        problems.append(f"MIG profiles not understood, costed as whole GPUs: {', '.join(odd)}")
     vllm_pods = sorted(set(kv["kv_max"]) | set(config))
     servers: list[ServerGpu] = []
     for key in vllm_pods:
@@ -135,6 +150,7 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
         model = info.get(key, {}).get("model") or ""
         for s in placed or [Sample({"gpu_uuid": "", "mig_instance": ""}, float("nan"))]:
             gpu = (s.labels.get("gpu_uuid", ""), s.labels.get("mig_instance", ""))
+            mig_share, replicas = shares.get((namespace, pod, *gpu), (1.0, 1.0))
             servers.append(
                 ServerGpu(
                     namespace=namespace,
@@ -151,6 +167,8 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
                     block_size=_int(cfg.get("block_size")),
                     gpu_memory_utilization=_float(cfg.get("gpu_memory_utilization")),
                     tensor_parallel=max(1, len(placed)),
+                    mig_share=1.0 if mig_share is None else mig_share,
+                    replicas=max(1, round(replicas)),
                 )
             )
     teams = {k: v.get("team", "") for k, v in info.items()}

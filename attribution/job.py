@@ -53,10 +53,16 @@ def plan(frame_split: pd.DataFrame, recommendations: pd.DataFrame) -> Packing | 
     merged = merged.dropna(subset=["total_bytes", "gpu_memory_bytes"])
     if merged.empty:
         return None
-    # Servers move only onto GPUs of their own kind (same memory size): one plan per kind, added up.
-    today = needed = 0
     placement: dict[str, list[int]] = {}
     refused: dict[str, str] = {}
+    # A MIG instance is part of a GPU whose layout the plan does not know: its server stays where it is,
+    # and the plan counts and packs whole GPUs only.
+    on_mig = merged["mig_share"] < 1 if "mig_share" in merged else pd.Series(False, index=merged.index)
+    for namespace, pod in merged.loc[on_mig, ["namespace", "pod"]].drop_duplicates().itertuples(index=False):
+        refused[f"{namespace}/{pod}"] = "on a MIG instance: the plan packs whole GPUs, so it stays where it is"
+    merged = merged[~on_mig]
+    # Servers move only onto GPUs of their own kind (same memory size): one plan per kind, added up.
+    today = needed = 0
     for kind_bytes, kind in merged.groupby("gpu_memory_bytes"):
         items: list[Item] = []
         for (namespace, pod), group in kind.groupby(["namespace", "pod"]):

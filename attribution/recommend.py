@@ -151,16 +151,22 @@ def costs(
     tokens: dict[tuple[str, str], float] | None = None,
 ) -> pd.DataFrame:
     """Money per server: the share of each GPU that sat in idle KV and that could be reclaimed, priced per
-    GPU-hour over the window; with token counts, the cost per million tokens of the GPUs held."""
+    GPU-hour over the window; with token counts, the cost per million tokens of the GPUs held. GPUs held
+    count a MIG instance as its share of a GPU (``mig_share``) and a device shared by ``replicas``
+    containers as that share over their number."""
     merged = split.merge(
         recommendations[["namespace", "pod", "gpu_uuid", "reclaimable_bytes"]], on=["namespace", "pod", "gpu_uuid"]
     )
     rows = []
     for (namespace, pod, model), group in merged.groupby(["namespace", "pod", "model"], sort=True):
+        # a MIG instance is its share of a GPU; a device shared by N containers is 1/N of it to each
+        device = group["mig_share"].astype("Float64") if "mig_share" in group else pd.Series(1.0, index=group.index)
+        replicas = group["replicas"].astype("Float64") if "replicas" in group else pd.Series(1.0, index=group.index)
         gpu_bytes = group["gpu_memory_bytes"].astype("Float64")
-        idle_share = (group["kv_idle_bytes"].astype("Float64") / gpu_bytes).sum(skipna=True)
-        reclaim_share = (group["reclaimable_bytes"].astype("Float64") / gpu_bytes).sum(skipna=True)
-        gpus_held = float(len(group))
+        # bytes of a device over its size, times the device's share of a GPU: a share of a GPU
+        idle_share = (group["kv_idle_bytes"].astype("Float64") / gpu_bytes * device).sum(skipna=True)
+        reclaim_share = (group["reclaimable_bytes"].astype("Float64") / gpu_bytes * device).sum(skipna=True)
+        gpus_held = float((device / replicas).sum())
         held_cost = gpus_held * price_per_gpu_hour * window_hours
         token_count = (tokens or {}).get((str(namespace), str(pod)))
         rows.append(

@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import Metric as Family
 
 from attribution import charts
 from attribution.recommend import Packing
+from attribution.sharing import SHARING_NOTE
 from common import catalog as c
 from common.families import family
 from common.files import text_writer, write_all
@@ -99,6 +100,8 @@ def terminal(result: Result) -> str:
             f"GPU cost over the window: {total['cost_held']:.2f} held, {total['cost_idle_kv']:.2f} in idle KV cache, "
             f"{total['cost_reclaimable']:.2f} reclaimable.",
         ]
+        if ((result.split["mig_share"] < 1) | (result.split["replicas"] > 1)).any():
+            lines += [f"GPUs held: {SHARING_NOTE}."]
     lines += startup_lines(result)
     if result.problems:
         lines += ["", "Missing or inconsistent inputs (the rest of the report stands):"] + [
@@ -494,6 +497,9 @@ def to_json(result: Result) -> str:
             "headline": headline(result),
             "gpus_today": result.packing.gpus_today if result.packing else None,
             "gpus_needed": result.packing.gpus_needed if result.packing else None,
+            "refused": result.packing.refused if result.packing else {},
+            "costs": json.loads(result.costs.to_json(orient="records") or "[]"),
+            "sharing": SHARING_NOTE,
         },
         indent=1,
     )

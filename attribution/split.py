@@ -41,6 +41,8 @@ COLUMNS = (
     "kv_block_bytes",
     "max_model_len",
     "pipeline_parallel",
+    "mig_share",
+    "replicas",
 )
 
 
@@ -76,6 +78,8 @@ class ServerGpu:
     kv_block_bytes: int | None = None  # per GPU, one block of the shared pool over all layer slots
     kv_block_size_model: int | None = None  # tokens per attention block, as vLLM raises it for the state pages
     notes: list[str] = field(default_factory=list)
+    mig_share: float = 1.0  # the MIG instance's share of its GPU (its compute slices over the card's); 1 without MIG
+    replicas: int = 1  # containers holding this GPU or MIG instance over the window (time-slicing, MPS)
 
 
 def split_one(s: ServerGpu) -> dict[str, object]:
@@ -158,6 +162,8 @@ def split_one(s: ServerGpu) -> dict[str, object]:
         "kv_block_bytes": s.kv_block_bytes,
         "max_model_len": s.max_model_len,
         "pipeline_parallel": s.pipeline_parallel,
+        "mig_share": s.mig_share,
+        "replicas": s.replicas,
     }
 
 

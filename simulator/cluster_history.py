@@ -10,6 +10,10 @@ The cluster is built so the review has known truths (``cluster()`` with its defa
 - team ``notebooks`` (experimentation, StatefulSets) holds 24 GPUs with memory but SM 0 (idle but allocated);
 - team ``data`` (batch, Jobs) holds 40 GPUs at SM 0.25 until the last 7 days of the history, then 0.5;
 - the other 240 GPUs are allocated to nobody.
+
+Workloads may also share a GPU (``gpu_group``: time-slicing, MPS or MIG instances of one GPU) and vLLM
+servers may expose their KV cache (``kv_cache_bytes``, ``kv_peak``), for the tests of shared costing and
+of the consolidation plan; the default cluster does neither.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ TTFT_SLOW_SPLIT = (0.6, 0.9)
 """Cumulative share of the slow requests (TTFT > 0.5 s) under 1 and 2.5 s; the rest above 2.5 s."""
 TTFT_FAST_MEAN_S = 0.2
 TTFT_SLOW_MEAN_S = 1.2
+ITL_BUCKETS_S = tuple(b / 5 for b in TTFT_BUCKETS_S)
+"""Upper bounds of the inter-token latency histogram's finite buckets: the TTFT's over 5, filled with the same
+shares, so the share of tokens within 0.1 s is the share of first tokens within 0.5 s."""
 TOKENS_PER_REQUEST = 250.0
 """Generated tokens per request: a server's request rate is its token rate over this."""
 PROMPT_TOKENS_PER_GENERATED = 4.0
@@ -65,6 +72,11 @@ class Workload:
     tokens_per_s: float = 0.0  # generated tokens per second (vLLM servers only)
     ttft_fast_share: float | None = None  # share of requests whose first token came within 0.5 s
     sm_before_last_week: float | None = None  # SM per GPU before the history's last 7 days; None: ``sm`` all along
+    sharing: str = "exclusive"  # the allocation's sharing label: exclusive, time-slicing, mps, mig, mig-shared
+    gpu_group: str = ""  # pods with the same group share one GPU (time-slicing, MPS, or MIG instances of it)
+    mig_profile: str = ""  # the MIG instance the pod holds (e.g. 3g.40gb), each pod of a group its own
+    kv_cache_bytes: int = 0  # vLLM's KV cache reservation per GPU (cache_config_info); 0: not exposed
+    kv_peak: float = 0.0  # the highest KV cache usage (0..1), held all along
 
     def sm_at(self, t: float, end: float) -> float:
         """SM activity per GPU at unix time ``t`` of a history that ends at ``end``."""
@@ -174,12 +186,18 @@ def placement(workloads: Sequence[Workload], nodes: int, gpus_per_node: int) -> 
     ValueError names the first pod that fits nowhere."""
     free = [list(range(gpus_per_node)) for _ in range(nodes)]
     out: dict[str, list[tuple[int, int]]] = {}
+    groups: dict[str, list[tuple[int, int]]] = {}
     cursor = 0
     for w in workloads:
+        if w.gpu_group in groups:  # shares the GPU of its group's first pod
+            out[f"{w.namespace}/{w.pod}"] = groups[w.gpu_group]
+            continue
         for k in range(nodes):
             node = (cursor + k) % nodes
             if len(free[node]) >= w.gpus:
                 out[f"{w.namespace}/{w.pod}"] = [(node, free[node].pop(0)) for _ in range(w.gpus)]
+                if w.gpu_group:
+                    groups[w.gpu_group] = out[f"{w.namespace}/{w.pod}"]
                 cursor = node + 1
                 break
         else:
@@ -223,10 +241,17 @@ def write_openmetrics(
     *,
     nodes: int = 50,
     gpus_per_node: int = 8,
+    itl: bool = True,
 ) -> None:
     """Exporter and vLLM series of ``workloads`` on ``nodes`` × ``gpus_per_node`` GPUs from ``start`` to
-    ``end`` (unix seconds) every ``step`` seconds, each family contiguous, each series in time order."""
+    ``end`` (unix seconds) every ``step`` seconds, each family contiguous, each series in time order.
+    ``itl``: whether vLLM servers expose their inter-token latency histogram."""
     where = placement(workloads, nodes, gpus_per_node)
+    mig: dict[str, tuple[str, str]] = {}  # pod -> (MIG instance, profile)
+    for w in workloads:
+        if w.mig_profile:
+            taken = sum(1 for v in workloads if v.gpu_group == w.gpu_group and f"{v.namespace}/{v.pod}" in mig)
+            mig[f"{w.namespace}/{w.pod}"] = (str(taken + 1), w.mig_profile)
     times = _times(start, end, step)
     stamps = [f"{t:.0f}" if t == int(t) else f"{t:.3f}" for t in times]
 
@@ -241,11 +266,12 @@ def write_openmetrics(
         out.write("".join(f"{name}{{{labels}}} {v:{fmt}} {s}\n" for v, s in zip(values, stamps, strict=True)))
 
     def usage_labels(w: Workload, node: int, gpu: int, **extra: str) -> dict[str, str]:
+        instance_id, profile = mig.get(f"{w.namespace}/{w.pod}", ("", ""))
         return {
             "gpu": str(gpu),
             "gpu_uuid": gpu_uuid(node, gpu),
-            "mig_instance": "",
-            "mig_profile": "",
+            "mig_instance": instance_id,
+            "mig_profile": profile,
             "namespace": w.namespace,
             "pod": w.pod,
             "container": w.container,
@@ -255,6 +281,12 @@ def write_openmetrics(
 
     pods = [(w, where[f"{w.namespace}/{w.pod}"]) for w in workloads]
     models = {(node, gpu): w.gpu_model for w, gpus in pods for node, gpu in gpus}
+    instances = {  # (node, GPU) -> its MIG instances: (instance, profile)
+        (node, gpu): sorted(v for k, v in mig.items() if where[k] == [(node, gpu)])
+        for w, gpus in pods
+        for node, gpu in gpus
+        if f"{w.namespace}/{w.pod}" in mig
+    }
 
     m = c.GPU_INFO
     family(m.family)
@@ -265,7 +297,7 @@ def write_openmetrics(
                 "gpu_uuid": gpu_uuid(node, gpu),
                 "gpu_model": models.get((node, gpu), "NVIDIA H100 80GB HBM3"),
                 "driver_version": DRIVER_VERSION,
-                "mig_mode": "disabled",
+                "mig_mode": "enabled" if (node, gpu) in instances else "disabled",
                 "instance": instance(node),
             }
             constant(m.name, _render(m.labels, labels), "1")
@@ -281,6 +313,9 @@ def write_openmetrics(
                 "instance": instance(node),
             }
             constant(m.name, _render(m.labels, labels), str(GPU_MEMORY_BYTES))
+            for instance_id, profile in instances.get((node, gpu), []):
+                labels.update(mig_instance=instance_id, mig_profile=profile)
+                constant(m.name, _render(m.labels, labels), str(mig_memory_bytes(profile)))
     m = c.POD_INFO
     family(m.family)
     for w, gpus in pods:
@@ -299,7 +334,8 @@ def write_openmetrics(
     family(m.family)
     for w, gpus in pods:
         for node, gpu in gpus:
-            labels = usage_labels(w, node, gpu, resource="nvidia.com/gpu", sharing="exclusive")
+            resource = f"nvidia.com/mig-{w.mig_profile}" if w.mig_profile else "nvidia.com/gpu"
+            labels = usage_labels(w, node, gpu, resource=resource, sharing=w.sharing)
             constant(m.name, _render(m.labels, labels), "1")
     m = c.CONTAINER_KERNEL_ACTIVE
     family(m.family)
@@ -326,14 +362,34 @@ def write_openmetrics(
         family(name.removesuffix("_total"), "counter")
         for w in servers:
             varying(name, vllm_labels(w), (w.tokens_per_s * per_token * (t - start) for t in times), True)
-    family(VLLM_TTFT, "histogram")
-    for w in servers:
-        fast = 1.0 if w.ttft_fast_share is None else w.ttft_fast_share
-        below = [fast * s for s in TTFT_FAST_SPLIT] + [fast + (1 - fast) * s for s in TTFT_SLOW_SPLIT] + [1.0]
-        requests = [w.tokens_per_s / TOKENS_PER_REQUEST * (t - start) for t in times]
-        for le, share in zip((*(_go_float(b) for b in TTFT_BUCKETS_S), "+Inf"), below, strict=True):
-            varying(f"{VLLM_TTFT}_bucket", f'{vllm_labels(w)},le="{le}"', (share * n for n in requests), True)
-        varying(f"{VLLM_TTFT}_count", vllm_labels(w), requests, True)
-        mean_s = fast * TTFT_FAST_MEAN_S + (1 - fast) * TTFT_SLOW_MEAN_S
-        varying(f"{VLLM_TTFT}_sum", vllm_labels(w), (mean_s * n for n in requests), True)
+    histograms: list[tuple[str, tuple[float, ...], float]] = [(VLLM_TTFT, TTFT_BUCKETS_S, 1 / TOKENS_PER_REQUEST)]
+    if itl:  # one observation per generated token
+        histograms.append((c.External.VLLM_INTER_TOKEN_LATENCY[0], ITL_BUCKETS_S, 1.0))
+    for name, bounds, per_token in histograms:
+        family(name, "histogram")
+        scale = bounds[0] / TTFT_BUCKETS_S[0]
+        for w in servers:
+            fast = 1.0 if w.ttft_fast_share is None else w.ttft_fast_share
+            below = [fast * s for s in TTFT_FAST_SPLIT] + [fast + (1 - fast) * s for s in TTFT_SLOW_SPLIT] + [1.0]
+            requests = [w.tokens_per_s * per_token * (t - start) for t in times]
+            for le, share in zip((*(_go_float(b) for b in bounds), "+Inf"), below, strict=True):
+                varying(f"{name}_bucket", f'{vllm_labels(w)},le="{le}"', (share * n for n in requests), True)
+            varying(f"{name}_count", vllm_labels(w), requests, True)
+            mean_s = (fast * TTFT_FAST_MEAN_S + (1 - fast) * TTFT_SLOW_MEAN_S) * scale
+            varying(f"{name}_sum", vllm_labels(w), (mean_s * n for n in requests), True)
+    kv = [w for w in servers if w.kv_cache_bytes > 0]
+    if kv:
+        family(c.External.VLLM_KV_CACHE_USAGE[0])
+        for w in kv:
+            constant(c.External.VLLM_KV_CACHE_USAGE[0], vllm_labels(w), f"{w.kv_peak:.6g}")
+        family(c.External.VLLM_CACHE_CONFIG_INFO)
+        for w in kv:
+            config = f'block_size="16",cache_dtype="auto",gpu_memory_utilization="{w.memory_fraction:g}"'
+            config += f',kv_cache_memory_bytes="{w.kv_cache_bytes}",num_gpu_blocks="{w.kv_cache_bytes // 2**21}"'
+            constant(c.External.VLLM_CACHE_CONFIG_INFO, f"{config},{vllm_labels(w)}", "1")
     out.write("# EOF\n")
+
+
+def mig_memory_bytes(profile: str) -> int:
+    """The memory of a MIG instance of ``profile`` (``3g.40gb``: 40 GiB, rounded as the profile's name is)."""
+    return int(profile.split(".")[1].removesuffix("gb").split("+")[0]) * GiB

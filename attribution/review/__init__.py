@@ -2,9 +2,11 @@
 workload class; idle-but-allocated GPU-hours and their cost; traffic share against GPU share; SLO
 attainment; a consolidation plan for every GPU workload; and week-over-week trends.
 
-It reuses the attribution job's inputs (Prometheus, aggregation in PromQL), packing and outputs. GPU-hours
-are integrated with subqueries at ``--resolution``, so a pod that held GPUs for part of the window counts
-for that part, and silence (no activity series) counts as zero use.
+It reuses the attribution job's inputs (Prometheus or VictoriaMetrics, aggregation in PromQL), packing and
+outputs. GPU-hours are integrated with subqueries at ``--resolution``, so a pod that held GPUs for part of
+the window counts for that part, and silence (no activity series) counts as zero use. Samples sparser than
+the store's look-back are measured and looked for as far back as they lie; a MIG instance or a shared
+replica counts as its share of a GPU (:mod:`attribution.sharing`).
 
 - :mod:`.data`: the PromQL and what it returns (:class:`Inputs`, :func:`gather`);
 - :mod:`.analysis`: the figures (:func:`run` and its parts);

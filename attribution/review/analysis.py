@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,8 @@ from attribution.health import check
 from attribution.prometheus import PrometheusClient
 from attribution.recommend import Item, pack
 from attribution.review.data import DIMENSIONS, ESSENTIAL, Inputs, gather
+from attribution.sharing import SHARING_NOTE
+from common import catalog as c
 from common.units import GiB, parse_duration
 
 
@@ -98,40 +101,72 @@ def _attainment(
     return totals
 
 
+def footprint(row: Mapping[Hashable, Any], headroom: float) -> tuple[int, bool]:
+    """Bytes a pod needs on each of its GPUs, and whether that is vLLM's right-sized footprint.
+
+    vLLM reserves most of its GPU by design (``--gpu-memory-utilization``), so its peak memory says nothing of
+    what it needs: its footprint is what it holds less its KV reservation, plus the peak KV in use plus
+    headroom, as the attribution job recommends (:func:`attribution.recommend.recommend`). Other pods need
+    their peak memory plus headroom."""
+    peak = float(row["peak_mem"])
+    kv_bytes, kv_max = float(row.get("kv_bytes", math.nan)), float(row.get("kv_max", math.nan))
+    if row.get("model") and not math.isnan(kv_max) and 0 < kv_bytes <= peak:
+        keep = min(kv_bytes, math.ceil(kv_bytes * min(1.0, max(0.0, kv_max)) * (1 + headroom)))
+        return int(peak - kv_bytes + keep), True
+    return int(peak * (1 + headroom)), False
+
+
 def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
-    """Right-sized footprints (peak memory + headroom per GPU; peak SM) packed with time-slicing where the
-    class allows it. Training keeps its GPUs (it saturates them by design); multi-GPU pods move whole."""
+    """Right-sized footprints (vLLM's weights, overhead and peak KV + headroom; other pods' peak memory +
+    headroom, per GPU; peak SM) packed with time-slicing where the class allows it. Training keeps its GPUs
+    (it saturates them by design); multi-GPU pods move whole. Today's GPUs are those held: a MIG instance or
+    a shared replica counts as its share of a GPU."""
     refused: dict[str, str] = {}
     items: list[Item] = []
-    today = 0
+    today = 0.0
+    vllm_unsized: list[str] = []
     gpu_bytes = int(per_pod["gpu_bytes"].max()) if not per_pod.empty and per_pod["gpu_bytes"].max() > 0 else 80 * GiB
     for row in per_pod.to_dict("records"):
         gpus = round(row["gpus"]) or 0
         if gpus == 0:
             continue
-        today += gpus
+        today += float(row.get("held", gpus))
         name = f"{row['namespace']}/{row['pod']}"
         if row["workload_class"] == "training":
             refused[name] = "training keeps its GPUs: it is built to saturate them"
             items.append(Item(name, gpu_bytes, ranks=gpus))
             continue
-        per_gpu = int(row["peak_mem"] / max(1, gpus) * (1 + headroom))
+        per_gpu, sized = footprint(row, headroom)
+        if row.get("model") and not sized:
+            vllm_unsized.append(name)
         sm_share = float(row["peak_sm"]) / max(1, gpus)
         # time-slicing shares SM time too: a footprint takes at least its SM share of a GPU's memory "slot"
         items.append(Item(name, max(per_gpu, int(gpu_bytes * min(1.0, sm_share * (1 + headroom)))), ranks=gpus))
-    plan = pack(items, gpu_bytes, gpus_today=today)
+    plan = pack(items, gpu_bytes, gpus_today=math.ceil(round(today, 6)))
+    today = round(today, 2)
+    if today == int(today):  # whole GPUs read as they did: 160, not 160.0
+        today = int(today)
+    assumptions = [
+        f"footprint per GPU of a vLLM server = what it holds less its KV cache reservation, plus its peak KV "
+        f"in use × {1 + headroom:g} (as the attribution job recommends); of any other pod = peak memory × "
+        f"{1 + headroom:g}; and at least the peak SM share × {1 + headroom:g} of a GPU",
+        "inference, batch and experimentation workloads may share a GPU by time-slicing; "
+        "MIG where footprints fit a profile",
+        "multi-GPU pods move as a whole, each rank on a different GPU; all GPUs taken as the largest kind seen",
+        "GPUs today are those held: " + SHARING_NOTE,
+    ]
+    if vllm_unsized:
+        more = f" and {len(vllm_unsized) - 5} more" if len(vllm_unsized) > 5 else ""
+        assumptions.append(
+            "vLLM servers without KV cache usage or cache_config_info, packed at peak memory × "
+            f"{1 + headroom:g}: {', '.join(vllm_unsized[:5])}{more}"
+        )
     return {
         "gpus_today": today,
         "gpus_needed": plan.gpus_needed,
-        "gpus_freed": today - plan.gpus_needed,
+        "gpus_freed": round(today - plan.gpus_needed, 2),
         "refused": {**refused, **plan.refused},
-        "assumptions": [
-            f"footprint per GPU = peak memory × {1 + headroom:g}, "
-            f"and at least the peak SM share × {1 + headroom:g} of a GPU",
-            "inference, batch and experimentation workloads may share a GPU by time-slicing; "
-            "MIG where footprints fit a profile",
-            "multi-GPU pods move as a whole, each rank on a different GPU; all GPUs taken as the largest kind seen",
-        ],
+        "assumptions": assumptions,
     }
 
 
@@ -197,7 +232,9 @@ def run(
         if not inputs.per_pod.empty
         else {"gpus_today": 0, "gpus_needed": 0, "gpus_freed": 0, "refused": {}, "assumptions": []},
         "trends": trends,
-        "problems": [*inputs.problems, *_unknown_activity(inputs.per_pod)],
+        "problems": [*inputs.problems, *_unknown_activity(inputs.per_pod), *_unjudged(inputs)],
+        "sampling": {"spacing_s": inputs.spacing_s, "resolution": resolution, "note": inputs.sampling},
+        "sharing": [SHARING_NOTE],
         "failed_inputs": list(inputs.failed),
     }
 
@@ -214,3 +251,21 @@ def _unknown_activity(per_pod: pd.DataFrame) -> list[str]:
         f"one GPU, or several containers in one MIG instance: the driver does not measure them apart), counted "
         f"neither as used nor as idle: {names}{more}"
     ]
+
+
+LATENCY_NAMES = {"ttft": (c.External.VLLM_TTFT,), "itl": c.External.VLLM_INTER_TOKEN_LATENCY}
+
+
+def _unjudged(inputs: Inputs) -> list[str]:
+    """A problem for each latency SLO that no histogram in Prometheus lets the review judge, when vLLM
+    servers ran (pods serving a model, or token counters): without them there is nothing to judge. A query
+    that failed is named as such already."""
+    serving = bool(inputs.tokens) or (not inputs.per_pod.empty and bool((inputs.per_pod["model"] != "").any()))
+    if not serving:
+        return []
+    out = []
+    for metric, names in LATENCY_NAMES.items():
+        if not inputs.latency_buckets.get(metric) and metric not in inputs.failed:
+            either = names[0] + "".join(f" (or {n})" for n in names[1:])
+            out.append(f"no {either} histograms in Prometheus; {metric.upper()} SLO not judged")
+    return out

@@ -3,13 +3,15 @@ counters and latency histograms, for the window and the window before it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
+from attribution.sharing import mig_fraction
 from common import catalog as c
-from common.units import parse_duration
+from common.units import format_duration, parse_duration
 
 DIMENSIONS = ("team", "namespace", "workload", "model", "workload_class")
 KEYS = "namespace, pod"
@@ -23,6 +25,8 @@ class Inputs:
     latency_buckets: dict[str, dict[tuple[str, str], dict[float, float]]]  # "ttft"/"itl" -> pod -> le -> count
     problems: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # input -> why it could not be read
+    spacing_s: float | None = None  # seconds between samples, as measured; None: not known
+    sampling: str = ""  # how the GPU-hours were integrated, one sentence for the report
 
 
 ESSENTIAL = ("alloc_h", "used_h", "idle_h", "gpus", "gpu_bytes", "peak_mem", "peak_sm", "info")
@@ -33,56 +37,143 @@ where the last good figures were. Memory share, unknown activity, GPU models (pr
 and the window before (trends) are not essential: the review names them as missing and stands."""
 PREVIOUS = "_previous"
 """Suffix of an input's name for its query of the window before."""
-ONLY_NOW = ("tokens", "ttft", "itl", "info", "gpu_model")
+ONLY_NOW = ("tokens", "ttft", "itl", "info", "gpu_model", "kv_max", "cache_config")
 """Inputs read for the reviewed window only."""
 
 
 def inputs(window: str, resolution: str, idle: float) -> list[str]:
     """The name of every input a review reads: the reviewed window's, then the window before's."""
     names = list(queries(window, resolution, idle))
-    return names + [name + PREVIOUS for name in names if name not in ONLY_NOW]
+    return [SPACING] + names + [name + PREVIOUS for name in names if name not in ONLY_NOW]
 
 
-def queries(window: str, resolution: str, idle: float) -> dict[str, str]:
-    """The PromQL of each figure, by name, for a window ending at the evaluation time."""
+SPACING = "spacing"
+"""The input that measures how far apart the samples are (non-essential: without it, today's queries)."""
+DENSE_S = 120.0
+"""Samples at most this far apart are read as they are: Prometheus looks 5 minutes back for the last sample
+of a series at each step, VictoriaMetrics as far as the series' own interval, so every step sees one."""
+NICE_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+"""Intervals people configure; a measured spacing within 10 % of one is read as that one."""
+
+
+PROBE_S = 6 * 3600.0
+"""The spacing is measured on the densest stretch of this length in the window: a history that covers only
+part of the window is measured where it is, not spread over the whole window."""
+
+
+def _probe(window: str) -> float:
+    return min(parse_duration(window, "--window"), PROBE_S)
+
+
+def spacing_query(window: str) -> str:
+    """The most samples any GPU or allocation series has in a stretch of ``PROBE_S`` (or the window) of the
+    window."""
+    names = f"{c.GPU_INFO.name}|{c.CONTAINER_ALLOCATED.name}"
+    probe = f"{round(_probe(window) * 1000)}ms"
+    densest = f'max(count_over_time({{__name__=~"{names}"}}[{probe}]))'
+    if parse_duration(window, "--window") <= PROBE_S:
+        return densest
+    return f"max_over_time(({densest})[{window}:{probe}])"
+
+
+def spacing_from(count: float, window: str) -> float | None:
+    """The seconds between samples given the densest series' ``count`` in a stretch of the window
+    (``spacing_query``); None for fewer than two samples. A count that includes both ends of the stretch or
+    only one gives the same interval; one within 10 % of an interval people configure is read as it."""
+    if count < 2:
+        return None
+    measured = _probe(window) / (count - 0.5)  # halfway between stretch / count and stretch / (count - 1)
+    nice = min(NICE_S, key=lambda n: abs(math.log(measured / n)))
+    return float(nice) if abs(measured / nice - 1) <= 0.1 else float(round(measured))
+
+
+def lookback(spacing_s: float | None) -> str | None:
+    """How far back each step looks for a series' last sample: None (the store's own) for dense samples;
+    twice the spacing for sparse ones, so one missed sample loses nothing."""
+    if spacing_s is None or spacing_s <= DENSE_S:
+        return None
+    return format_duration(math.ceil(2 * spacing_s))
+
+
+def sampling_note(spacing_s: float | None, resolution: str) -> str:
+    """One sentence on how the GPU-hours were integrated, for the report."""
+    if spacing_s is None:
+        return f"sample spacing unknown (no GPU or allocation series); integrated at {resolution}"
+    every = format_duration(math.ceil(spacing_s))
+    look = lookback(spacing_s)
+    if look is None:
+        return f"samples every {every}; integrated at {resolution}"
+    return f"samples every {every}; integrated at {resolution}, each step taking a series' last sample within {look}"
+
+
+def queries(window: str, resolution: str, idle: float, spacing_s: float | None = None) -> dict[str, str]:
+    """The PromQL of each figure, by name, for a window ending at the evaluation time; ``spacing_s``: the
+    seconds between samples (sparse samples are looked for as far back as they lie)."""
     step_s = parse_duration(resolution, "--resolution")
-    step_h = step_s / 3600
-    alloc = c.CONTAINER_ALLOCATED.name
+    look = lookback(spacing_s)
+
+    def fresh(selector: str) -> str:
+        return selector if look is None else f"last_over_time({selector}[{look}])"
+
+    alloc = fresh(c.CONTAINER_ALLOCATED.name)
     # GPUs' worth used: kernel time on whole GPUs (NVML, or the MPS server's for its only client); a MIG
     # instance's GPM SM activity for its only container. A container whose activity the driver does not
     # measure (several MPS clients, several containers in one MIG instance) is neither used nor idle.
-    sm = (
-        f'({c.CONTAINER_KERNEL_ACTIVE.name}{{pod!="", source=~"nvml|mps"}} '
-        f'or {c.CONTAINER_SM_ACTIVE.name}{{pod!="", mig_instance!="", source="gpm"}})'
-    )
+    kernel = fresh(c.CONTAINER_KERNEL_ACTIVE.name + '{pod!="", source=~"nvml|mps"}')
+    gpm = fresh(c.CONTAINER_SM_ACTIVE.name + '{pod!="", mig_instance!="", source="gpm"}')
+    sm = f"({kernel} or {gpm})"
     keys = "namespace, pod, container, gpu_uuid, mig_instance"
-    unknown = f'max by ({keys}) ({c.CONTAINER_ACTIVITY_UNKNOWN.name}{{pod!=""}})'
-    mem = f'{c.CONTAINER_MEMORY.name}{{pod!=""}}'
-    total = f"max by (gpu_uuid, mig_instance) ({c.GPU_MEMORY_TOTAL.name})"
+    unknown_sel = c.CONTAINER_ACTIVITY_UNKNOWN.name + '{pod!=""}'
+    unknown = f"max by ({keys}) ({fresh(unknown_sel)})"
+    mem = fresh(c.CONTAINER_MEMORY.name + '{pod!=""}')
+    total = f"max by (gpu_uuid, mig_instance) ({fresh(c.GPU_MEMORY_TOTAL.name)})"
+    gpu_total = f"max by (gpu_uuid) ({fresh(c.GPU_MEMORY_TOTAL.name)})"
+    gpu_info = f"max by (gpu_uuid, gpu_model) ({fresh(c.GPU_INFO.name)})"
+    # Each allocation's share of its device: 1/N for N containers time-slicing or MPS-sharing one GPU or
+    # MIG instance. The MIG instance's own share of its GPU follows from its profile (``mig_fraction``),
+    # applied to every figure summed by profile.
+    held = f"({alloc} / on (gpu_uuid, mig_instance) group_left count by (gpu_uuid, mig_instance) ({alloc}))"
+    by_profile = f"{KEYS}, mig_profile"
 
-    # A subquery includes both ends of its range: one step less than the window gives exactly
-    # window / resolution points, each standing for one step of time.
-    span = f"{int(parse_duration(window, '--window') - step_s)}s"
+    # Subqueries evaluate at multiples of the resolution. Prometheus 2 includes both ends of their range,
+    # VictoriaMetrics (and Prometheus 3) only the last: a range half a step short of the window has its
+    # first end between two points, so every store evaluates the same window / resolution points. Each
+    # stands for the window over the number of points evaluated (one step each, unless the end of the
+    # window is not a multiple of the resolution).
+    window_s = parse_duration(window, "--window")
+    window_h = window_s / 3600
+    span = f"{round((window_s - step_s / 2) * 1000)}ms"
+    points = f"scalar(count_over_time(vector(1)[{span}:{resolution}]))"
 
     def hours(expr: str) -> str:
-        return f"sum_over_time(({expr})[{span}:{resolution}]) * {step_h}"
+        return f"sum_over_time(({expr})[{span}:{resolution}]) * {window_h} / {points}"
 
+    usage = "|".join(c.External.VLLM_KV_CACHE_USAGE)
     return {
         # GPU-hours, integrated at the resolution: absent series count as zero
-        "alloc_h": hours(f"sum by ({KEYS}) ({alloc})"),
-        "used_h": hours(f"sum by ({KEYS}) ({sm})"),
-        "mem_h": hours(f"sum by ({KEYS}) ({mem} / on (gpu_uuid, mig_instance) group_left {total})"),
-        "idle_h": hours(f"sum by ({KEYS}) ({alloc} unless on ({keys}) ({sm} > {idle}) unless on ({keys}) {unknown})"),
-        "unknown_h": hours(f"sum by ({KEYS}) ({alloc} and on ({keys}) {unknown})"),
-        "peak_mem": f"max by ({KEYS}) (max_over_time(({mem})[{window}:{resolution}]))",
+        "alloc_h": hours(f"sum by ({by_profile}) ({held})"),
+        "used_h": hours(f"sum by ({by_profile}) ({sm})"),
+        "mem_h": hours(f"sum by ({by_profile}) ({mem} / on (gpu_uuid, mig_instance) group_left {total})"),
+        "idle_h": hours(
+            f"sum by ({by_profile}) ({held} unless on ({keys}) ({sm} > {idle}) unless on ({keys}) {unknown})"
+        ),
+        "unknown_h": hours(f"sum by ({by_profile}) ({held} and on ({keys}) {unknown})"),
+        # the pod's peak on one device (its containers there added up)
+        "peak_mem": f"max by ({KEYS}) (max_over_time((sum by ({KEYS}, gpu_uuid, mig_instance) ({mem}))"
+        f"[{window}:{resolution}]))",
         "peak_sm": f"max by ({KEYS}) (max_over_time(({sm})[{window}:{resolution}]))",
         "gpus": f"max by ({KEYS}) (max_over_time((count by ({KEYS}) ({alloc}))[{window}:{resolution}]))",
+        "held": f"max by ({by_profile}) (max_over_time((sum by ({by_profile}) ({held}))[{window}:{resolution}]))",
         "gpu_bytes": f"max by ({KEYS}) (max_over_time((max by ({KEYS}) ({alloc} * on (gpu_uuid) group_left "
-        f"max by (gpu_uuid) ({c.GPU_MEMORY_TOTAL.name}))) [{window}:{resolution}]))",
+        f"{gpu_total})) [{window}:{resolution}]))",
         "gpu_model": f"max by ({KEYS}, gpu_model) (last_over_time(({alloc} * on (gpu_uuid) group_left (gpu_model) "
-        f"max by (gpu_uuid, gpu_model) ({c.GPU_INFO.name}))[{window}:{resolution}]))",
+        f"{gpu_info})[{window}:{resolution}]))",
         "info": f"max by ({KEYS}, team, workload_class, workload_kind, workload, model) "
         f"(last_over_time({c.POD_INFO.name}[{window}]))",
+        # vLLM's KV cache: its peak use and its reservation, for the right-sized footprint of the plan
+        "kv_max": f'max by ({KEYS}) (max_over_time({{__name__=~"{usage}"}}[{window}]))',
+        "cache_config": f"max by ({KEYS}, kv_cache_memory_bytes) "
+        f"(last_over_time({c.External.VLLM_CACHE_CONFIG_INFO}[{window}]))",
         # increase() drops the metric name, so the two counters are summed apart, then added
         "tokens": " + ".join(
             f"sum by ({KEYS}) (increase({name}[{window}]))"
@@ -96,8 +187,31 @@ def queries(window: str, resolution: str, idle: float) -> dict[str, str]:
     }
 
 
+def _key(labels: dict[str, str]) -> tuple[str, str]:
+    return labels.get("namespace", ""), labels.get("pod", "")
+
+
 def _by_pod(samples: list[Sample]) -> dict[tuple[str, str], float]:
-    return {(s.labels.get("namespace", ""), s.labels.get("pod", "")): s.value for s in samples}
+    return {_key(s.labels): s.value for s in samples}
+
+
+WEIGHTED = ("alloc_h", "used_h", "mem_h", "idle_h", "unknown_h", "held")
+"""Figures summed per MIG profile in PromQL, each weighted here by the profile's share of its GPU."""
+FIGURES = ("alloc_h", "used_h", "mem_h", "idle_h", "unknown_h", "peak_mem", "peak_sm", "gpus", "held", "gpu_bytes")
+
+
+def _weighted(samples: list[Sample], unknown: set[str]) -> dict[tuple[str, str], float]:
+    """Per pod, the sum over its MIG profiles of each value times the profile's share of a GPU (a profile
+    not understood counts as a whole GPU and is added to ``unknown``)."""
+    out: dict[tuple[str, str], float] = {}
+    for s in samples:
+        profile = s.labels.get("mig_profile", "")
+        fraction = mig_fraction(profile)
+        if fraction is None:
+            unknown.add(profile)
+            fraction = 1.0
+        out[_key(s.labels)] = out.get(_key(s.labels), 0.0) + s.value * fraction
+    return out
 
 
 def gather(client: PrometheusClient, window: str, at: float, resolution: str, idle: float) -> Inputs:
@@ -115,20 +229,24 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
             failed[name] = str(exc).replace(repr(expr), name)  # the query is long; its name says which
             return []
 
+    counted = ask(SPACING, spacing_query(window), at)
+    spacing_s = spacing_from(max((s.value for s in counted), default=0.0), window)
+    unknown_profiles: set[str] = set()
     frames = []
+    kv_max: dict[tuple[str, str], float] = {}
+    kv_bytes: dict[tuple[str, str], float] = {}
     for when in (at, at - parse_duration(window, "--window")):
         got = {
             name: ask(name, expr, when)
-            for name, expr in queries(window, resolution, idle).items()
+            for name, expr in queries(window, resolution, idle, spacing_s).items()
             if name not in ONLY_NOW or when == at
         }
-        values = {name: _by_pod(s) for name, s in got.items() if name not in ("info", "gpu_model")}
-        gpu_models = {
-            (s.labels.get("namespace", ""), s.labels.get("pod", "")): s.labels.get("gpu_model", "")
-            for s in got.get("gpu_model", [])
+        values = {
+            name: _weighted(got[name], unknown_profiles) if name in WEIGHTED else _by_pod(got[name]) for name in FIGURES
         }
+        gpu_models = {_key(s.labels): s.labels.get("gpu_model", "") for s in got.get("gpu_model", [])}
         pods = sorted(set(values["alloc_h"]) | set(values["used_h"]))
-        info = {(s.labels.get("namespace", ""), s.labels.get("pod", "")): s.labels for s in got.get("info", [])}
+        info = {_key(s.labels): s.labels for s in got.get("info", [])}
         rows = []
         for key in pods:
             labels = info.get(key, {}) if when == at else {}
@@ -141,32 +259,29 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
                     "workload": (labels.get("workload_kind", "") + "/" + labels.get("workload", "")).strip("/"),
                     "model": labels.get("model", ""),
                     "gpu_model": gpu_models.get(key, ""),
-                    **{
-                        name: values[name].get(key, 0.0)
-                        for name in (
-                            "alloc_h",
-                            "used_h",
-                            "mem_h",
-                            "idle_h",
-                            "unknown_h",
-                            "peak_mem",
-                            "peak_sm",
-                            "gpus",
-                            "gpu_bytes",
-                        )
-                    },
+                    **{name: values[name].get(key, 0.0) for name in FIGURES},
                 }
             )
         frames.append(pd.DataFrame(rows))
         if when == at:
             tokens = dict(_by_pod(got.get("tokens", [])))
+            kv_max = _by_pod(got.get("kv_max", []))
+            for s in got.get("cache_config", []):
+                try:
+                    kv_bytes[_key(s.labels)] = float(s.labels.get("kv_cache_memory_bytes", ""))
+                except ValueError:
+                    continue
             latency: dict[str, dict[tuple[str, str], dict[float, float]]] = {"ttft": {}, "itl": {}}
             for metric, histograms in latency.items():
                 for s in got.get(metric, []):
-                    key = (s.labels.get("namespace", ""), s.labels.get("pod", ""))
                     le = float(s.labels.get("le", "inf").replace("+Inf", "inf"))
-                    histograms.setdefault(key, {})[le] = s.value
+                    histograms.setdefault(_key(s.labels), {})[le] = s.value
     current, previous = frames
+    if not current.empty:
+        keys = list(zip(current["namespace"], current["pod"], strict=True))
+        current = current.assign(
+            kv_max=[kv_max.get(k, math.nan) for k in keys], kv_bytes=[kv_bytes.get(k, math.nan) for k in keys]
+        )
     if not current.empty and not previous.empty:
         # the window before takes each pod's metadata from now (the info series is read once)
         carried = [d for d in (*DIMENSIONS, "gpu_model") if d != "namespace"]
@@ -176,4 +291,6 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
             .join(meta, on=["namespace", "pod"], how="left")
             .fillna(dict.fromkeys(carried, ""))
         )
-    return Inputs(current, previous, tokens, latency, problems, failed)
+    if unknown_profiles:
+        problems.append(f"MIG profiles not understood, counted as whole GPUs: {', '.join(sorted(unknown_profiles))}")
+    return Inputs(current, previous, tokens, latency, problems, failed, spacing_s, sampling_note(spacing_s, resolution))

@@ -337,6 +337,9 @@ def sections(review: dict[str, Any]) -> list[Section]:
             ),
         )
     )
+    counted = [line for line in (review.get("sampling", {}).get("note"), *review.get("sharing", [])) if line]
+    if counted:
+        out.append(Section("How GPUs were counted", items=tuple(counted)))
     if review["problems"]:
         out.append(Section("Missing inputs", items=tuple(str(p) for p in review["problems"])))
     return out

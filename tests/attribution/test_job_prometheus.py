@@ -111,7 +111,7 @@ def test_aggregation_runs_in_prometheus_with_a_fixed_number_of_queries(
     client = PrometheusClient(prom.url)
     collected = from_prometheus(client, "7d", end)
     assert len(collected.servers) == len(servers)
-    assert client.queries == 8  # one per input, whatever the number of servers or samples
+    assert client.queries == 9  # one per input, whatever the number of servers or samples
 
 
 def test_an_unreachable_prometheus_is_named_and_the_job_fails_without_a_report(

@@ -45,10 +45,12 @@ def test_the_backfilled_history_holds_the_cluster_as_built(month: Cluster) -> No
 @pytest.mark.parametrize(("window", "resolution", "seconds"), [("7d", "30m", 7 * DAY), ("1h30m", "5m", 5400)])
 def test_gpu_hours_take_one_point_per_step_of_the_window(window: str, resolution: str, seconds: int) -> None:
     step = {"30m": 1800, "5m": 300}[resolution]
+    span = f"[{(seconds - step // 2) * 1000}ms:{resolution}]"
     for name in ("alloc_h", "used_h", "mem_h", "idle_h"):
         expr = queries(window, resolution, 0.05)[name]
-        # a subquery holds both ends: a range one step short of the window has window / step points
-        assert f"[{seconds - step}s:{resolution}]) * {step / 3600}" in expr, expr
+        # a range half a step short of the window: window / step points whether the store includes its first
+        # end (Prometheus 2) or not (VictoriaMetrics), each standing for the window over their number
+        assert f"{span}) * {seconds / 3600} / scalar(count_over_time(vector(1){span}))" in expr, expr
 
 
 def test_a_resolution_that_is_not_a_duration_is_named() -> None:
