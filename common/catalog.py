@@ -147,8 +147,9 @@ GPU_TENSOR_ACTIVE = Metric(
 GPU_ENGINE_ACTIVE = Metric(
     "gpuattr_gpu_engine_active_ratio",
     Kind.GAUGE,
-    "Fraction of cycles a graphics or compute engine was active (dcgm-exporter's "
-    "DCGM_FI_PROF_GR_ENGINE_ACTIVE; also measured under MIG, where NVML utilisation is N/A).",
+    "Fraction of time the graphics or compute engine was active over the last interval: GPM GRAPHICS_UTIL "
+    "on Hopper+ (source=gpm, per GPU and per MIG instance, where NVML utilisation is N/A), else "
+    "dcgm-exporter's DCGM_FI_PROF_GR_ENGINE_ACTIVE (source=dcgm).",
     GPU + MIG + SOURCE,
     Group.DEVICE,
     unit="ratio",
@@ -386,8 +387,9 @@ CONTAINER_TENSOR_ACTIVE = Metric(
 CONTAINER_ENGINE_ACTIVE = Metric(
     "gpuattr_container_gpu_engine_active_ratio",
     Kind.GAUGE,
-    "The container's share of graphics/compute engine activity: DCGM_FI_PROF_GR_ENGINE_ACTIVE split by "
-    "smUtil (source=dcgm).",
+    "The container's share of graphics/compute engine activity: the GPU's GPM GRAPHICS_UTIL split by the "
+    "containers' kernel-time shares (source=gpm; a MIG instance's own for its only container), or "
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE split the same way (source=dcgm). Select one source; never sum over it.",
     USAGE_LABELS + SOURCE,
     Group.CONTAINER,
     unit="ratio",

@@ -134,6 +134,8 @@ def families(
             csm.add_metric([*labels, u.sm_source], u.sm_ratio)
         if u.bandwidth_ratio is not None:
             cbw.add_metric([*labels, u.bandwidth_source], u.bandwidth_ratio)
+        if u.engine_ratio is not None:
+            cengine.add_metric([*labels, "gpm"], u.engine_ratio)
         for name, value in sorted(u.dcgm.items()):
             by_field[name].add_metric([*labels, "dcgm"], value)
     out += [cmem, cproc, ckernel, csm, cbw, cocc, ctensor, cengine, cunknown]
@@ -172,7 +174,10 @@ def _activity(
         ),
         (c.GPU_SM_OCCUPANCY, [("gpm", gpm.sm_occupancy if gpm else None), ("dcgm", dcgm.get("sm_occupancy"))]),
         (c.GPU_TENSOR_ACTIVE, [("gpm", gpm.tensor_active if gpm else None), ("dcgm", dcgm.get("tensor_active"))]),
-        (c.GPU_ENGINE_ACTIVE, [("dcgm", dcgm.get("engine_active"))]),
+        (
+            c.GPU_ENGINE_ACTIVE,
+            [("gpm", gpm.graphics_active if gpm else None), ("dcgm", dcgm.get("engine_active"))],
+        ),
     ]
     for metric, sources in candidates:
         for source, value in sources:

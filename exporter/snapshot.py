@@ -94,6 +94,9 @@ class Usage:
     """Share of the GPU's SMs busy for the owner: the device's GPM SM activity split by kernel-time share
     (a MIG instance's own GPM for its only owner). None where the GPU has no GPM."""
     sm_source: str = "gpm"
+    engine_ratio: float | None = None
+    """Share of the time the graphics/compute engine was active for the owner: the device's GPM GRAPHICS_UTIL
+    split by kernel-time share as ``sm_ratio`` is (a MIG instance's own for its only owner); None without GPM."""
     bandwidth_ratio: float | None = None
     bandwidth_source: str = "nvml"
     dcgm: dict[str, float] = field(default_factory=dict)
@@ -207,6 +210,7 @@ def attribute(
                     only = members[0]
                     if inst.gpm is not None:
                         only.sm_ratio, only.sm_source = inst.gpm.sm_active, "gpm"
+                        only.engine_ratio = inst.gpm.graphics_active
                         only.bandwidth_ratio, only.bandwidth_source = inst.gpm.dram_bandwidth, "gpm"
                     only.dcgm = dict(dcgm.get(DcgmKey(gpu.uuid, str(inst.gpu_instance)), {}))
                 elif len(members) > 1:
@@ -268,6 +272,7 @@ def _attribute_full_gpu(
                 mine[who].activity_unknown = "mps_shared"
                 del sm[who], mem[who]
     device_sm = gpu.gpm.sm_active if gpu.gpm is not None else None
+    device_engine = gpu.gpm.graphics_active if gpu.gpm is not None else None
     dram = gpu.gpm.dram_bandwidth if gpu.gpm is not None else None
     # Device-level measures are split by each owner's NVML activity: SM-side fields by smUtil, DRAM by
     # memUtil (each falling back to the other when no owner shows that kind of activity). An owner whose
@@ -280,6 +285,8 @@ def _attribute_full_gpu(
         usage.kernel_ratio, usage.kernel_source = min(1.0, sm[who]), kernel_source[who]
         if device_sm is not None and splittable:
             usage.sm_ratio, usage.sm_source = device_sm * by["sm"][who], "gpm"
+        if device_engine is not None and splittable:
+            usage.engine_ratio = device_engine * by["sm"][who]
         if dram is None:
             usage.bandwidth_ratio, usage.bandwidth_source = min(1.0, mem[who]), kernel_source[who]
         elif splittable:

@@ -24,7 +24,7 @@ Each series says which one it used in its `source` label, so a dashboard never m
 | `gpuattr_gpu_memory_bandwidth_ratio` | `gpm` DRAM_BW_UTIL | `dcgm` DRAM_ACTIVE | `nvml` memory-controller time (`utilization.memory`) |
 | `gpuattr_gpu_sm_occupancy_ratio` | `gpm` SM_OCCUPANCY | `dcgm` SM_OCCUPANCY | — |
 | `gpuattr_gpu_tensor_active_ratio` | `gpm` ANY_TENSOR_UTIL | `dcgm` PIPE_TENSOR_ACTIVE | — |
-| `gpuattr_gpu_engine_active_ratio` | `dcgm` GR_ENGINE_ACTIVE | — | — |
+| `gpuattr_gpu_engine_active_ratio` | `gpm` GRAPHICS_UTIL | `dcgm` GR_ENGINE_ACTIVE | — |
 
 **Two activity measures per container**, each named for what it measures:
 
@@ -50,7 +50,8 @@ it; summing the `gpm` or `dcgm` values over containers gives the device value):
 | `gpuattr_container_gpu_kernel_active_ratio` | per-process `smUtil`, summed per container; `mps`: the MPS server's `smUtil` for its only client | — | — |
 | `gpuattr_container_gpu_sm_active_ratio` | — | the GPU's SM_UTIL split by kernel-time share; the instance's SM_UTIL for the only container of a MIG instance | the GPU's SM_ACTIVE split the same way; the instance's value for the only container of a MIG instance |
 | `gpuattr_container_gpu_memory_bandwidth_ratio` | per-process `memUtil` (`mps`: the server's) | the GPU's DRAM_BW_UTIL split by `memUtil` share (when NVML saw no memory activity, by `smUtil`); MIG as above | DRAM_ACTIVE split the same way |
-| `gpuattr_container_gpu_sm_occupancy_ratio`, `…_tensor_active_ratio`, `…_engine_active_ratio` | — | — | the DCGM field split by `smUtil` share; MIG as above |
+| `gpuattr_container_gpu_engine_active_ratio` | — | the GPU's GRAPHICS_UTIL split by kernel-time share; MIG as above | GR_ENGINE_ACTIVE split the same way; MIG as above |
+| `gpuattr_container_gpu_sm_occupancy_ratio`, `…_tensor_active_ratio` | — | — | the DCGM field split by `smUtil` share; MIG as above |
 
 ## MPS
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from exporter.snapshot import CommandNameResolver, Owner, attribute
+from exporter.snapshot import CommandNameResolver, Owner, Snapshot, attribute
 from tests.conftest import Sim
 
 GiB = 2**30
@@ -144,3 +144,44 @@ def test_sm_activity_is_the_devices_split_by_kernel_time_and_sums_to_it(simulate
     by = {u.owner.process: u for u in usages}
     assert by["vllm"].sm_ratio == pytest.approx(device.sm_active * 0.6 / 0.9)
     assert all(u.sm_ratio is not None and u.sm_ratio <= device.sm_active for u in usages)
+
+
+def test_gpm_graphics_activity_is_served_per_device_instance_and_container(simulate: Callable[..., Sim]) -> None:
+    from common import catalog as c
+    from exporter.render import families
+
+    raw = {
+        "name": "engine",
+        "gpus": [
+            {"index": 0, "model": "NVIDIA H100 80GB HBM3"},
+            {"index": 1, "model": "NVIDIA H100 80GB HBM3", "mig": [{"gi": 1, "profile": "3g.40gb"}]},
+        ],
+        "processes": [
+            {"pid": 1, "name": "vllm", "gpus": [0], "memory": "30GiB", "sm": 0.6},
+            {"pid": 2, "name": "tgi", "gpus": [0], "memory": "20GiB", "sm": 0.2},
+            {"pid": 3, "name": "solo", "gpus": [1], "mig": 1, "memory": "10GiB", "sm": 0.5},
+        ],
+    }
+    sim = simulate(raw, start=10)
+    sim.reader.read()
+    sim.clock.advance(5)
+    node = sim.reader.read()
+    usages, _ = attribute(node, CommandNameResolver("/nonexistent", sim.reader.process_name))
+    device, instance = node.gpus[0].gpm, node.gpus[1].mig[0].gpm
+    assert device is not None and device.graphics_active == pytest.approx(0.8)  # the engine ran 80 % of the time
+    assert instance is not None and instance.graphics_active == pytest.approx(0.5)
+    by = {u.owner.process: u for u in usages}
+    assert by["vllm"].engine_ratio == pytest.approx(0.8 * 0.6 / 0.8)
+    assert sum(u.engine_ratio or 0.0 for u in usages if u.gpu == 0) == pytest.approx(0.8)
+    assert by["solo"].engine_ratio == pytest.approx(0.5)
+
+    served = {f.name: f for f in families(Snapshot(node, usages, 0))}
+    gpu = {
+        (s.labels["gpu"], s.labels["mig_instance"], s.labels["source"]): s.value
+        for s in served[c.GPU_ENGINE_ACTIVE.family].samples
+    }
+    assert gpu[("0", "", "gpm")] == pytest.approx(0.8) and gpu[("1", "1", "gpm")] == pytest.approx(0.5)
+    container = {
+        (s.labels["process"], s.labels["source"]): s.value for s in served[c.CONTAINER_ENGINE_ACTIVE.family].samples
+    }
+    assert container == pytest.approx({("vllm", "gpm"): 0.6, ("tgi", "gpm"): 0.2, ("solo", "gpm"): 0.5})
