@@ -417,6 +417,19 @@ CONTAINER_ALLOCATED = Metric(
     GPU + MIG + K8S + ("resource", "sharing"),
     Group.KUBERNETES,
 )
+GPU_ALLOCATABLE = Metric(
+    "gpuattr_gpu_allocatable_units",
+    Kind.GAUGE,
+    "Device IDs the kubelet advertises for the GPU or MIG instance (pod-resources GetAllocatableResources), "
+    "held or not: 1 for a device given whole, N for one the device plugin shares as N replicas "
+    "(<uuid>::0 to <uuid>::N-1). sharing as in gpuattr_container_gpu_allocated. A replica is 1/N of the device.",
+    GPU + MIG + ("resource", "sharing"),
+    Group.KUBERNETES,
+    notes="Read when the agent starts and every 12 samples after (the set changes only when the device plugin "
+    "restarts). Absent, never 0, where the kubelet does not serve GetAllocatableResources (before 1.23, or "
+    "switched off): the agent logs that once, and the job and the review then count a shared device as 1/N "
+    "for N containers holding it.",
+)
 
 # Attribution job (vLLM memory split), published by `gpuattr attribute` ---------------------------------
 VLLM_MEMORY = Metric(

@@ -24,7 +24,7 @@ from exporter.snapshot import Owner
 
 if TYPE_CHECKING:
     from exporter.resolve.kube import PodCache, PodMeta
-    from exporter.resolve.podresources import Allocation, PodResourcesClient
+    from exporter.resolve.podresources import Allocation, DeviceRef, PodResourcesClient
 
 log = logging.getLogger("gpuattr.pods")
 
@@ -133,15 +133,59 @@ class PlacedAllocation:
     sharing: str  # exclusive, time-slicing, mps, mig or mig-shared
 
 
-class Allocations:
-    """The kubelet's device allocations, refreshed once per sample, served as last known when it fails."""
+@dataclass(frozen=True)
+class AdvertisedDevice:
+    """How many device IDs the kubelet advertises for one GPU or MIG instance under one resource: 1 for a
+    device given whole, N for a device the device plugin shares as N replicas (time-slicing, MPS)."""
 
-    def __init__(self, client: PodResourcesClient) -> None:
+    gpu: int
+    gpu_uuid: str
+    mig_instance: str
+    mig_profile: str
+    resource: str
+    sharing: str  # as PlacedAllocation's
+    units: int
+
+
+class _Placer:
+    """Where kubelet device IDs lie on the GPUs of one reading."""
+
+    def __init__(self, reading: NodeReading) -> None:
+        self.gpus = reading.gpus
+        self.by_uuid = {g.uuid: g for g in reading.gpus}
+        self.by_mig = {m.uuid: (g, m) for g in reading.gpus for m in g.mig}
+
+    def place(self, dev: DeviceRef) -> tuple[tuple[int, str, str, str], str] | None:
+        """(gpu, uuid, MIG instance, profile) and the sharing mode of a device ID; None when no GPU here
+        matches it."""
+        for key in (dev.mig_uuid, dev.gpu_uuid):
+            if key is not None and key in self.by_mig:
+                gpu, mig = self.by_mig[key]
+                sharing = "mig" if dev.replica is None else "mig-shared"
+                return (gpu.index, gpu.uuid, str(mig.gpu_instance), mig.profile), sharing
+        whole = self.by_uuid.get(dev.gpu_uuid)
+        if whole is None and dev.gke_index is not None and 0 <= dev.gke_index < len(self.gpus):
+            whole = self.gpus[dev.gke_index]
+        if whole is None:
+            return None
+        sharing = "exclusive" if dev.replica is None else "mps" if whole.mps else "time-slicing"
+        return (whole.index, whole.uuid, "", ""), sharing
+
+
+class Allocations:
+    """The kubelet's device allocations, refreshed once per sample, served as last known when it fails; and
+    the devices it advertises (GetAllocatableResources), asked every ``allocatable_every`` refreshes: they
+    change only when the device plugin restarts."""
+
+    def __init__(self, client: PodResourcesClient, *, allocatable_every: int = 12) -> None:
         self.client = client
         self.up = False
         self.errors_total = 0
         self.unplaced: set[str] = set()  # device IDs no GPU on this node matches
+        self.allocatable_every = max(1, allocatable_every)
         self._last: list[Allocation] = []
+        self._allocatable: list[tuple[str, DeviceRef]] = []
+        self._allocatable_due = 0  # refreshes until GetAllocatableResources is asked again
 
     def refresh(self) -> None:
         from exporter.resolve.podresources import PodResourcesError
@@ -153,35 +197,41 @@ class Allocations:
             self.up = False  # the client logs the state change with the socket path
             return
         self.up = True
+        self._allocatable_due -= 1
+        if self._allocatable_due > 0:
+            return
+        try:
+            # [] on a kubelet without the method: the client logs that once and sets allocatable_supported
+            self._allocatable = self.client.allocatable()
+        except PodResourcesError:
+            self.errors_total += 1
+            return  # asked again at the next refresh; the last answer is served meanwhile
+        self._allocatable_due = self.allocatable_every
+
+    def advertised(self, reading: NodeReading) -> list[AdvertisedDevice]:
+        """Device IDs advertised per GPU or MIG instance, resource and sharing mode; [] when the kubelet does
+        not serve GetAllocatableResources (unknown, not zero)."""
+        units: dict[tuple[int, str, str, str, str, str], int] = {}
+        placer = _Placer(reading)
+        for resource, dev in self._allocatable:
+            placed = placer.place(dev)
+            if placed is None:
+                continue  # a device of another plugin's naming, or of a GPU NVML does not see: not ours to count
+            where, sharing = placed
+            key = (*where, resource, sharing)
+            units[key] = units.get(key, 0) + 1
+        return [AdvertisedDevice(*key, n) for key, n in sorted(units.items())]
 
     def placed(self, reading: NodeReading) -> list[PlacedAllocation]:
-        by_uuid = {g.uuid: g for g in reading.gpus}
-        by_mig = {m.uuid: (g, m) for g in reading.gpus for m in g.mig}
         out: list[PlacedAllocation] = []
         unplaced: set[str] = set()
+        placer = _Placer(reading)
         for a in self._last:
-            dev = a.device
-            where: tuple[int, str, str, str] | None = None
-            mps = False
-            if dev.mig_uuid is not None and dev.mig_uuid in by_mig:
-                gpu, mig = by_mig[dev.mig_uuid]
-                where = (gpu.index, gpu.uuid, str(mig.gpu_instance), mig.profile)
-            elif dev.gpu_uuid in by_mig:
-                gpu, mig = by_mig[dev.gpu_uuid]
-                where = (gpu.index, gpu.uuid, str(mig.gpu_instance), mig.profile)
-            elif dev.gpu_uuid in by_uuid:
-                gpu = by_uuid[dev.gpu_uuid]
-                where, mps = (gpu.index, gpu.uuid, "", ""), gpu.mps
-            elif dev.gke_index is not None and 0 <= dev.gke_index < len(reading.gpus):
-                gpu = reading.gpus[dev.gke_index]
-                where, mps = (gpu.index, gpu.uuid, "", ""), gpu.mps
-            if where is None:
-                unplaced.add(dev.raw)
+            placed = placer.place(a.device)
+            if placed is None:
+                unplaced.add(a.device.raw)
                 continue
-            if where[2]:
-                sharing = "mig" if dev.replica is None else "mig-shared"
-            else:
-                sharing = "exclusive" if dev.replica is None else "mps" if mps else "time-slicing"
+            where, sharing = placed
             out.append(PlacedAllocation(*where, a.namespace, a.pod, a.container, a.resource, sharing))
         if unplaced - self.unplaced:
             log.warning("kubelet allocations name devices NVML does not know: %s", sorted(unplaced - self.unplaced))
@@ -230,6 +280,13 @@ class PodMetadata:
                 1,
             )
         out.append(alloc)
+        units = family(c.GPU_ALLOCATABLE)
+        if self.allocations is not None and self.reading is not None:
+            for d in self.allocations.advertised(self.reading):
+                units.add_metric(
+                    [str(d.gpu), d.gpu_uuid, d.mig_instance, d.mig_profile, d.resource, d.sharing], d.units
+                )
+        out.append(units)
 
         info = family(c.POD_INFO)
         gpu_pods: dict[tuple[str, str], PodMeta | None] = {}

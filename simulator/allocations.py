@@ -97,11 +97,12 @@ def sim_pods(scenario: Scenario, at: float | None = None) -> list[SimPod]:
 def allocatable(scenario: Scenario) -> list[tuple[str, list[str]]]:
     """``(resource, device IDs)`` the node can allocate, used or not.
 
-    Each GPU without MIG under ``nvidia.com/gpu``: its UUID, or, on a GPU some container holds a
-    time-sliced or MPS replica of, its replicas ``<uuid>::0`` up to the highest replica used (the device
-    plugin advertises replicas instead of the GPU when sharing is on), under the resource of the first
-    container holding one (``nvidia.com/gpu.shared`` when the plugin renames shared GPUs). Each MIG instance
-    under the resource of the container allocated it, else under ``nvidia.com/mig-<profile>``.
+    Each GPU without MIG under ``nvidia.com/gpu``: its UUID, or, on a GPU shared by time-slicing or MPS, its
+    replicas ``<uuid>::0`` to ``<uuid>::N-1`` (the device plugin advertises replicas instead of the GPU when
+    sharing is on), N the GPU's ``replicas`` or else one more than the highest replica a container holds,
+    under the resource of the first container holding one (``nvidia.com/gpu.shared`` when the plugin renames
+    shared GPUs). Each MIG instance under the resource of the container allocated it, else under
+    ``nvidia.com/mig-<profile>``. ValueError when a container holds a replica beyond the GPU's ``replicas``.
     """
     replicas: dict[str, int] = {}  # GPU uuid → highest replica index allocated
     replica_resource: dict[str, str] = {}  # GPU uuid → resource of the first container holding a replica
@@ -124,9 +125,15 @@ def allocatable(scenario: Scenario) -> list[tuple[str, list[str]]]:
                 by_resource.setdefault(resource, []).append(mig)
             continue
         uuid = scenario.gpu_uuid(gpu.index)
-        if uuid in replicas:
-            shared = [f"{uuid}::{n}" for n in range(replicas[uuid] + 1)]
-            resource = replica_resource[uuid]
+        if gpu.replicas is not None and replicas.get(uuid, -1) >= gpu.replicas:
+            raise ValueError(
+                f"GPU {gpu.index} has {gpu.replicas} replicas (<uuid>::0 to ::{gpu.replicas - 1}); a container "
+                f"holds replica {replicas[uuid]}"
+            )
+        if uuid in replicas or gpu.replicas is not None:
+            count = gpu.replicas if gpu.replicas is not None else replicas[uuid] + 1
+            shared = [f"{uuid}::{n}" for n in range(count)]
+            resource = replica_resource.get(uuid, GPU_RESOURCE)
             (gpus if resource == GPU_RESOURCE else by_resource.setdefault(resource, [])).extend(shared)
         else:
             gpus.append(uuid)

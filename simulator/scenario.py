@@ -206,6 +206,16 @@ class GpuSpec(_Strict):
             "utilisation samples to the server only (the clients' combined activity)"
         ),
     )
+    replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description=(
+            "the replicas the NVIDIA device plugin's sharing config (timeSlicing or mps, 'replicas: N') makes of "
+            "this GPU: the kubelet advertises <uuid>::0 to <uuid>::N-1, held or not. Absent: as many as the "
+            "highest replica a container holds implies, or the GPU itself when none holds one"
+        ),
+    )
     memory_temperature_c: float = Field(
         default=33.0, description="HBM temperature at idle; it rises with memory traffic (HBM parts only)"
     )
@@ -239,6 +249,8 @@ class GpuSpec(_Strict):
                 raise ValueError(f"GPU {self.index}: {function} fails with unknown NVML error {error!r}")
         if self.mps and self.mig:
             raise ValueError(f"GPU {self.index}: MPS on MIG instances is not simulated; give 'mps' or 'mig', not both")
+        if self.replicas is not None and self.mig:
+            raise ValueError(f"GPU {self.index}: 'replicas' shares a whole GPU; a MIG-enabled GPU has instances")
         if self.mps and self.timeslice_swing:
             raise ValueError(
                 f"GPU {self.index}: timeslice_swing does not apply under MPS, whose clients run concurrently and "

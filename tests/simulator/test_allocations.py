@@ -148,3 +148,21 @@ def test_time_sliced_replicas_decode_to_the_shared_gpu(socket_path: str, inferen
         server.stop()
 
     assert sorted((d.gpu_uuid, d.replica) for d in shared) == [(inference.gpu_uuid(3), 0), (inference.gpu_uuid(3), 1)]
+
+
+def test_a_gpu_shared_as_four_replicas_is_advertised_as_four_whoever_holds_them() -> None:
+    def node(gpu: dict[str, Any], devices: list[str]) -> Scenario:
+        pod = {"namespace": "t", "name": "p", "containers": [{"name": "c", "devices": devices}]}
+        return parse_scenario({"name": "replicas", "gpus": [{"index": 0, **gpu}], "pods": [pod]})
+
+    one = node({"replicas": 4}, ["0::1"])
+    uuid = one.gpu_uuid(0)
+    assert allocatable(one) == [("nvidia.com/gpu", [f"{uuid}::{n}" for n in range(4)])]
+    # without 'replicas', as many as the highest replica held implies (the shipped scenarios' behaviour)
+    assert allocatable(node({}, ["0::1"])) == [("nvidia.com/gpu", [f"{uuid}::0", f"{uuid}::1"])]
+    # replicas configured, none held: still advertised
+    assert allocatable(node({"replicas": 2}, [])) == [("nvidia.com/gpu", [f"{uuid}::0", f"{uuid}::1"])]
+    with pytest.raises(ValueError, match=r"GPU 0 has 4 replicas.*holds replica 4"):
+        allocatable(node({"replicas": 4}, ["0::4"]))
+    with pytest.raises(ValueError, match="'replicas' shares a whole GPU"):
+        node({"replicas": 4, "mig": [{"gi": 1, "profile": "3g.40gb"}]}, [])
