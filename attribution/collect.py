@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
-from attribution.sharing import mig_fraction
+from attribution.sharing import COUNTED, held, mig_fraction
 from attribution.split import ServerGpu
 from common import catalog as c
 from common.fetch import redact
@@ -79,6 +79,7 @@ def queries(window: str) -> dict[str, str]:
     """The PromQL the job sends: one aggregate per input, whatever the number of samples."""
     usage = f'{{__name__=~"{KV_USAGE}"}}'
     allocated = f'last_over_time({c.CONTAINER_ALLOCATED.name}{{pod!=""}}[{window}])'
+    advertised = f"last_over_time({c.GPU_ALLOCATABLE.name}[{window}])"
     return {
         "memory": (
             "max by (namespace, pod, gpu_uuid, mig_instance) "
@@ -90,10 +91,11 @@ def queries(window: str) -> dict[str, str]:
         "kv_p95": f"max by (namespace, pod) (quantile_over_time(0.95, {usage}[{window}]))",
         "kv_max": f"max by (namespace, pod) (max_over_time({usage}[{window}]))",
         "cache_config": f"last_over_time({CACHE_CONFIG}[{window}])",
-        # each allocation over the window, over the number of containers that held its device (time-slicing,
-        # MPS, several containers of a MIG instance): 1/N; the MIG profile gives the instance's share
-        "allocated": f"max by (namespace, pod, gpu_uuid, mig_instance, mig_profile) ({allocated} "
-        f"/ on (gpu_uuid, mig_instance) group_left count by (gpu_uuid, mig_instance) ({allocated}))",
+        # each allocation's share of its device: 1/N for N replicas the node advertises (time-slicing, MPS,
+        # a shared MIG instance), else 1/N for N containers holding it, marked by which; the MIG profile gives
+        # the instance's share of its GPU
+        "allocated": f"max by (namespace, pod, gpu_uuid, mig_instance, mig_profile, {COUNTED}) "
+        f"({held(allocated, advertised, mark=True)})",
         # increase() drops the metric name, so the two counters would collide in one vector (Prometheus
         # refuses it with 422): each is told apart by a label of its own, then both are summed per pod.
         "tokens": "sum by (namespace, pod) ("
@@ -126,10 +128,19 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
     config = {_key(s.labels): s.labels for s in results["cache_config"]}
     tokens = {_key(s.labels): s.value for s in results["tokens"]}
     shares: dict[tuple[str, str, str, str], tuple[float | None, float]] = {}  # -> (MIG share, replicas)
+    by_holders: set[tuple[str, str]] = set()  # shared devices counted by their holders: nothing advertised
     for s in results["allocated"]:
         where = (*_key(s.labels), s.labels.get("gpu_uuid", ""), s.labels.get("mig_instance", ""))
         profile = s.labels.get("mig_profile", "")
         shares[where] = (mig_fraction(profile), 1 / s.value if s.value > 0 else 1.0)
+        if s.labels.get(COUNTED) == "holders" and s.value < 1:
+            by_holders.add(where[2:])
+    if by_holders:
+        problems.append(
+            f"{c.GPU_ALLOCATABLE.name} absent for {len(by_holders)} shared GPU(s) or MIG instance(s) "
+            "(a kubelet without GetAllocatableResources, or an older agent): their replicas are counted as 1/N "
+            "for N containers holding them, not for the replicas the node advertises"
+        )
     odd = sorted({s.labels.get("mig_profile", "") for s in results["allocated"]} - {""})
     odd = [p for p in odd if mig_fraction(p) is None]
     if odd:

@@ -77,6 +77,10 @@ class Workload:
     mig_profile: str = ""  # the MIG instance the pod holds (e.g. 3g.40gb), each pod of a group its own
     kv_cache_bytes: int = 0  # vLLM's KV cache reservation per GPU (cache_config_info); 0: not exposed
     kv_peak: float = 0.0  # the highest KV cache usage (0..1), held all along
+    advertised: int = 0
+    """Device IDs the node advertises for the pod's GPU (or MIG instance): N for a GPU shared as N replicas,
+    held or not, published as gpuattr_gpu_allocatable_units; 0: not published (an agent or kubelet without
+    it), so the job and the review count the GPU's holders instead."""
 
     def sm_at(self, t: float, end: float) -> float:
         """SM activity per GPU at unix time ``t`` of a history that ends at ``end``."""
@@ -337,6 +341,16 @@ def write_openmetrics(
             resource = f"nvidia.com/mig-{w.mig_profile}" if w.mig_profile else "nvidia.com/gpu"
             labels = usage_labels(w, node, gpu, resource=resource, sharing=w.sharing)
             constant(m.name, _render(m.labels, labels), "1")
+    m = c.GPU_ALLOCATABLE
+    family(m.family)
+    advertised: dict[str, int] = {}  # rendered labels -> units, one series per device however many hold it
+    for w, gpus in pods:
+        for node, gpu in gpus if w.advertised > 0 else []:
+            device = {k: v for k, v in usage_labels(w, node, gpu).items() if k not in c.K8S}
+            resource = f"nvidia.com/mig-{w.mig_profile}" if w.mig_profile else "nvidia.com/gpu"
+            advertised[_render(m.labels, {**device, "resource": resource, "sharing": w.sharing})] = w.advertised
+    for labels_text, units in advertised.items():
+        constant(m.name, labels_text, str(units))
     m = c.CONTAINER_KERNEL_ACTIVE
     family(m.family)
     for w, gpus in pods:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
+from attribution.sharing import held as share_held
 from attribution.sharing import mig_fraction
 from common import catalog as c
 from common.units import format_duration, parse_duration
@@ -129,10 +130,10 @@ def queries(window: str, resolution: str, idle: float, spacing_s: float | None =
     total = f"max by (gpu_uuid, mig_instance) ({fresh(c.GPU_MEMORY_TOTAL.name)})"
     gpu_total = f"max by (gpu_uuid) ({fresh(c.GPU_MEMORY_TOTAL.name)})"
     gpu_info = f"max by (gpu_uuid, gpu_model) ({fresh(c.GPU_INFO.name)})"
-    # Each allocation's share of its device: 1/N for N containers time-slicing or MPS-sharing one GPU or
-    # MIG instance. The MIG instance's own share of its GPU follows from its profile (``mig_fraction``),
-    # applied to every figure summed by profile.
-    held = f"({alloc} / on (gpu_uuid, mig_instance) group_left count by (gpu_uuid, mig_instance) ({alloc}))"
+    # Each allocation's share of its device: 1/N for N replicas the node advertises (time-slicing, MPS), else
+    # 1/N for N containers holding it (``sharing.held``). The MIG instance's own share of its GPU follows
+    # from its profile (``mig_fraction``), applied to every figure summed by profile.
+    held = share_held(alloc, fresh(c.GPU_ALLOCATABLE.name))
     by_profile = f"{KEYS}, mig_profile"
 
     # Subqueries evaluate at multiples of the resolution. Prometheus 2 includes both ends of their range,

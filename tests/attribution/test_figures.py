@@ -35,7 +35,7 @@ KV_PEAK = 0.25
 
 def workloads() -> list[Workload]:
     """A 4-GPU training job, 8 one-GPU vLLM replicas, two pods time-slicing one GPU, two MIG instances of
-    another (3g.40gb and 4g.40gb: 3/7 and 4/7 of it)."""
+    another (3g.40gb and 4g.40gb: 3/7 and 4/7 of it), one pod holding one of 4 replicas of a third."""
 
     def vllm(pod: str, **kw: Any) -> Workload:
         fields: dict[str, Any] = {
@@ -81,11 +81,14 @@ def workloads() -> list[Workload]:
         vllm(f"mig-{p[0]}", team="mig", sharing="mig", gpu_group="mig", mig_profile=p, memory_fraction=0.45)
         for p in ("3g.40gb", "4g.40gb")
     ]
+    # one pod on one of the 4 replicas its node advertises for a time-sliced GPU: a quarter of it, alone or not
+    out += [vllm("quarter-0", team="quarter", sharing="time-slicing", gpu_group="ts4", advertised=4)]
     return out
 
 
-HELD = {"research": 4.0, "search": 8.0, "sliced": 1.0, "mig": 1.0}
-"""GPUs each team holds: the two time-sliced pods half a GPU each, the MIG instances 3/7 and 4/7 of one."""
+HELD = {"research": 4.0, "search": 8.0, "sliced": 1.0, "mig": 1.0, "quarter": 0.25}
+"""GPUs each team holds: the two time-sliced pods half a GPU each (their node advertises no replicas: counted
+by holders), the MIG instances 3/7 and 4/7 of one, the pod alone on one of 4 advertised replicas a quarter."""
 
 
 @pytest.fixture(scope="module")
@@ -219,14 +222,20 @@ def test_the_job_costs_a_mig_instance_and_a_time_sliced_replica_at_their_share(
     assert held["shared-0"] == pytest.approx(0.5)
     assert held["mig-3"] == pytest.approx(3 / 7)
     assert held["mig-4"] == pytest.approx(4 / 7)
+    assert held["quarter-0"] == pytest.approx(0.25)  # one of the 4 replicas advertised, though it is alone
     costs = {row["pod"]: row["cost_held"] for row in result["costs"]}
     assert costs["mig-3"] == pytest.approx(costs["qwen-0"] * 3 / 7)
-    # the plan counts whole GPUs: 8 replicas and the time-sliced one; MIG instances stay where they are
-    assert result["gpus_today"] == 9
+    # the plan counts whole GPUs: 8 replicas and the two time-sliced ones; MIG instances stay where they are
+    assert result["gpus_today"] == 10
     assert {"llm/mig-3", "llm/mig-4"} <= set(result["refused"])
+    # the pair's node advertises no replicas: counted by holders, and the report says for how many devices
+    (fallback,) = [p for p in result["problems"] if "gpuattr_gpu_allocatable_units absent" in p]
+    assert "for 1 shared GPU(s)" in fallback
     url, end = history
     assert job.main(["--prometheus", url, "--window", "1d", "--at", str(end)]) == 0
-    assert "GPUs held: a MIG instance counts as its compute slices" in capsys.readouterr().out  # and it says so
+    out = capsys.readouterr().out
+    assert "GPUs held: a MIG instance counts as its compute slices" in out  # and it says so
+    assert "1/N of it for the N replicas the node advertises" in out
 
 
 @pytest.mark.slow
