@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
-from attribution.sharing import COUNTED, held, mig_fraction
+from attribution.sharing import COUNTED, SHARED, fallback_note, held, mig_fraction
 from attribution.split import ServerGpu
 from common import catalog as c
 from common.fetch import redact
@@ -94,7 +94,7 @@ def queries(window: str) -> dict[str, str]:
         # each allocation's share of its device: 1/N for N replicas the node advertises (time-slicing, MPS,
         # a shared MIG instance), else 1/N for N containers holding it, marked by which; the MIG profile gives
         # the instance's share of its GPU
-        "allocated": f"max by (namespace, pod, gpu_uuid, mig_instance, mig_profile, {COUNTED}) "
+        "allocated": f"max by (namespace, pod, gpu_uuid, mig_instance, mig_profile, sharing, {COUNTED}) "
         f"({held(allocated, advertised, mark=True)})",
         # increase() drops the metric name, so the two counters would collide in one vector (Prometheus
         # refuses it with 422): each is told apart by a label of its own, then both are summed per pod.
@@ -133,14 +133,10 @@ def from_prometheus(client: PrometheusClient, window: str, at: float | None = No
         where = (*_key(s.labels), s.labels.get("gpu_uuid", ""), s.labels.get("mig_instance", ""))
         profile = s.labels.get("mig_profile", "")
         shares[where] = (mig_fraction(profile), 1 / s.value if s.value > 0 else 1.0)
-        if s.labels.get(COUNTED) == "holders" and s.value < 1:
+        if s.labels.get(COUNTED) == "holders" and s.labels.get("sharing") in SHARED:
             by_holders.add(where[2:])
     if by_holders:
-        problems.append(
-            f"{c.GPU_ALLOCATABLE.name} absent for {len(by_holders)} shared GPU(s) or MIG instance(s) "
-            "(a kubelet without GetAllocatableResources, or an older agent): their replicas are counted as 1/N "
-            "for N containers holding them, not for the replicas the node advertises"
-        )
+        problems.append(fallback_note(len(by_holders)))
     odd = sorted({s.labels.get("mig_profile", "") for s in results["allocated"]} - {""})
     odd = [p for p in odd if mig_fraction(p) is None]
     if odd:

@@ -19,6 +19,12 @@ SHARING_NOTE = (
     "GetAllocatableResources), as 1/N for N containers holding it"
 )
 
+SHARED = ("time-slicing", "mps", "mig-shared")
+"""``sharing`` label values of an allocation that is a replica of a device (``gpuattr_container_gpu_allocated``)."""
+
+SHARED_MATCHER = 'sharing=~"' + "|".join(SHARED) + '"'
+"""The label matcher that selects those allocations."""
+
 COUNTED = "counted"
 """The label :func:`held` adds when asked to mark how each allocation was counted: ``advertised`` or
 ``holders``."""
@@ -53,3 +59,20 @@ def mig_fraction(profile: str) -> float | None:
         return None
     card = 4 if profile in A30_PROFILES else 7
     return min(1.0, int(match.group(1)) / card)
+
+
+def unadvertised(shared: str, advertised: str) -> str:
+    """PromQL: how many devices (GPUs, MIG instances) the allocations of ``shared`` (a selector of
+    ``gpuattr_container_gpu_allocated`` with ``SHARED_MATCHER``) lie on for which ``advertised`` has no series,
+    so that :func:`held` counts their holders; no sample when there are none."""
+    key = "gpu_uuid, mig_instance"
+    return f"count(count by ({key}) ({shared}) unless on ({key}) {advertised})"
+
+
+def fallback_note(devices: int) -> str:
+    """The problem to report when ``devices`` shared devices were counted by their holders."""
+    return (
+        f"{c.GPU_ALLOCATABLE.name} absent for {devices} shared GPU(s) or MIG instance(s) (a kubelet without "
+        "GetAllocatableResources, or an older agent): their replicas are counted as 1/N for N containers holding "
+        "them, not for the replicas the node advertises"
+    )

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from attribution.prometheus import PrometheusClient, PrometheusError, Sample
+from attribution.sharing import SHARED_MATCHER, fallback_note, mig_fraction, unadvertised
 from attribution.sharing import held as share_held
-from attribution.sharing import mig_fraction
 from common import catalog as c
 from common.units import format_duration, parse_duration
 
@@ -38,7 +38,7 @@ where the last good figures were. Memory share, unknown activity, GPU models (pr
 and the window before (trends) are not essential: the review names them as missing and stands."""
 PREVIOUS = "_previous"
 """Suffix of an input's name for its query of the window before."""
-ONLY_NOW = ("tokens", "ttft", "itl", "info", "gpu_model", "kv_max", "cache_config")
+ONLY_NOW = ("tokens", "ttft", "itl", "info", "gpu_model", "kv_max", "cache_config", "unadvertised")
 """Inputs read for the reviewed window only."""
 
 
@@ -133,7 +133,8 @@ def queries(window: str, resolution: str, idle: float, spacing_s: float | None =
     # Each allocation's share of its device: 1/N for N replicas the node advertises (time-slicing, MPS), else
     # 1/N for N containers holding it (``sharing.held``). The MIG instance's own share of its GPU follows
     # from its profile (``mig_fraction``), applied to every figure summed by profile.
-    held = share_held(alloc, fresh(c.GPU_ALLOCATABLE.name))
+    advertised = fresh(c.GPU_ALLOCATABLE.name)
+    held = share_held(alloc, advertised)
     by_profile = f"{KEYS}, mig_profile"
 
     # Subqueries evaluate at multiples of the resolution. Prometheus 2 includes both ends of their range,
@@ -169,6 +170,8 @@ def queries(window: str, resolution: str, idle: float, spacing_s: float | None =
         f"{gpu_total})) [{window}:{resolution}]))",
         "gpu_model": f"max by ({KEYS}, gpu_model) (last_over_time(({alloc} * on (gpu_uuid) group_left (gpu_model) "
         f"{gpu_info})[{window}:{resolution}]))",
+        # shared devices whose node advertises no replicas, at the end of the window: counted by holders
+        "unadvertised": unadvertised(fresh(c.CONTAINER_ALLOCATED.name + "{" + SHARED_MATCHER + "}"), advertised),
         "info": f"max by ({KEYS}, team, workload_class, workload_kind, workload, model) "
         f"(last_over_time({c.POD_INFO.name}[{window}]))",
         # vLLM's KV cache: its peak use and its reservation, for the right-sized footprint of the plan
@@ -265,6 +268,7 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
             )
         frames.append(pd.DataFrame(rows))
         if when == at:
+            got_now = got
             tokens = dict(_by_pod(got.get("tokens", [])))
             kv_max = _by_pod(got.get("kv_max", []))
             for s in got.get("cache_config", []):
@@ -292,6 +296,9 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
             .join(meta, on=["namespace", "pod"], how="left")
             .fillna(dict.fromkeys(carried, ""))
         )
+    counted_by_holders = round(max((s.value for s in got_now.get("unadvertised", [])), default=0.0))
+    if counted_by_holders:
+        problems.append(fallback_note(counted_by_holders))
     if unknown_profiles:
         problems.append(f"MIG profiles not understood, counted as whole GPUs: {', '.join(sorted(unknown_profiles))}")
     return Inputs(current, previous, tokens, latency, problems, failed, spacing_s, sampling_note(spacing_s, resolution))

@@ -209,6 +209,10 @@ def test_shared_and_mig_gpus_are_costed_at_the_fraction_held(review: dict[str, A
     pods = {row["name"]: row for row in review["by"]["workload"]}
     assert pods["Deployment/mig"]["gpus_allocated"] == pytest.approx(1.0, rel=0.01)
     assert any("3/7" in line for line in review["sharing"])
+    assert any("the N replicas the node advertises" in line for line in review["sharing"])
+    # the time-sliced pair's node advertises no replicas: counted by holders, and the review says so
+    (fallback,) = [p for p in review["problems"] if "gpuattr_gpu_allocatable_units absent" in p]
+    assert "for 1 shared GPU(s)" in fallback
     assert review["consolidation"]["gpus_today"] == pytest.approx(sum(HELD.values()), abs=0.01)
 
 
