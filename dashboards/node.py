@@ -47,6 +47,12 @@ SHARED = (
     f"(count by (instance, gpu_uuid, mig_instance) ({_holders(HOLDER)}) > 1)"
 )
 """Every pod on a GPU (or MIG instance) that more than one pod holds or was allocated."""
+ADVERTISED = (
+    f"max by ({HOLDER}) (({SHARED}) * 0 + on (instance, gpu_uuid, mig_instance) group_left "
+    f"max by (instance, gpu_uuid, mig_instance) ({sel(c.GPU_ALLOCATABLE, NODE)}))"
+)
+"""For each pod of ``SHARED``: the device IDs the kubelet advertises for its GPU or MIG instance (a pod holding
+one of 4 replicas holds a quarter of it, however many pods share it now)."""
 
 
 def _node_row(d: dash.Dashboard) -> dash.Dashboard:
@@ -86,8 +92,10 @@ def _node_row(d: dash.Dashboard) -> dash.Dashboard:
                 "Pods sharing a GPU",
                 "Every pod on a GPU or MIG instance that more than one pod holds memory on or was allocated "
                 "(time-slicing, MPS, or a process the kubelet did not allocate): the memory each holds, the "
-                "time its kernels ran and the share of SMs they kept busy ($source). Shared GPUs are where "
-                "neighbours slow each other down. Under MPS with several clients, activity is unknown (blank).",
+                "time its kernels ran and the share of SMs they kept busy ($source), and how many replicas the kubelet "
+                "advertises for the device (each replica is that fraction of it; blank where the kubelet does not "
+                "say). Shared GPUs are where neighbours slow each other down. Under MPS with several clients, "
+                "activity is unknown (blank).",
                 p.BYTES,
                 [
                     p.Column(p.Query(SHARED), "memory held", p.BYTES),
@@ -107,6 +115,7 @@ def _node_row(d: dash.Dashboard) -> dash.Dashboard:
                         "SM activity",
                         p.RATIO,
                     ),
+                    p.Column(p.Query(ADVERTISED), "replicas advertised", p.COUNT),
                 ],
                 labels=["instance", "gpu", "gpu_uuid", "mig_instance", "namespace", "pod"],
                 span=12,

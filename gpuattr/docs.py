@@ -70,7 +70,12 @@ server. So the exporter:
   splits between them, so none is guessed. Idle alerts and the capacity review skip unknown activity rather
   than read it as idle;
 - labels what the kubelet allocated: `gpuattr_container_gpu_allocated{sharing="mps"}` for a replica
-  (`<uuid>::<n>`) of a GPU whose MPS server runs, `time-slicing` for one without.
+  (`<uuid>::<n>`) of a GPU whose MPS server runs, `time-slicing` for one without;
+- publishes how many replicas the kubelet advertises for the GPU, held or not
+  (`gpuattr_gpu_allocatable_units`, from GetAllocatableResources): with the device plugin's `replicas: 4`, a
+  pod holding one replica holds a quarter of the GPU even when it is alone there, and the attribution job
+  and the capacity review count it so; where the series is absent they count 1/N for N containers holding it,
+  and say for how many devices.
 
 dcgm-exporter pages are read with prometheus-client's parser and matched to GPUs by `UUID` (or `uuid`)
 and MIG instance by `GPU_I_ID`. Profiling fields are 0–1 ratios; older releases wrote "(in %)" in their

@@ -584,6 +584,12 @@ def test_the_shared_gpu_table_lists_the_time_sliced_and_mps_pods(cluster: Cluste
     kernel = {s["metric"]["pod"] for s in _ask(cluster, "gpuattr-node-gpu.json", "Pods sharing a GPU", "B")}
     assert "jupyter-carol-0" not in kernel and "embed-encoder-6f8b9c7d5-q2w7x" not in kernel  # unknown, not 0
     assert "finetune-bert-base-0" in kernel
+    advertised = {
+        s["metric"]["pod"]: float(s["value"][1])
+        for s in _ask(cluster, "gpuattr-node-gpu.json", "Pods sharing a GPU", "D")
+    }
+    # each shared GPU of the MPS node is advertised as two replicas (<uuid>::0 and ::1)
+    assert advertised["jupyter-carol-0"] == advertised["finetune-bert-base-0"] == 2
 
 
 def test_the_mps_table_shows_the_servers_activity_and_its_clients_of_unknown_activity(cluster: Cluster) -> None:
