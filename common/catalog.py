@@ -425,10 +425,10 @@ GPU_ALLOCATABLE = Metric(
     "(<uuid>::0 to <uuid>::N-1). sharing as in gpuattr_container_gpu_allocated. A replica is 1/N of the device.",
     GPU + MIG + ("resource", "sharing"),
     Group.KUBERNETES,
-    notes="Read when the agent starts and every 12 samples after (the set changes only when the device plugin "
-    "restarts). Absent, never 0, where the kubelet does not serve GetAllocatableResources (before 1.23, or "
-    "switched off): the agent logs that once, and the job and the review then count a shared device as 1/N "
-    "for N containers holding it.",
+    notes="Read when the agent starts, every 12 samples after (the set changes only when the device plugin "
+    "restarts) and as soon as the kubelet answers again after an outage. Absent, never 0, where the kubelet "
+    "does not serve GetAllocatableResources (before 1.23, or switched off): the agent logs that once, and the "
+    "job and the review then count a shared device as 1/N for N containers holding it.",
 )
 
 # Attribution job (vLLM memory split), published by `gpuattr attribute` ---------------------------------

@@ -195,6 +195,7 @@ class Allocations:
         except PodResourcesError:
             self.errors_total += 1
             self.up = False  # the client logs the state change with the socket path
+            self._allocatable_due = 0  # a kubelet back from a restart may advertise another set: ask at once
             return
         self.up = True
         self._allocatable_due -= 1

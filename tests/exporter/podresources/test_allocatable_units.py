@@ -108,6 +108,25 @@ def test_the_advertised_set_is_asked_on_a_slower_cadence_than_the_allocations(
     assert server.calls["GetAllocatableResources"] == 3  # the first refresh, the 13th and the 25th
 
 
+def test_the_advertised_set_is_asked_again_as_soon_as_the_kubelet_is_back(socket_path: str) -> None:
+    scenario = _scenario()
+    server = PodResourcesServer(socket_path, lambda: sim_pods(scenario), lambda: allocatable(scenario))
+    server.start()
+    try:
+        with PodResourcesClient(socket_path, timeout_s=5.0) as client:
+            allocations = Allocations(client, allocatable_every=12)
+            allocations.refresh()
+            server.stop()  # the kubelet restarts (with it, perhaps, a device plugin with other replicas)
+            allocations.refresh()
+            assert not allocations.up
+            server.start()
+            allocations.refresh()
+            assert allocations.up
+    finally:
+        server.stop()
+    assert server.calls["GetAllocatableResources"] == 2  # the first refresh and the first after the outage
+
+
 def test_a_kubelet_without_get_allocatable_resources_leaves_the_series_absent_and_says_so_once(
     simulate: Callable[..., Sim], socket_path: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
