@@ -104,6 +104,14 @@ class Page:
             raise RuntimeError(f"{expression[:60]}...: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def charts(self) -> list[tuple[float, float, int]]:
+        """Each ``svg.chart`` of the page as drawn: its width and height in pixels and how many marks it has."""
+        found = self.evaluate(
+            "[...document.querySelectorAll('svg.chart')].map(s => {const r = s.getBoundingClientRect();"
+            " return [r.width, r.height, s.querySelectorAll('path, text, use').length]})"
+        )
+        return [(float(w), float(h), int(n)) for w, h, n in found]
+
     def screenshot(self, path: Path, width: int = 1280) -> None:
         height = int(self.evaluate("document.documentElement.scrollHeight"))
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
