@@ -9,14 +9,18 @@ several charts share one page, and an SVG's ``url(#id)`` references resolve acro
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import matplotlib as mpl
+import matplotlib.dates as mdates
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from common.units import GiB
@@ -52,6 +56,16 @@ class Bar:
     note: str = ""  # written after the bar's end
     marker: float | None = None  # a capacity (or last window's) line across the bar, in the chart's unit
     marker_label: str = ""
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One panel of :func:`timelines`: two figures per step, None where the step has no data (a gap)."""
+
+    label: str
+    starts: tuple[float, ...]  # unix seconds, the start of each step; each step lasts ``step_s``
+    filled: tuple[float | None, ...]  # drawn as a filled area (e.g. GPUs allocated)
+    line: tuple[float | None, ...]  # drawn as a line over it (e.g. GPUs' worth used)
 
 
 def to_svg(fig: Figure, prefix: str) -> str:
@@ -130,6 +144,63 @@ def bars(
                 for s in legend
             ]
             fig.legend(handles=handles, loc="outside lower left", fontsize=8, frameon=False, ncols=len(handles))
+        return to_svg(fig, prefix)
+
+
+def timelines(
+    panels: Sequence[Timeline],
+    *,
+    step_s: float,
+    title: str,
+    axis: str,
+    filled: Segment,
+    line: Segment,
+    prefix: str,
+    columns: int = 3,
+) -> str:
+    """Small multiples, one panel per timeline (first on the top left), all on one y axis: the filled
+    figure as a step area, the line figure as a step line over it, each step drawn over its whole duration
+    and a step without data left blank. Dates on the x axis, in UTC."""
+    with mpl.rc_context(STYLE):
+        cols = max(1, min(columns, len(panels)))
+        rows = max(1, math.ceil(len(panels) / cols))
+        fig = Figure(figsize=(10.0, 0.9 + 1.7 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+        top = max([v for p in panels for v in (*p.filled, *p.line) if v is not None] + [1e-9])
+        for i, ax in enumerate(axes.flat):
+            if i >= len(panels):
+                ax.set_axis_off()
+                continue
+            panel = panels[i]
+            # one more point at the end of the last step: a value holds over its step ("post")
+            when = [datetime.fromtimestamp(t, UTC) for t in (*panel.starts, panel.starts[-1] + step_s)]
+            area = [math.nan if v is None else v for v in panel.filled]
+            used = [math.nan if v is None else v for v in panel.line]
+            area.append(area[-1])
+            used.append(used[-1])
+            have = [not math.isnan(v) for v in area]
+            ax.fill_between(when, area, step="post", where=have, color=filled.colour, linewidth=0)
+            ax.step(when, used, where="post", color=line.colour, linewidth=1.4)
+            ax.set_title(panel.label, fontsize=9)
+            ax.set_xlim(when[0], when[-1])
+            ax.set_ylim(0, top * 1.1)
+            if i + cols >= len(panels):  # the last panel of its column: its dates are shown
+                ax.xaxis.set_tick_params(labelbottom=True)
+            ax.grid(axis="y", color="#e5e5e5", linewidth=0.6)
+            ax.set_axisbelow(True)
+            locator = mdates.AutoDateLocator(minticks=3, maxticks=6)  # type: ignore[no-untyped-call]
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+            ax.tick_params(labelsize=8)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("GPUs")
+        fig.suptitle(title, x=0.0, ha="left", fontsize=10, fontweight="bold")
+        handles = [
+            Patch(facecolor=filled.colour, label=filled.name),
+            Line2D([], [], color=line.colour, linewidth=1.4, label=line.name),
+        ]
+        fig.supxlabel(axis, fontsize=8)
+        fig.legend(handles=handles, loc="outside lower left", fontsize=8, frameon=False, ncols=2)
         return to_svg(fig, prefix)
 
 

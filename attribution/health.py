@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -89,6 +90,16 @@ class Health:
         registry.register(Families(self.families()))
         send = push_to_gateway if self.up else pushadd_to_gateway
         send(gateway, job=self.push_job, registry=registry, handler=push_handler(timeout_s))
+
+    def fail(
+        self, prog: str, message: object, failed: Mapping[str, str], gateway: str | None, timeout_s: float
+    ) -> None:
+        """A run that failed: one line on stderr, the health down (pushed where there is a Pushgateway), and
+        nothing else, so the last good figures and reports stay where they are."""
+        print(f"{prog}: {message}", file=sys.stderr)
+        self.record(time.time(), failed, ok=False)
+        if gateway:
+            self.push_or_say(gateway, timeout_s, prog)
 
     def push_or_say(self, gateway: str, timeout_s: float, prog: str) -> int:
         """``push``, for a command's exit code: 0, or 1 with one line on stderr naming the Pushgateway."""

@@ -263,10 +263,7 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         return 2
     except InputsFailedError as exc:
         # Nothing printed, written or pushed that would replace the last good figures; the failure itself is.
-        print(f"gpuattr attribute: {exc}", file=sys.stderr)
-        state.record(time.time(), exc.failed, ok=False)
-        if args.pushgateway:
-            state.push_or_say(args.pushgateway, args.timeout, PROG)
+        state.fail(PROG, exc, exc.failed, args.pushgateway, args.timeout)
         if args.serve:
             return _serve(args, None, state, stop)
         return 1
@@ -277,11 +274,8 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
     if args.out:
         try:
             paths = write_files(result, Path(args.out), [f.strip() for f in args.format.split(",") if f.strip()])
-        except OutputError as exc:  # nothing pushed either: the figures would outlive a report nobody can read
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            state.record(time.time(), {}, ok=False)  # up 0; no input failed
-            if args.pushgateway:
-                state.push_or_say(args.pushgateway, args.timeout, PROG)
+        except OutputError as exc:  # no figures pushed either: they would outlive a report nobody can read
+            state.fail(PROG, exc, {}, args.pushgateway, args.timeout)
             return 1
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The Prometheus HTTP API, as the attribution job uses it: instant queries that aggregate in PromQL.
+"""The Prometheus HTTP API, as the attribution job uses it: instant queries that aggregate in PromQL, and
+range queries for the few figures shown over time.
 
 Works against Prometheus and anything that speaks its query API (Thanos, Mimir, VictoriaMetrics). The job
 asks for ``max_over_time``/``quantile_over_time`` over its window, so its cost grows with the number of
@@ -26,6 +27,12 @@ class PrometheusError(RuntimeError):
 class Sample:
     labels: dict[str, str]
     value: float
+
+
+@dataclass(frozen=True)
+class Series:
+    labels: dict[str, str]
+    points: list[tuple[float, float]]  # (unix seconds, value), in time order; steps without a value are absent
 
 
 @dataclass
@@ -58,6 +65,31 @@ class PrometheusClient:
                 raise PrometheusError(f"{server}: query {expr!r} gave a {kind}, expected an instant vector")
             return [
                 Sample({str(k): str(v) for k, v in item.get("metric", {}).items()}, float(item["value"][1]))
+                for item in result
+            ]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise PrometheusError(f"{server}: answer to {expr!r} is not a Prometheus result: {exc!r}") from exc
+
+    def query_range(self, expr: str, start: float, end: float, step_s: float) -> list[Series]:
+        """A range query evaluated at ``start``, ``start + step_s``, ... up to ``end``; the same errors,
+        tries, deadline and refusal after a dead server as :meth:`query`.
+
+        ``nocache=1`` asks VictoriaMetrics to evaluate at exactly these times (with caching on, it moves the
+        steps of a long range onto multiples of the step); Prometheus and others ignore it."""
+        step = f"{step_s:.0f}" if step_s == int(step_s) else f"{step_s:.3f}"
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step, "nocache": "1"}
+        body = self._get("/api/v1/query_range", params, expr)
+        server = redact(self.url)
+        try:
+            data: dict[str, Any] = body.get("data") or {}
+            kind, result = data.get("resultType"), data.get("result", [])
+            if kind != "matrix":
+                raise PrometheusError(f"{server}: query {expr!r} gave a {kind}, expected a range vector")
+            return [
+                Series(
+                    {str(k): str(v) for k, v in item.get("metric", {}).items()},
+                    [(float(t), float(v)) for t, v in item["values"]],
+                )
                 for item in result
             ]
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:

@@ -15,6 +15,10 @@ truth: idle SM ≈ 0; compute SM high; copy bandwidth high and higher than compu
 PyTorch reserved and that plus a CUDA-context allowance (both are reported). The three processes time-slice
 the GPU, so "high" thresholds are set below 100 %.
 
+It also compares the device-health series (clocks, temperatures, reserved memory, row remapping) with what
+``nvidia-smi --query-gpu`` reads at the same moment, and checks that a field nvidia-smi has no number for is
+absent, not 0.
+
 Writes a Markdown report to ``bench/out/real-gpu.md`` and prints it; exits 1 if a check fails, 2 if it
 could not run. It changes no GPU setting (clocks, power limits, MIG) and never resets the GPU.
 
@@ -319,6 +323,88 @@ def evaluate(
     return checks, rows
 
 
+# nvidia-smi --query-gpu field, the exporter's series, factor from nvidia-smi's unit to the series', tolerance
+# (absolute, in the series' unit). Clocks and temperatures move between two reads; the rest must match exactly.
+HEALTH_FIELDS: tuple[tuple[str, str, float, float], ...] = (
+    ("clocks.current.sm", "GPU_SM_CLOCK", 1e6, 150e6),
+    ("clocks.current.memory", "GPU_MEMORY_CLOCK", 1e6, 150e6),
+    ("temperature.gpu", "GPU_TEMPERATURE", 1.0, 3.0),
+    ("temperature.memory", "GPU_MEMORY_TEMPERATURE", 1.0, 3.0),
+    ("memory.reserved", "GPU_MEMORY_RESERVED", float(MIB), float(MIB)),
+    ("remapped_rows.pending", "GPU_ROW_REMAP_PENDING", 1.0, 0.0),
+    ("remapped_rows.failure", "GPU_ROW_REMAP_FAILED", 1.0, 0.0),
+)
+
+
+def smi_health(gpu: int) -> dict[str, str | None]:
+    """Each of ``HEALTH_FIELDS`` as nvidia-smi prints it (read-only queries, one field a call, so a field this
+    driver's nvidia-smi does not know costs only itself, and is left out)."""
+    out: dict[str, str | None] = {}
+    for name, *_ in HEALTH_FIELDS:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(
+                ["nvidia-smi", f"--id={gpu}", f"--query-gpu={name}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
+            out[name] = done.stdout.strip()
+    return out
+
+
+def _smi_number(text: str | None) -> float | None:
+    """nvidia-smi's value as a number: "Yes"/"No" as 1/0, "[N/A]" or "[Not Supported]" as None."""
+    if text is None:
+        return None
+    if text in ("Yes", "No"):
+        return 1.0 if text == "Yes" else 0.0
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def health_checks(exposition: str, gpu: int, smi: dict[str, str | None]) -> list[Check]:
+    """The exporter's device-health series on ``gpu`` against nvidia-smi's reading of the same moment: equal
+    within each field's tolerance; absent exactly where nvidia-smi has no number (unknown is never served)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from common import catalog
+
+    served: dict[str, float] = {}
+    for fam in text_string_to_metric_families(exposition):
+        for sample in fam.samples:
+            if sample.labels.get("gpu") == str(gpu):
+                served[sample.name] = float(sample.value)
+    checks: list[Check] = []
+    for field_name, metric_attr, factor, tolerance in HEALTH_FIELDS:
+        metric = getattr(catalog, metric_attr).name
+        if field_name not in smi:  # this nvidia-smi cannot be asked: nothing to judge against
+            checks.append(Check(f"{metric}: not judged", True, f"nvidia-smi does not answer --query-gpu={field_name}"))
+            continue
+        want = _smi_number(smi[field_name])
+        got = served.get(metric)
+        if want is None:
+            checks.append(
+                Check(
+                    f"{metric}: absent where nvidia-smi has no {field_name}",
+                    got is None,
+                    f"served {got:g}; nvidia-smi {smi.get(field_name)!r}" if got is not None else "absent",
+                )
+            )
+            continue
+        want *= factor
+        checks.append(
+            Check(
+                f"{metric} = nvidia-smi {field_name} (± {tolerance:g})",
+                got is not None and abs(got - want) <= tolerance,
+                f"served {'absent' if got is None else f'{got:g}'}, nvidia-smi {want:g}",
+            )
+        )
+    return checks
+
+
 def gpu_name(gpu: int) -> str:
     """The GPU's name through nvidia-smi (read-only query), for the report."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -380,6 +466,7 @@ def run_check(args: argparse.Namespace) -> int:
     exporter: subprocess.Popen[bytes] | None = None
     logs: list[Any] = []
     exporter_rss: dict[str, float] = {}
+    health: list[Check] = []
     try:
         for role in ROLES:
             log = (OUT / f"real-gpu-{role}.log").open("wb")
@@ -439,6 +526,8 @@ def run_check(args: argparse.Namespace) -> int:
                 if "bandwidth" in per:
                     series[name].bandwidth.append(per["bandwidth"])
                 series[name].sources |= {k.split(":", 1)[1] for k in per if k.startswith("source:")}
+        # device health: the exporter's series against nvidia-smi, read back to back
+        health = health_checks(scrape(port), args.gpu, smi_health(args.gpu))
         exporter_rss = rss_mib(exporter.pid)
         for role in ROLES:  # the latest status: reserved memory and throughput over the whole run
             path = workdir / f"{role}.json"
@@ -454,6 +543,7 @@ def run_check(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     checks, rows = evaluate(series, status, args)
+    checks += health
     others = sorted(seen - wanted)
     lines = [
         "# Exporter readings vs known workloads on a real GPU",

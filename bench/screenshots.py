@@ -3,7 +3,8 @@
 Each report is made the way a user makes it, from a synthetic history backfilled into Debian's Prometheus
 (``promtool tsdb create-blocks-from openmetrics``): the attribution job over a week of six vLLM servers
 (start-up logs for four of them, so two show their weights as unknown), and the capacity review of the
-last week of a fortnight of the simulated 50-node cluster. Headless Chromium then loads each page, checks
+last week of a fortnight of the simulated 50-node cluster, where one more team (``vision``) came in three
+days before the end, so the chart over time has a step in it. Headless Chromium then loads each page, checks
 it reported no errors, and takes a full-page PNG.
 
     .venv/bin/python bench/screenshots.py [--out docs/img] [--keep DIR]
@@ -71,10 +72,42 @@ def attribution_report(promtool: str, work: Path, end: float) -> Path:
     return out / "report.html"
 
 
+LATE_DAYS = 3
+"""The ``vision`` team's pods have series only in the history's last days."""
+
+
+def vision() -> list[cluster_history.Workload]:
+    """Four 4-GPU training pods of a team that came in ``LATE_DAYS`` before the end."""
+    return [
+        cluster_history.Workload(
+            namespace="vision",
+            pod=f"finetune-worker-{i}",
+            container="trainer",
+            team="vision",
+            workload_class="training",
+            workload_kind="Job",
+            workload="finetune",
+            model="",
+            gpus=4,
+            sm=0.6,
+            memory_fraction=0.8,
+        )
+        for i in range(4)
+    ]
+
+
 def review_report(promtool: str, work: Path, end: float) -> Path:
-    workloads = cluster_history.cluster()
-    with (work / "cluster.om").open("w") as history:
+    workloads = [*cluster_history.cluster(), *vision()]
+    whole = work / "whole.om"
+    with whole.open("w") as history:
         cluster_history.write_openmetrics(history, workloads, end - 14 * DAY, end, step=3600.0)
+    came = end - LATE_DAYS * DAY
+    with whole.open() as lines, (work / "cluster.om").open("w") as history:
+        for line in lines:
+            if 'namespace="vision"' in line and float(line.rsplit(" ", 1)[1]) < came:
+                continue
+            history.write(line)
+    whole.unlink()
     backfill(promtool, work / "cluster.om", work / "cluster-data")
     out = work / "review"
     with prometheus(work, [], storage=work / "cluster-data") as prom:

@@ -74,7 +74,14 @@ class Page:
             entry = params["entry"]
             self.errors.append(f"log: {entry.get('text')} {entry.get('url', '')}".strip())
 
-    def wait_for(self, method: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    def wait_for(self, method: str, timeout_s: float = 30.0, since: int | None = None) -> dict[str, Any]:
+        """The next ``method`` event; with ``since``, also one already received (while waiting for a reply)
+        at or after that index of ``events``: a small page can fire its load event before navigate returns."""
+        if since is not None:
+            for message in self.events[since:]:
+                if message.get("method") == method:
+                    params_seen: dict[str, Any] = message.get("params", {})
+                    return params_seen
         deadline = time.monotonic() + timeout_s
         self.ws.settimeout(timeout_s)
         while time.monotonic() < deadline:
@@ -87,14 +94,23 @@ class Page:
 
     def load(self, path: Path, width: int = 1280) -> None:
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False)
+        mark = len(self.events)
         self.call("Page.navigate", url=path.resolve().as_uri())
-        self.wait_for("Page.loadEventFired")
+        self.wait_for("Page.loadEventFired", since=mark)
 
     def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression[:60]}...: {result['exceptionDetails']}")
         return result["result"].get("value")
+
+    def charts(self) -> list[tuple[float, float, int]]:
+        """Each ``svg.chart`` of the page as drawn: its width and height in pixels and how many marks it has."""
+        found = self.evaluate(
+            "[...document.querySelectorAll('svg.chart')].map(s => {const r = s.getBoundingClientRect();"
+            " return [r.width, r.height, s.querySelectorAll('path, text, use').length]})"
+        )
+        return [(float(w), float(h), int(n)) for w, h, n in found]
 
     def screenshot(self, path: Path, width: int = 1280) -> None:
         height = int(self.evaluate("document.documentElement.scrollHeight"))

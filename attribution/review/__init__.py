@@ -6,7 +6,8 @@ It reuses the attribution job's inputs (Prometheus or VictoriaMetrics, aggregati
 outputs. GPU-hours are integrated with subqueries at ``--resolution``, so a pod that held GPUs for part of
 the window counts for that part, and silence (no activity series) counts as zero use. Samples sparser than
 the store's look-back are measured and looked for as far back as they lie; a MIG instance or a shared
-replica counts as its share of a GPU (:mod:`attribution.sharing`).
+replica counts as its share of a GPU (:mod:`attribution.sharing`). Per team, GPUs allocated and used are
+also read over time (one range query of the same expressions, a mean per step), for a chart and the JSON.
 
 - :mod:`.data`: the PromQL and what it returns (:class:`Inputs`, :func:`gather`);
 - :mod:`.analysis`: the figures (:func:`run` and its parts);
@@ -17,7 +18,7 @@ replica counts as its share of a GPU (:mod:`attribution.sharing`).
 
 from __future__ import annotations
 
-from attribution.review.analysis import by_dimension, consolidation, priced, run, slo
+from attribution.review.analysis import by_dimension, consolidation, priced, run, slo, timeline
 from attribution.review.cli import build_parser, main
 from attribution.review.data import DIMENSIONS, Inputs, gather
 from attribution.review.publish import families, push
@@ -39,5 +40,6 @@ __all__ = [
     "run",
     "sections",
     "slo",
+    "timeline",
     "write",
 ]

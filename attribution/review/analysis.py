@@ -170,6 +170,38 @@ def consolidation(per_pod: pd.DataFrame, headroom: float) -> dict[str, Any]:
     }
 
 
+def timeline(inputs: Inputs) -> dict[str, list[list[float | None]]]:
+    """Per team (named as in ``by``), one ``[start of the step, GPUs allocated, GPUs' worth used]`` per
+    step of the timeline, oldest first; each figure the mean over the step, None where no pod of the team
+    had a series in the step (a gap, not zero). Teams come from the pods' info series, as in the table."""
+    frame, step_s = inputs.timeline, inputs.timeline_step_s
+    if step_s is None:
+        return {}
+    teams: dict[tuple[str, str], str] = {}
+    if not inputs.per_pod.empty:
+        pods = zip(inputs.per_pod["namespace"], inputs.per_pod["pod"], strict=True)
+        teams = dict(zip(pods, inputs.per_pod["team"], strict=True))
+    names = set(teams.values())
+    sums: dict[tuple[str, float], dict[str, float]] = {}
+    if not frame.empty:
+        frame = frame.assign(team=[teams.get(k, "") for k in zip(frame["namespace"], frame["pod"], strict=True)])
+        names |= set(frame["team"])
+        grouped = frame.groupby(["team", "time"], as_index=False)[["allocated", "used"]].sum(min_count=1)
+        sums = {
+            (str(r["team"]), float(r["time"])): {"allocated": float(r["allocated"]), "used": float(r["used"])}
+            for r in grouped.to_dict("records")
+        }
+
+    def value(team: str, t: float, figure: str) -> float | None:
+        got = float(sums.get((team, t), {}).get(figure, math.nan))
+        return None if math.isnan(got) else round(got, 6)
+
+    return {
+        name: [[t - step_s, value(name, t, "allocated"), value(name, t, "used")] for t in inputs.timeline_times]
+        for name in sorted(names)
+    }
+
+
 def run(
     client: PrometheusClient,
     *,
@@ -234,6 +266,8 @@ def run(
         "trends": trends,
         "problems": [*inputs.problems, *_unknown_activity(inputs.per_pod), *_unjudged(inputs)],
         "sampling": {"spacing_s": inputs.spacing_s, "resolution": resolution, "note": inputs.sampling},
+        "timeline": timeline(inputs),
+        "timeline_step_s": inputs.timeline_step_s,
         "sharing": [SHARING_NOTE],
         "failed_inputs": list(inputs.failed),
     }

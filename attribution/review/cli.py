@@ -135,10 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except InputsFailedError as exc:
         # Nothing printed, written or pushed that would replace the last good review; the failure itself is.
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        health.record(time.time(), exc.failed, ok=False)
-        if args.pushgateway:
-            health.push_or_say(args.pushgateway, args.timeout, PROG)
+        health.fail(PROG, exc, exc.failed, args.pushgateway, args.timeout)
         return 1
     # what the reports need beside the figures: the dates covered, the currency and the headline
     review.update(start=at - parse_duration(args.window, "--window"), end=at, currency=args.currency)
@@ -148,10 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             paths = write(review, Path(args.out), formats)
         except OutputError as exc:  # the last good review stays; its figures are not replaced by a push either
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            health.record(time.time(), {}, ok=False)  # up 0; no input failed
-            if args.pushgateway:
-                health.push_or_say(args.pushgateway, args.timeout, PROG)
+            health.fail(PROG, exc, {}, args.pushgateway, args.timeout)
             return 1
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)

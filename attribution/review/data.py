@@ -1,5 +1,6 @@
 """What the capacity review asks Prometheus: GPU-hours integrated in PromQL per pod, peaks, metadata, token
-counters and latency histograms, for the window and the window before it."""
+counters and latency histograms, for the window and the window before it; and GPUs allocated and used per
+pod over time (one range query, the same expressions averaged over each step of a coarser timeline)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from attribution.prometheus import PrometheusClient, PrometheusError, Sample
+from attribution.prometheus import PrometheusClient, PrometheusError, Sample, Series
 from attribution.sharing import SHARED_MATCHER, fallback_note, mig_fraction, unadvertised
 from attribution.sharing import held as share_held
 from common import catalog as c
@@ -28,6 +29,11 @@ class Inputs:
     failed: dict[str, str] = field(default_factory=dict)  # input -> why it could not be read
     spacing_s: float | None = None  # seconds between samples, as measured; None: not known
     sampling: str = ""  # how the GPU-hours were integrated, one sentence for the report
+    timeline: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """GPUs allocated and GPUs' worth used per pod and step of the timeline, each its mean over the step
+    (columns namespace, pod, time, allocated, used; NaN or no row: no series of the pod in that step)."""
+    timeline_times: list[float] = field(default_factory=list)  # the end of each step of the timeline
+    timeline_step_s: float | None = None  # seconds per step of the timeline; None: the timeline was not read
 
 
 ESSENTIAL = ("alloc_h", "used_h", "idle_h", "gpus", "gpu_bytes", "peak_mem", "peak_sm", "info")
@@ -45,7 +51,7 @@ ONLY_NOW = ("tokens", "ttft", "itl", "info", "gpu_model", "kv_max", "cache_confi
 def inputs(window: str, resolution: str, idle: float) -> list[str]:
     """The name of every input a review reads: the reviewed window's, then the window before's."""
     names = list(queries(window, resolution, idle))
-    return [SPACING] + names + [name + PREVIOUS for name in names if name not in ONLY_NOW]
+    return [SPACING] + names + [TIMELINE] + [name + PREVIOUS for name in names if name not in ONLY_NOW]
 
 
 SPACING = "spacing"
@@ -107,10 +113,11 @@ def sampling_note(spacing_s: float | None, resolution: str) -> str:
     return f"samples every {every}; integrated at {resolution}, each step taking a series' last sample within {look}"
 
 
-def queries(window: str, resolution: str, idle: float, spacing_s: float | None = None) -> dict[str, str]:
-    """The PromQL of each figure, by name, for a window ending at the evaluation time; ``spacing_s``: the
-    seconds between samples (sparse samples are looked for as far back as they lie)."""
-    step_s = parse_duration(resolution, "--resolution")
+def _instant(spacing_s: float | None) -> dict[str, str]:
+    """The instant expressions the figures integrate, evaluated at each step of the resolution: ``alloc``
+    and ``held`` (GPUs allocated, and each allocation's share of its device), ``sm`` (GPUs' worth used),
+    ``unknown``, ``mem``, ``total``, ``gpu_total``, ``gpu_info`` and their label sets ``keys`` and
+    ``by_profile``; ``unadvertised`` (shared devices whose node advertises no replicas, counted by holders)."""
     look = lookback(spacing_s)
 
     def fresh(selector: str) -> str:
@@ -136,6 +143,28 @@ def queries(window: str, resolution: str, idle: float, spacing_s: float | None =
     advertised = fresh(c.GPU_ALLOCATABLE.name)
     held = share_held(alloc, advertised)
     by_profile = f"{KEYS}, mig_profile"
+    return {
+        "alloc": alloc,
+        "sm": sm,
+        "keys": keys,
+        "unknown": unknown,
+        "mem": mem,
+        "total": total,
+        "gpu_total": gpu_total,
+        "gpu_info": gpu_info,
+        "held": held,
+        "by_profile": by_profile,
+        "unadvertised": unadvertised(fresh(c.CONTAINER_ALLOCATED.name + "{" + SHARED_MATCHER + "}"), advertised),
+    }
+
+
+def queries(window: str, resolution: str, idle: float, spacing_s: float | None = None) -> dict[str, str]:
+    """The PromQL of each figure, by name, for a window ending at the evaluation time; ``spacing_s``: the
+    seconds between samples (sparse samples are looked for as far back as they lie)."""
+    step_s = parse_duration(resolution, "--resolution")
+    e = _instant(spacing_s)
+    alloc, sm, keys, unknown, mem = e["alloc"], e["sm"], e["keys"], e["unknown"], e["mem"]
+    total, gpu_total, gpu_info, held, by_profile = e["total"], e["gpu_total"], e["gpu_info"], e["held"], e["by_profile"]
 
     # Subqueries evaluate at multiples of the resolution. Prometheus 2 includes both ends of their range,
     # VictoriaMetrics (and Prometheus 3) only the last: a range half a step short of the window has its
@@ -171,7 +200,7 @@ def queries(window: str, resolution: str, idle: float, spacing_s: float | None =
         "gpu_model": f"max by ({KEYS}, gpu_model) (last_over_time(({alloc} * on (gpu_uuid) group_left (gpu_model) "
         f"{gpu_info})[{window}:{resolution}]))",
         # shared devices whose node advertises no replicas, at the end of the window: counted by holders
-        "unadvertised": unadvertised(fresh(c.CONTAINER_ALLOCATED.name + "{" + SHARED_MATCHER + "}"), advertised),
+        "unadvertised": e["unadvertised"],
         "info": f"max by ({KEYS}, team, workload_class, workload_kind, workload, model) "
         f"(last_over_time({c.POD_INFO.name}[{window}]))",
         # vLLM's KV cache: its peak use and its reservation, for the right-sized footprint of the plan
@@ -189,6 +218,86 @@ def queries(window: str, resolution: str, idle: float, spacing_s: float | None =
             f"sum by ({KEYS}, le) (increase({name}_bucket[{window}]))" for name in c.External.VLLM_INTER_TOKEN_LATENCY
         ),
     }
+
+
+TIMELINE = "timeline"
+"""The input of the figures over time (non-essential: without it, the review has no timeline)."""
+TIMELINE_STEPS_S = (3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400)
+"""Steps the timeline is drawn at, the smallest that fits first."""
+TIMELINE_POINTS = 200
+"""The most steps of the timeline: a chart a page wide shows no more."""
+
+
+def timeline_step(window: str, resolution: str, spacing_s: float | None) -> float:
+    """Seconds per step of the timeline: an hour for windows up to 2 days, 6 hours up to 14 days, a day
+    beyond; at least the resolution and the sample spacing, at most ``TIMELINE_POINTS`` steps in the window.
+    A multiple of the resolution (each step averages the same number of points), no longer than the window."""
+    window_s = parse_duration(window, "--window")
+    step_s = parse_duration(resolution, "--resolution")
+    base = 3600 if window_s <= 2 * 86400 else 21600 if window_s <= 14 * 86400 else 86400
+    least = max(base, step_s, spacing_s or 0.0, window_s / TIMELINE_POINTS)
+    step = next((float(s) for s in TIMELINE_STEPS_S if s >= least), math.ceil(least / 86400) * 86400.0)
+    step = math.ceil(round(step / step_s, 6)) * step_s
+    if step > window_s:  # one step, the window itself (at the resolution's multiple)
+        step = max(step_s, math.floor(round(window_s / step_s, 6)) * step_s)
+    return step
+
+
+def timeline_query(resolution: str, step_s: float, spacing_s: float | None = None) -> str:
+    """GPUs allocated (``figure="allocated"``) and GPUs' worth used (``figure="used"``) per pod and MIG
+    profile, each the mean over the step ending at the evaluation time of the very expressions the window's
+    GPU-hours integrate (``alloc_h``, ``used_h``), at the same resolution: summed over the steps of a window,
+    times the step, they are its GPU-hours. A step without a pod's series has no value for it (a gap)."""
+    e = _instant(spacing_s)
+    res_s = parse_duration(resolution, "--resolution")
+    # half a resolution step short, as the window's figures: the same points whichever end the store includes
+    span = f"{round((step_s - res_s / 2) * 1000)}ms"
+    points = f"scalar(count_over_time(vector(1)[{span}:{resolution}]))"
+
+    def mean(expr: str) -> str:
+        return f"sum_over_time(({expr})[{span}:{resolution}]) / {points}"
+
+    allocated = mean(f"sum by ({e['by_profile']}) ({e['held']})")
+    used = mean(f"sum by ({e['by_profile']}) ({e['sm']})")
+    return (
+        f'label_replace({allocated}, "figure", "allocated", "", "") or label_replace({used}, "figure", "used", "", "")'
+    )
+
+
+def timeline_times(window: str, at: float, step_s: float) -> list[float]:
+    """The end of each step of the timeline: ``at`` and back by whole steps, the first step's end within
+    the window's first step (a window not a multiple of the step: the first step starts before it)."""
+    count = max(1, math.ceil(round(parse_duration(window, "--window") / step_s, 6)))
+    return [at - (count - 1 - i) * step_s for i in range(count)]
+
+
+def _timeline_frame(series: list[Series], unknown: set[str]) -> pd.DataFrame:
+    """Per pod and step, its GPUs allocated and used, each MIG profile weighted by its share of a GPU."""
+    cells: dict[tuple[str, str, float], dict[str, float]] = {}
+    for s in series:
+        figure = s.labels.get("figure", "")
+        if figure not in ("allocated", "used"):
+            continue
+        fraction = mig_fraction(s.labels.get("mig_profile", ""))
+        if fraction is None:
+            unknown.add(s.labels.get("mig_profile", ""))
+            fraction = 1.0
+        for t, value in s.points:
+            if not math.isfinite(value):
+                continue
+            cell = cells.setdefault((*_key(s.labels), t), {})
+            cell[figure] = cell.get(figure, 0.0) + value * fraction
+    rows = [
+        {
+            "namespace": ns,
+            "pod": pod,
+            "time": t,
+            "allocated": cell.get("allocated", math.nan),
+            "used": cell.get("used", math.nan),
+        }
+        for (ns, pod, t), cell in sorted(cells.items())
+    ]
+    return pd.DataFrame(rows, columns=["namespace", "pod", "time", "allocated", "used"])
 
 
 def _key(labels: dict[str, str]) -> tuple[str, str]:
@@ -299,6 +408,27 @@ def gather(client: PrometheusClient, window: str, at: float, resolution: str, id
     counted_by_holders = round(max((s.value for s in got_now.get("unadvertised", [])), default=0.0))
     if counted_by_holders:
         problems.append(fallback_note(counted_by_holders))
+    step_s = timeline_step(window, resolution, spacing_s)
+    times = timeline_times(window, at, step_s)
+    try:
+        series = client.query_range(timeline_query(resolution, step_s, spacing_s), times[0], times[-1], step_s)
+    except PrometheusError as exc:
+        problems.append(f"{TIMELINE}: {exc}")
+        failed[TIMELINE] = str(exc).replace(repr(timeline_query(resolution, step_s, spacing_s)), TIMELINE)
+        series = []
+    timeline = _timeline_frame(series, unknown_profiles)
     if unknown_profiles:
         problems.append(f"MIG profiles not understood, counted as whole GPUs: {', '.join(sorted(unknown_profiles))}")
-    return Inputs(current, previous, tokens, latency, problems, failed, spacing_s, sampling_note(spacing_s, resolution))
+    return Inputs(
+        current,
+        previous,
+        tokens,
+        latency,
+        problems,
+        failed,
+        spacing_s,
+        sampling_note(spacing_s, resolution),
+        timeline,
+        times,
+        None if TIMELINE in failed else step_s,
+    )

@@ -21,7 +21,7 @@ import pandas as pd
 from attribution import charts
 from attribution.report import fit_sentence
 from common.files import text_writer, write_all
-from common.units import parse_duration
+from common.units import format_duration, parse_duration
 
 FORMATS = ("html", "md", "csv", "parquet", "json")
 
@@ -290,10 +290,73 @@ def _cost_chart(review: dict[str, Any]) -> str:
     )
 
 
+TIMELINE_PANELS = 12
+"""The most teams the timeline chart shows (largest idle cost first); the JSON has them all."""
+
+
+def _timeline_teams(review: dict[str, Any]) -> list[tuple[str, list[list[float | None]]]]:
+    """The teams of the timeline in the table's order (largest idle cost first), then any the table lacks."""
+    timeline: dict[str, list[list[float | None]]] = review.get("timeline") or {}
+    order = [str(r["name"]) for r in _by_cost_idle(list(review["by"].get("team", [])))]
+    names = [n for n in order if n in timeline] + sorted(n for n in timeline if n not in order)
+    return [(n, timeline[n]) for n in names if timeline[n]]
+
+
+def _timeline_section(review: dict[str, Any]) -> Section | None:
+    """Allocated against used per team over time: a line per team in both formats (its peak allocation
+    and its mean use over the steps with data), small multiples in the HTML."""
+    teams = _timeline_teams(review)
+    step_s = review.get("timeline_step_s")
+    if not teams or not step_s:
+        return None
+    step = format_duration(float(step_s))
+    items = []
+    for name, steps in teams:
+        allocated = [float(a) for _, a, _ in steps if a is not None]
+        used = [float(u) for _, _, u in steps if u is not None]
+        peak = f"peak {max(allocated):.1f} GPUs allocated" if allocated else "no allocation"
+        mean = f"{sum(used) / len(used):.1f} GPUs' worth used on average" if used else "use unknown"
+        seen = len({t for t, a, u in steps if a is not None or u is not None})
+        where = "" if seen == len(steps) else f" (over the {seen} of {len(steps)} steps with data)"
+        items.append(f"{name or '(none)'}: {peak}, {mean}{where}")
+    return Section(
+        "Allocated against used over time",
+        text=(f"Per team, the mean over each {step} step; a step without data is a gap, not zero.",),
+        items=tuple(items),
+        charts=(_timeline_chart(review, teams, float(step_s)),),
+    )
+
+
+def _timeline_chart(review: dict[str, Any], teams: list[tuple[str, list[list[float | None]]]], step_s: float) -> str:
+    shown = teams[:TIMELINE_PANELS]
+    panels = [
+        charts.Timeline(
+            name or "(none)",
+            tuple(float(t or 0.0) for t, _, _ in steps),
+            tuple(a for _, a, _ in steps),
+            tuple(u for _, _, u in steps),
+        )
+        for name, steps in shown
+    ]
+    more = f", the {len(shown)} with the largest idle cost" if len(shown) < len(teams) else ""
+    return charts.timelines(
+        panels,
+        step_s=step_s,
+        title=f"GPUs allocated against GPUs' worth used per team over time{more}",
+        axis=f"mean over each {format_duration(step_s)} step, UTC (kubelet allocations; DCGM / NVML GPM SM activity)",
+        filled=charts.Segment("allocated", 0, "#9ecae9"),
+        line=charts.Segment("used (SM activity)", 0, "#2f6f9f"),
+        prefix="timeline",
+    )
+
+
 def sections(review: dict[str, Any]) -> list[Section]:
     """The review's sections in reading order, every figure formatted as both renderings show it: the
     headline first, then the picture by team, then the detail (largest idle cost first)."""
     out = [_headline_section(review), _glance(review)]
+    over_time = _timeline_section(review)
+    if over_time is not None:
+        out.append(over_time)
     cur = _currency(review)
     out += [
         Section(

@@ -33,11 +33,15 @@ POD |= {"kv_cache_memory_bytes": "1000", "gpu_memory_utilization": "0.9"}  # vLL
 VECTOR = json.dumps(
     {"status": "success", "data": {"resultType": "vector", "result": [{"metric": POD, "value": [1, "0.5"]}]}}
 ).encode()
+MATRIX = json.dumps(
+    {"status": "success", "data": {"resultType": "matrix", "result": [{"metric": POD, "values": [[1, "0.5"]]}]}}
+).encode()
 GARBAGE = (200, b"<html>maintenance</html>")
 
 
 class QueryPrometheus:
-    """Answers every instant query with one sample of ``POD``, or what ``fail(query)`` says instead."""
+    """Answers every instant query with one sample of ``POD`` (every range query with one point of it), or
+    what ``fail(query)`` says instead."""
 
     def __init__(self) -> None:
         self.fail: Callable[[str], tuple[int, bytes] | None] = lambda query: None
@@ -49,7 +53,8 @@ class QueryPrometheus:
 
             def do_GET(self) -> None:
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("query", [""])[0]
-                status, body = fake.fail(query) or (200, VECTOR)
+                answer = MATRIX if self.path.startswith("/api/v1/query_range") else VECTOR
+                status, body = fake.fail(query) or (200, answer)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

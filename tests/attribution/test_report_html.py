@@ -173,10 +173,7 @@ def test_the_report_renders_in_chromium_with_its_chart_and_the_jsons_headline(
     with chromium() as page:
         page.load(tmp_path / "report.html")
         assert page.errors == []
-        charts = page.evaluate(
-            "[...document.querySelectorAll('svg.chart')].map(s => {const r = s.getBoundingClientRect();"
-            " return [r.width, r.height, s.querySelectorAll('path, text, use').length]})"
-        )
+        charts = page.charts()
         figures = page.evaluate(
             "Object.fromEntries([...document.querySelectorAll('[data-figure]')].map("
             "e => [e.dataset.figure, (e.querySelector('.value') || e).textContent]))"

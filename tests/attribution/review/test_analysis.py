@@ -134,3 +134,24 @@ def test_slo_attainment_interpolates_inside_the_bucket_and_covers_both_latencies
     assert out.loc["ttft", "attainment"] == pytest.approx(0.70)  # halfway between 50 at 0.1 s and 90 at 0.5 s
     assert out.loc["itl", "attainment"] == pytest.approx(0.90)
     assert set(out["model"]) == {"m"}
+
+
+@pytest.mark.slow
+def test_the_timeline_has_a_point_per_six_hours_and_adds_up_to_the_tables_gpu_hours(review: Review) -> None:
+    result = review.result
+    step_h = 6
+    assert result["timeline_step_s"] == step_h * 3600  # a week at 6-hour steps: 28 points
+    teams = _rows(review, "team")
+    assert set(result["timeline"]) == set(teams)
+    for name, steps in result["timeline"].items():
+        starts = [t for t, _, _ in steps]
+        assert len(steps) == WEEK_HOURS // step_h, name
+        assert starts == [result["start"] + i * step_h * 3600 for i in range(len(steps))], name
+        allocated = sum(a for _, a, _ in steps if a is not None) * step_h
+        used = sum(u for _, _, u in steps if u is not None) * step_h
+        assert allocated == pytest.approx(teams[name]["gpus_allocated"] * WEEK_HOURS, rel=EDGE, abs=1e-6), name
+        assert used == pytest.approx(teams[name]["gpus_used_sm"] * WEEK_HOURS, rel=EDGE, abs=1e-6), name
+    # research holds 64 GPUs at every step; search's daily wave averages out over each day, not each step
+    assert all(a == pytest.approx(64) and u == pytest.approx(20) for _, a, u in result["timeline"]["research"])
+    search = [u for _, _, u in result["timeline"]["search"]]
+    assert max(search) - min(search) > 1 and sum(search) / len(search) == pytest.approx(0.7 * 32, rel=EDGE)

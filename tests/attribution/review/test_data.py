@@ -9,9 +9,11 @@ import urllib.request
 
 import pytest
 
-from attribution.review.data import queries
+from attribution.prometheus import PrometheusClient, PrometheusError, Series
+from attribution.review.analysis import timeline
+from attribution.review.data import TIMELINE, gather, queries, timeline_query, timeline_step, timeline_times
 from tests.attribution.review.conftest import DAY, Cluster
-from tests.peers import Prometheus
+from tests.peers import Prometheus, free_port
 
 
 def _at(prom: Prometheus, expr: str, at: float) -> float:
@@ -56,3 +58,58 @@ def test_gpu_hours_take_one_point_per_step_of_the_window(window: str, resolution
 def test_a_resolution_that_is_not_a_duration_is_named() -> None:
     with pytest.raises(ValueError, match=r"^--resolution: .*'5 minutes'"):
         queries("7d", "5 minutes", 0.05)
+
+
+@pytest.mark.slow
+def test_a_window_that_starts_before_the_history_has_gaps_there_and_the_gpus_after(month: Cluster) -> None:
+    client = PrometheusClient(month.prom.url)
+    first = month.end - 30 * DAY  # the history's first sample
+    inputs = gather(client, "2d", first + DAY, "30m", 0.05)
+    assert inputs.failed == {} and inputs.timeline_step_s == 3600
+    research = timeline(inputs)["research"]
+    assert [t for t, _, _ in research] == [first - DAY + h * 3600 for h in range(48)]
+    # nothing before the history (a gap, not zero); the last step before it sees its first sample at its end
+    assert all(a is None and u is None for _, a, u in research[:23]), research[:23]
+    assert all(a == pytest.approx(64) and u == pytest.approx(20) for _, a, u in research[24:]), research[24:]
+
+
+def test_the_timeline_step_follows_the_window_the_resolution_and_the_spacing() -> None:
+    assert timeline_step("2d", "5m", None) == 3600
+    assert timeline_step("7d", "30m", 1800.0) == 6 * 3600
+    assert timeline_step("30d", "5m", 30.0) == DAY
+    assert timeline_step("1d", "5m", 7200.0) == 7200  # never finer than the samples
+    assert timeline_step("1d", "45m", None) == 2 * 2700  # a whole number of resolution steps
+    assert len(timeline_times("365d", 0.0, timeline_step("365d", "5m", None))) <= 200
+    assert timeline_step("30m", "5m", None) == 1800  # one step: the window
+
+
+def test_a_timeline_query_asks_each_step_the_mean_of_the_window_figures_expressions() -> None:
+    expr = timeline_query("30m", 6 * 3600, 1800.0)
+    alloc, used = queries("7d", "30m", 0.05, 1800.0)["alloc_h"], queries("7d", "30m", 0.05, 1800.0)["used_h"]
+    for figure, total in (("allocated", alloc), ("used", used)):
+        inner = total[len("sum_over_time((") : total.index(")[")]
+        assert f"label_replace(sum_over_time(({inner})[{6 * 3600 - 900}000ms:30m]) / " in expr
+        assert f'"figure", "{figure}", "", "")' in expr
+
+
+def test_a_dead_prometheus_is_asked_for_the_timeline_once_and_named() -> None:
+    client = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout_s=2, retries=0)
+    with pytest.raises(PrometheusError, match="no answer to 'up' after 1 tries"):
+        client.query_range("up", 0.0, 3600.0, 60.0)
+    asked = client.queries
+    with pytest.raises(PrometheusError, match="not asked"):
+        client.query_range("up", 0.0, 3600.0, 60.0)
+    assert client.queries == asked
+    inputs = gather(client, "1d", 86400.0, "5m", 0.05)
+    assert TIMELINE in inputs.failed and inputs.timeline_step_s is None and timeline(inputs) == {}
+
+
+def test_an_answer_that_is_not_a_range_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = PrometheusClient("http://prometheus:9090")
+    vector = {"status": "success", "data": {"resultType": "vector", "result": []}}
+    monkeypatch.setattr(client, "_get", lambda path, params, expr: vector)
+    with pytest.raises(PrometheusError, match="expected a range vector"):
+        client.query_range("up", 0.0, 60.0, 60.0)
+    matrix = {"data": {"resultType": "matrix", "result": [{"metric": {"a": "b"}, "values": [[60, "1.5"]]}]}}
+    monkeypatch.setattr(client, "_get", lambda path, params, expr: matrix)
+    assert client.query_range("up", 0.0, 60.0, 60.0) == [Series({"a": "b"}, [(60.0, 1.5)])]

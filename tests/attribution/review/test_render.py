@@ -3,6 +3,7 @@ structure), names quoted for each format, and every file format written."""
 
 from __future__ import annotations
 
+import html as h
 import json
 import re
 from dataclasses import dataclass, field
@@ -238,11 +239,55 @@ def test_charts_are_in_the_html_only_with_their_numbers(small_review: dict[str, 
     assert html(review) == page  # deterministic: same figures, same bytes
 
 
+HOUR = 3600
+START = 1796425200.0 - 24 * HOUR  # the day _dated's review covers
+
+
+def _over_time(review: dict[str, Any]) -> dict[str, Any]:
+    """``review`` with a timeline of hourly steps: each team at its table's figures all day, but the team
+    without a name only from noon (a gap before, not zero)."""
+    timeline = {}
+    for r in review["by"]["team"]:
+        late = not r["name"]
+        figures = [r["gpus_allocated"], r["gpus_used_sm"]]
+        timeline[r["name"]] = [[START + i * HOUR, *([None, None] if late and i < 12 else figures)] for i in range(24)]
+    return {**review, "timeline": timeline, "timeline_step_s": HOUR}
+
+
+def test_the_timeline_is_a_chart_in_the_html_and_a_line_per_team_in_both(small_review: dict[str, Any]) -> None:
+    review = _over_time(_dated(small_review))
+    md = _same_in_both(review)
+    assert list(md)[:3] == ["Headline", "Allocated against used, by team", "Allocated against used over time"]
+    section = md["Allocated against used over time"]
+    assert section.text == ["Per team, the mean over each 1h step; a step without data is a gap, not zero."]
+    # a line per team, in the table's order (largest idle cost first), the late team's gap said
+    assert section.items == [
+        f"{HOSTILE_TEAM}: peak 4.0 GPUs allocated, 1.5 GPUs' worth used on average",
+        "(none): peak 1.0 GPUs allocated, 0.0 GPUs' worth used on average (over the 12 of 24 steps with data)",
+        f"{PIPED_TEAM}: peak 2.0 GPUs allocated, 2.0 GPUs' worth used on average",
+    ]
+    page = html(review)
+    assert page.count('<svg class="chart"') == 3 and "<svg" not in markdown(review)
+    chart = page[page.index("<h2>Allocated against used over time</h2>") :]
+    chart = chart[chart.index("<svg") : chart.index("</svg>")]
+    assert "used per team over time" in chart
+    assert all(h.escape(name or "(none)") in chart for name in review["timeline"])  # a panel per team
+    assert 'id="timeline-' in chart and 'id="use-' not in chart  # its own ids: no clash with the other charts
+    assert html(review) == page  # deterministic
+
+
+def test_without_a_timeline_there_is_no_section_over_time(small_review: dict[str, Any]) -> None:
+    for review in (small_review, {**_over_time(small_review), "timeline": {}}):
+        assert "Allocated against used over time" not in md_sections(markdown(review))
+        assert html(review).count('<svg class="chart"') == 2
+
+
 @pytest.mark.skipif(binary() is None, reason="chromium is missing: `make system-deps` installs it")
 def test_the_review_renders_in_chromium_with_its_charts_and_the_jsons_headline(
     small_review: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "run", lambda client, **kwargs: {**small_review, "window": kwargs["window"]})
+    over_time = _over_time(small_review)
+    monkeypatch.setattr(cli, "run", lambda client, **kwargs: {**over_time, "window": kwargs["window"]})
     flags = ["--prometheus", "http://prometheus:9090", "--window", "1d", "--at", "1796425200", "--currency", "EUR"]
     assert main([*flags, "--out", str(tmp_path), "--format", "html,json"]) == 0
     capsys.readouterr()
@@ -250,15 +295,14 @@ def test_the_review_renders_in_chromium_with_its_charts_and_the_jsons_headline(
     with chromium() as page:
         page.load(tmp_path / "report.html")
         assert page.errors == []
-        charts = page.evaluate(
-            "[...document.querySelectorAll('svg.chart')].map(s => {const r = s.getBoundingClientRect();"
-            " return [r.width, r.height, s.querySelectorAll('path, text, use').length]})"
-        )
+        charts = page.charts()
         figures = page.evaluate(
             "Object.fromEntries([...document.querySelectorAll('tr[data-figure]')].map("
             "e => [e.dataset.figure, e.children[1].textContent]))"
         )
-    assert len(charts) == 2 and all(w > 100 and h > 50 and n > 10 for w, h, n in charts), charts
+    # the two bar charts and the timeline's small multiples, each drawn at a size one can read
+    assert len(charts) == 3 and all(w > 100 and h > 50 and n > 10 for w, h, n in charts), charts
+    assert charts[2][1] > charts[0][1] / 2, charts  # the timeline: a panel per team, not squashed
     assert figures["gpus_held"] == f"{expected['gpus_held']:.1f} GPUs on average"
     assert figures["gpus_used"].startswith(f"{expected['gpus_used']:.1f} GPUs")
     assert figures["cost"] == f"{expected['cost']:,.0f} EUR"
