@@ -100,6 +100,22 @@ class Prometheus:
         return _tail(self.log) if self.log is not None else "(no log)"
 
 
+def backfill(history: Path, data: Path, *, max_block_hours: int | None = None) -> Path:
+    """``history`` (OpenMetrics with timestamps) into TSDB blocks under ``data`` with Debian's promtool, for
+    ``prometheus(..., storage=data)``. ``max_block_hours`` writes fewer, larger blocks for a long history."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: `make test` installs Debian's prometheus package, which provides it")
+    extra = [f"--max-block-duration={max_block_hours}h"] if max_block_hours else []
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", *extra, str(history), str(data)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return data
+
+
 @contextmanager
 def prometheus(
     tmp_path: Path,

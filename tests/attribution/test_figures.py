@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from attribution.review import markdown
 from common.units import GiB
 from simulator.cluster_history import Workload, write_openmetrics
 from tests.attribution.victoria import load_openmetrics, victoria_metrics
-from tests.peers import prometheus
+from tests.peers import backfill, prometheus
 
 DAY = 86400
 STEP_S = 1800.0  # a sample every 30 minutes
@@ -106,16 +104,8 @@ def history_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]
 @pytest.fixture(scope="module")
 def history(history_file: tuple[Path, float]) -> Iterator[tuple[str, float]]:
     """The history backfilled into a real Prometheus: its URL and the history's end."""
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "make test installs Debian's prometheus package, which provides promtool"
     path, end = history_file
-    subprocess.run(
-        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(path), str(path.parent / "data")],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    with prometheus(path.parent, [], storage=path.parent / "data") as prom:
+    with prometheus(path.parent, [], storage=backfill(path, path.parent / "data")) as prom:
         yield prom.url, end
 
 
@@ -179,18 +169,10 @@ def test_dense_samples_keep_todays_queries() -> None:
 def test_30s_scrapes_are_read_as_they_are(tmp_path: Path) -> None:
     """Eight hours scraped every 30 s, a review of the last three: the figures are the truth, and the
     report says the samples were read without a look-back of the review's own."""
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "make test installs Debian's prometheus package, which provides promtool"
     end = float(int(time.time()) // 3600 * 3600 - 3600)
     with (tmp_path / "dense.om").open("w") as out:
         write_openmetrics(out, workloads(), end - 8 * 3600, end, 30.0, nodes=NODES, gpus_per_node=GPUS_PER_NODE)
-    subprocess.run(
-        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "dense.om"), str(tmp_path / "data")],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    with prometheus(tmp_path, [], storage=tmp_path / "data") as prom:
+    with prometheus(tmp_path, [], storage=backfill(tmp_path / "dense.om", tmp_path / "data")) as prom:
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
             assert review_main(["--prometheus", prom.url, "--window", "3h", "--at", str(end), "--json"]) == 0

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,29 +14,20 @@ from attribution.job import main
 from attribution.prometheus import PrometheusClient
 from common.units import GiB
 from simulator.vllm_history import SyntheticServer, fleet, write_openmetrics
-from tests.peers import Prometheus, prometheus
+from tests.peers import Prometheus, backfill, prometheus
 
 WEEK = 7 * 86400
 
 
 @pytest.fixture(scope="module")
 def week(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, list[SyntheticServer], float]]:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "make test installs Debian's prometheus package, which provides promtool"
     tmp = tmp_path_factory.mktemp("week")
     end = float(int(time.time()) // 3600 * 3600 - 3600)
     start = end - WEEK
     servers = fleet(6)
     with (tmp / "history.om").open("w") as out:
         write_openmetrics(out, servers, start, end, step=300.0)
-    data = tmp / "data"
-    subprocess.run(
-        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp / "history.om"), str(data)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    with prometheus(tmp, [], storage=data) as prom:
+    with prometheus(tmp, [], storage=backfill(tmp / "history.om", tmp / "data")) as prom:
         yield prom, servers, end
 
 

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from attribution.review import main as review_main
 from simulator.cluster_history import Workload, write_openmetrics
 from tests.attribution import victoria
 from tests.attribution.victoria import load_openmetrics, victoria_metrics
-from tests.peers import prometheus
+from tests.peers import backfill, prometheus
 
 HOUR = 3600
 DAY = 24 * HOUR
@@ -94,16 +93,8 @@ def _review(url: str, end: float) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def on_prometheus(late_history: tuple[Path, float]) -> dict[str, Any]:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "make test installs Debian's prometheus package, which provides promtool"
     path, end = late_history
-    subprocess.run(
-        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(path), str(path.parent / "data")],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    with prometheus(path.parent, [], storage=path.parent / "data") as prom:
+    with prometheus(path.parent, [], storage=backfill(path, path.parent / "data")) as prom:
         return _review(prom.url, end)
 
 

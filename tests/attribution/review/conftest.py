@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ import pytest
 
 from attribution.review import main
 from simulator.cluster_history import Workload, cluster, write_openmetrics
-from tests.peers import Prometheus, prometheus
+from tests.peers import Prometheus, backfill, prometheus
 
 DAY = 86400
 MONTH = 30 * DAY
@@ -48,29 +46,14 @@ def review_flags(month: Cluster) -> list[str]:
 
 @pytest.fixture(scope="package")
 def month(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "make test installs Debian's prometheus package, which provides promtool"
     tmp = tmp_path_factory.mktemp("month")
     end = float(int(time.time()) // 3600 * 3600)
     workloads = cluster()
     history = tmp / "history.om"
     with history.open("w") as out:
         write_openmetrics(out, workloads, end - MONTH, end)
-    subprocess.run(
-        # 30 days in one pass or three, not 360 two-hour blocks each re-reading the whole file
-        [
-            promtool,
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            "--max-block-duration=720h",
-            str(history),
-            str(tmp / "data"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    # 30 days in one pass or three, not 360 two-hour blocks each re-reading the whole file
+    backfill(history, tmp / "data", max_block_hours=720)
     history.unlink()  # 400 MB; the blocks hold it now
     with prometheus(tmp, [], storage=tmp / "data") as prom:
         yield Cluster(prom, workloads, end)
