@@ -25,7 +25,7 @@ system-deps:
 	    || ! command -v chromium >/dev/null || ! command -v victoria-metrics >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager openssl chromium chromium-driver victoria-metrics >/dev/null; \
+	    prometheus prometheus-alertmanager openssl chromium victoria-metrics >/dev/null; \
 	fi
 
 # First an H200 node with an MPS-shared GPU, a launch-bound pod and time-slicing (summary only), then the
