@@ -319,3 +319,26 @@ def test_the_reviews_currency_comes_from_the_flag_or_the_environment_and_default
     assert "default: USD" in parser.format_help()
     argv, env = ([*base, name, "EUR"], {}) if name.startswith("--") else (base, {name: "EUR"})
     assert parse_args(parser, argv, environ=env).currency == "EUR"
+
+
+@pytest.mark.parametrize(
+    ("needed", "today", "said", "unsaid"),
+    [
+        (6, 8, "fit on 6 GPU(s) instead of 8. 2 freed", "still need"),
+        (8, 8, "still need all 8 GPU(s): none to give back.", "instead of"),
+        (9, 8, "need 9 GPU(s), more than the 8 they have.", "instead of"),
+    ],
+)
+def test_the_consolidation_says_instead_of_only_when_the_plan_frees_gpus(
+    small_review: dict[str, Any], needed: int, today: int, said: str, unsaid: str
+) -> None:
+    review = _dated(small_review)
+    review["consolidation"] = {
+        **review["consolidation"],
+        "gpus_needed": needed,
+        "gpus_today": today,
+        "gpus_freed": max(0, today - needed),
+    }
+    review["headline"] = headline(review)
+    text = " ".join(_same_in_both(review)["Consolidation"].text)
+    assert said in text and unsaid not in text and ("freed" in text) == (needed < today), text
