@@ -1,8 +1,8 @@
 """Every query of every dashboard, with its variables substituted as Grafana would, against a real Prometheus.
 
-Prometheus (Debian's package) scrapes every second: the exporter on the inference scenario (in this process,
-built like ``gpuattr exporter``), the exporters on the MIG scenario and on the MPS scenario (subprocesses:
-the fake NVML library is process-global), and a small HTTP server of this module that stands in for what is not
+Prometheus (Debian's package) scrapes every second: the exporters on the inference, MIG and MPS scenarios
+(``gpuattr exporter`` subprocesses: the fake NVML library is process-global, and a node's sampling does not
+hold this process's interpreter lock), and a small HTTP server of this module that stands in for what is not
 simulated yet: the vLLM pods' own /metrics and the attribution job's output. It evaluates the generated recording rules
 (``alerts/gpuattr-rules.yaml``) every second. Each query must parse and return something: no panel of any
 dashboard is empty on these three nodes.
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import yaml
@@ -34,9 +34,6 @@ from alerts import rules as r
 from common import catalog as c
 from common.exposition import scrape
 from dashboards import build
-from exporter.app import Exporter
-from exporter.app import build as build_exporter
-from exporter.settings import ExporterSettings
 from tests.conftest import ROOT, SCENARIOS
 from tests.peers import prometheus, stop_process
 
@@ -142,9 +139,9 @@ def split(server: VllmServer, held: float, total: float) -> Split:
     return Split(weights, kv_used, kv_idle, overhead, recommended, reclaimable)
 
 
-def _line(name: str, labels: dict[str, str], value: float) -> str:
+def _line(name: str, labels: dict[str, str], value: float, at_ms: int | None = None) -> str:
     inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return f"{name}{{{inner}}} {value!r}"
+    return f"{name}{{{inner}}} {value!r}" + ("" if at_ms is None else f" {at_ms}")
 
 
 def attribution_page(places: dict[str, Placement]) -> str:
@@ -174,9 +171,11 @@ def attribution_page(places: dict[str, Placement]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def vllm_page(places: dict[str, Placement], elapsed_s: float) -> str:
+def vllm_page(places: dict[str, Placement], elapsed_s: float, at_ms: int | None = None) -> str:
     """Stands in for the vLLM pods' /metrics, with the namespace and pod labels a Kubernetes scrape attaches.
-    Counters grow at the servers' token rates from when this module started."""
+    Counters grow at the servers' token rates from when this module started. With ``at_ms`` every sample
+    carries the moment its value is for, so a scrape answered late on a busy machine still gives the exact
+    rate (Prometheus keeps a sample's own timestamp)."""
     lines = []
     for server in SERVERS:
         place = places[server.pod]
@@ -186,16 +185,16 @@ def vllm_page(places: dict[str, Placement], elapsed_s: float) -> str:
         s = split(server, held, total)
         peak = s.kv_used / (s.kv_used + s.kv_idle)
         generated = server.generated_per_s * elapsed_s
-        lines.append(_line(c.External.VLLM_GENERATION_TOKENS, labels, generated))
-        lines.append(_line(c.External.VLLM_PROMPT_TOKENS, labels, server.prompt_per_s * elapsed_s))
+        lines.append(_line(c.External.VLLM_GENERATION_TOKENS, labels, generated, at_ms))
+        lines.append(_line(c.External.VLLM_PROMPT_TOKENS, labels, server.prompt_per_s * elapsed_s, at_ms))
         kv = peak * (0.5 + 0.5 * abs(math.sin(elapsed_s / 7)))
-        lines.append(_line(c.External.VLLM_KV_CACHE_USAGE[new], labels, kv))
+        lines.append(_line(c.External.VLLM_KV_CACHE_USAGE[new], labels, kv, at_ms))
         itl = c.External.VLLM_INTER_TOKEN_LATENCY[new]
         for bound, share in ITL_CDF:
-            lines.append(_line(f"{itl}_bucket", {**labels, "le": str(bound)}, share * generated))
-        lines.append(_line(f"{itl}_bucket", {**labels, "le": "+Inf"}, generated))
-        lines.append(_line(f"{itl}_count", labels, generated))
-        lines.append(_line(f"{itl}_sum", labels, 0.03 * generated))
+            lines.append(_line(f"{itl}_bucket", {**labels, "le": str(bound)}, share * generated, at_ms))
+        lines.append(_line(f"{itl}_bucket", {**labels, "le": "+Inf"}, generated, at_ms))
+        lines.append(_line(f"{itl}_count", labels, generated, at_ms))
+        lines.append(_line(f"{itl}_sum", labels, 0.03 * generated, at_ms))
     return "\n".join(lines) + "\n"
 
 
@@ -203,13 +202,14 @@ class StandIn:
     """One HTTP server: /vllm (the vLLM pods) and /attribution (the attribution job)."""
 
     def __init__(self, places: dict[str, Placement]) -> None:
-        started = time.monotonic()
+        started = time.time()
         attribution = attribution_page(places).encode()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/vllm":
-                    body = vllm_page(places, time.monotonic() - started).encode()
+                    now = time.time()
+                    body = vllm_page(places, now - started, round(now * 1000)).encode()
                 elif self.path == "/attribution":
                     body = attribution
                 else:
@@ -320,51 +320,39 @@ READY = (
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("dashboards")
     deadline = time.monotonic() + READY_TIMEOUT_S
-    mig_port = _free_port()
-    mig_log = (tmp / "mig-exporter.log").open("wb")
-    mig_args = ["--simulate", str(MIG), "--kubernetes", "--listen", f"127.0.0.1:{mig_port}", "--interval", "0.5"]
-    mig_args += ["--sim-start", "60", "--dcgm-exporter-url", "simulated"]
-    mig_proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuattr", "exporter", *mig_args],
-        cwd=ROOT,
-        stdout=mig_log,
-        stderr=subprocess.STDOUT,
-    )
-    mps_port = _free_port()
-    mps_log = (tmp / "mps-exporter.log").open("wb")
-    mps_args = ["--simulate", str(MPS), "--kubernetes", "--listen", f"127.0.0.1:{mps_port}", "--interval", "0.5"]
-    mps_proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuattr", "exporter", *mps_args, "--sim-start", "60"],
-        cwd=ROOT,
-        stdout=mps_log,
-        stderr=subprocess.STDOUT,
-    )
-    exporter: Exporter | None = None
-    stand_in: StandIn | None = None
-    try:
-        exporter = build_exporter(
-            ExporterSettings(
-                simulate=str(INFERENCE),
-                kubernetes=True,
-                listen="127.0.0.1:0",
-                interval=0.5,
-                sim_start=60,
-                dcgm_exporter_url="simulated",
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[BinaryIO] = []
+
+    def node(name: str, scenario: Path, *extra: str) -> str:
+        """``gpuattr exporter`` on ``scenario`` in its own process; its /metrics URL."""
+        port = _free_port()
+        logs.append((tmp / f"{name}-exporter.log").open("wb"))
+        args = ["--simulate", str(scenario), "--kubernetes", "--listen", f"127.0.0.1:{port}", "--interval", "0.5"]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gpuattr", "exporter", *args, "--sim-start", "60", *extra],
+                cwd=ROOT,
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
             )
         )
-        exporter.start()
-        mig_url = f"http://127.0.0.1:{mig_port}/metrics"
-        mps_url = f"http://127.0.0.1:{mps_port}/metrics"
-        _wait_http(mig_url, deadline, "the MIG node's exporter", mig_proc)
-        _wait_http(mps_url, deadline, "the MPS node's exporter", mps_proc)
-        while not all(scrape(url).get(c.POD_INFO.name) for url in (mig_url, mps_url, exporter.server.url)):
+        return f"http://127.0.0.1:{port}/metrics"
+
+    stand_in: StandIn | None = None
+    try:
+        inference_url = node("inference", INFERENCE, "--dcgm-exporter-url", "simulated")
+        mig_url = node("mig", MIG, "--dcgm-exporter-url", "simulated")
+        mps_url = node("mps", MPS)
+        urls = (inference_url, mig_url, mps_url)
+        for url, what, proc in zip(urls, ("inference", "MIG", "MPS"), procs, strict=True):
+            _wait_http(url, deadline, f"the {what} node's exporter", proc)
+        while not all(scrape(url).get(c.POD_INFO.name) for url in urls):
             if time.monotonic() > deadline:
                 pytest.fail("the simulated nodes never resolved their pods")
             time.sleep(0.2)
-        places = _placements([exporter.server.url, mig_url])
+        places = _placements([inference_url, mig_url])
         stand_in = StandIn(places)
-        inference = exporter.server.url.removeprefix("http://").removesuffix("/metrics")
-        mig, mps = f"127.0.0.1:{mig_port}", f"127.0.0.1:{mps_port}"
+        inference, mig, mps = (url.removeprefix("http://").removesuffix("/metrics") for url in urls)
         stand_in_jobs = [
             {"job_name": name, "metrics_path": f"/{name}", "static_configs": [{"targets": [stand_in.address]}]}
             for name in ("vllm", "attribution")
@@ -388,12 +376,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         if stand_in is not None:
             stand_in.close()
-        if exporter is not None:
-            exporter.stop()
-        stop_process(mig_proc)
-        stop_process(mps_proc)
-        mig_log.close()
-        mps_log.close()
+        for proc in procs:
+            stop_process(proc)
+        for node_log in logs:
+            node_log.close()
 
 
 # Grafana's substitution ------------------------------------------------------------------------------------
