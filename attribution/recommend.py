@@ -111,7 +111,7 @@ class Packing:
     gpus_today: int
     gpus_needed: int
     placement: dict[str, list[int]]  # server -> GPU indexes in the plan
-    refused: dict[str, str]  # server -> why it could not be placed (bigger than a GPU)
+    refused: dict[str, str]  # server -> why it could not be moved (bigger than a GPU): it keeps its GPUs
 
 
 def pack(items: Sequence[Item], gpu_bytes: int, gpus_today: int) -> Packing:
@@ -121,10 +121,12 @@ def pack(items: Sequence[Item], gpu_bytes: int, gpus_today: int) -> Packing:
     placement: dict[str, list[int]] = {}
     refused: dict[str, str] = {}
     for item in sorted(items, key=lambda i: (i.bytes_per_gpu * i.ranks, i.ranks), reverse=True):
-        if item.bytes_per_gpu > gpu_bytes:
+        if item.bytes_per_gpu > gpu_bytes:  # it stays where it is, and its GPUs are still needed
             refused[item.name] = (
-                f"needs {item.bytes_per_gpu / GiB:.1f} GiB per GPU, more than a GPU's {gpu_bytes / GiB:.1f}"
+                f"needs {item.bytes_per_gpu / GiB:.1f} GiB per GPU, more than a GPU's {gpu_bytes / GiB:.1f}: "
+                f"stays on its {item.ranks} GPU(s)"
             )
+            free.extend([0] * item.ranks)
             continue
         chosen: list[int] = []
         for index, space in enumerate(free):

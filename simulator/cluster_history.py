@@ -11,9 +11,11 @@ The cluster is built so the review has known truths (``cluster()`` with its defa
 - team ``data`` (batch, Jobs) holds 40 GPUs at SM 0.25 until the last 7 days of the history, then 0.5;
 - the other 240 GPUs are allocated to nobody.
 
-Workloads may also share a GPU (``gpu_group``: time-slicing, MPS or MIG instances of one GPU) and vLLM
-servers may expose their KV cache (``kv_cache_bytes``, ``kv_peak``), for the tests of shared costing and
-of the consolidation plan; the default cluster does neither.
+Its vLLM servers expose their KV cache reservation and usage (``kv_cache_bytes``, ``kv_peak``) as every vLLM
+does (``cache_config_info``, ``kv_cache_usage_perc``): the Llama-70B replicas (TP 4) reserve 34 GiB of KV per
+GPU beside 33 GiB of weights and use at most 45 % of it, the Qwen-7B ones 54 GiB and 30 %. Workloads may also
+share a GPU (``gpu_group``: time-slicing, MPS or MIG instances of one GPU), for the tests of shared costing;
+the default cluster does not.
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ def cluster(nodes: int = 50, gpus_per_node: int = 8) -> list[Workload]:
                 memory_fraction=0.9,
                 tokens_per_s=1000.0,
                 ttft_fast_share=0.95,
+                kv_cache_bytes=34 * 2**30,
+                kv_peak=0.45,
             )
         )
     for i in range(8):  # 8 GPUs, 4000 tokens/s, 80 % of first tokens within 0.5 s
@@ -146,6 +150,8 @@ def cluster(nodes: int = 50, gpus_per_node: int = 8) -> list[Workload]:
                 memory_fraction=0.9,
                 tokens_per_s=500.0,
                 ttft_fast_share=0.80,
+                kv_cache_bytes=54 * 2**30,
+                kv_peak=0.30,
             )
         )
     for i in range(24):  # 24 notebooks holding memory, no kernels

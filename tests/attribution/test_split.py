@@ -94,8 +94,9 @@ def test_first_fit_decreasing_packs_right_sized_servers_and_keeps_tensor_paralle
     plan = pack(items, 80 * GiB, gpus_today=14)
     assert plan.gpus_needed == 5  # 12 × 20 GiB on 3 GPUs, and the TP pair on 2 more
     assert len(set(plan.placement["tp2"])) == 2
-    too_big = pack([Item("huge", 90 * GiB)], 80 * GiB, gpus_today=1)
-    assert "more than a GPU" in too_big.refused["huge"] and too_big.gpus_needed == 0
+    too_big = pack([Item("huge", 90 * GiB, ranks=2), Item("small", 10 * GiB)], 80 * GiB, gpus_today=3)
+    assert "more than a GPU" in too_big.refused["huge"]
+    assert too_big.gpus_needed == 3  # what cannot move keeps its 2 GPUs, and nothing else lands on them
 
 
 def test_costs_price_the_idle_and_reclaimable_share_and_tokens() -> None:
