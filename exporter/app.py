@@ -81,6 +81,7 @@ def build(settings: ExporterSettings, simulation: Any = None) -> Exporter:
         wall_clock=simulation.clock.wall if simulation is not None else time.time,
         monotonic=simulation.clock.now if simulation is not None else time.monotonic,  # GPM spacing: sim time
         use_gpm=settings.gpm,
+        pcie_throughput=bool(settings.dcgm_compat),  # only dcgm-exporter's PCIe fields use it
         interval_s=settings.interval,
         call_timeout_s=settings.nvml_timeout,
     )

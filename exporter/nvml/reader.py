@@ -125,6 +125,7 @@ class NvmlReader:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         use_gpm: bool = True,
+        pcie_throughput: bool = True,
         interval_s: float = 5.0,
         call_timeout_s: float = 2.0,
     ) -> None:
@@ -133,6 +134,8 @@ class NvmlReader:
         self.wall_clock = wall_clock
         self.monotonic = monotonic
         self.use_gpm = use_gpm
+        self.pcie_throughput = pcie_throughput
+        """Ask nvmlDeviceGetPcieThroughput (about 20 ms per direction on a real driver, on each GPU's thread)."""
         self.interval_s = interval_s
         self.initialized = False
         self.driver_version = ""
@@ -417,7 +420,8 @@ class NvmlReader:
         """Clocks, memory temperature, codecs, reserved memory, PCIe, NVLink and row remapping of one GPU.
 
         Each value the driver does not give (NOT_SUPPORTED, N/A, a failure) stays None: unknown, never 0.
-        ``nvmlDeviceGetPcieThroughput`` samples the link for about 20 ms per direction on a real driver.
+        ``nvmlDeviceGetPcieThroughput`` samples the link for about 20 ms per direction on a real driver: it is
+        asked only when ``pcie_throughput`` is on (``--dcgm-compat``, its only user).
         """
         h, scope = dev.handle, dev.uuid
         out: dict[str, Any] = {}
@@ -441,6 +445,9 @@ class NvmlReader:
             ("pcie_tx_bytes_per_second", pynvml.NVML_PCIE_UTIL_TX_BYTES),
             ("pcie_rx_bytes_per_second", pynvml.NVML_PCIE_UTIL_RX_BYTES),
         ):
+            if not self.pcie_throughput:
+                out[key] = None  # not asked: unknown, as for a driver that does not say
+                continue
             kb = self._call_raw("nvmlDeviceGetPcieThroughput", scope, pynvml.nvmlDeviceGetPcieThroughput, h, counter)
             out[key] = kb * 1024.0 if kb is not None else None
         rows = self._call_raw("nvmlDeviceGetRemappedRows", scope, pynvml.nvmlDeviceGetRemappedRows, h)

@@ -224,3 +224,35 @@ def test_the_xid_count_of_a_gpu_that_fell_off_the_bus_is_served_while_it_is_down
         f'{c.GPU_XID_ERRORS.name}{{gpu="0",gpu_uuid="{uuid}",xid="79"}} 1.0',
     ]
     assert _series(text, c.GPU_SM_CLOCK) == []  # nothing else of a GPU that is down
+
+
+@pytest.mark.parametrize("dcgm_compat", [False, True])
+def test_pcie_throughput_is_asked_only_for_dcgm_exporters_pcie_fields(dcgm_compat: bool) -> None:
+    """nvmlDeviceGetPcieThroughput holds a GPU's reader thread about 20 ms per direction on a real driver, and
+    only --dcgm-compat serves what it gives: without it the agent never asks."""
+    import pynvml
+
+    from exporter.app import build
+    from exporter.settings import ExporterSettings
+    from tests.conftest import ROOT
+
+    settings = ExporterSettings(
+        simulate=str(ROOT / "scenarios" / "h100-inference-node.yaml"),
+        listen="127.0.0.1:0",
+        interval=60,
+        sim_start=60,
+        dcgm_compat=dcgm_compat,
+    )
+    exporter = build(settings)
+    exporter.start()  # takes the first sample
+    try:
+        exporter.sampler.sample_once()
+        calls = dict(pynvml.nvmlLib.calls)
+        snapshot = exporter.sampler.snapshot
+        assert snapshot is not None
+        gpus = snapshot.reading.gpus
+    finally:
+        exporter.stop()
+    assert ("nvmlDeviceGetPcieThroughput" in calls) is dcgm_compat
+    assert all((g.pcie_tx_bytes_per_second is not None) is dcgm_compat for g in gpus)
+    assert calls["nvmlDeviceGetPcieReplayCounter"] >= len(gpus)  # the rest of device health is read either way
