@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
 from common import catalog
+from tests.bench.scripts import bench_script
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "exporter" / "golden" / "h100-inference-node.prom"
@@ -16,13 +16,8 @@ GOLDEN = ROOT / "tests" / "exporter" / "golden" / "h100-inference-node.prom"
 
 @pytest.fixture(scope="module")
 def check() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import real_gpu_check
-
-        yield real_gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    with bench_script("real_gpu_check") as module:
+        yield module
 
 
 def _first_scrape() -> str:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ import yaml
 
 from exporter.app import build
 from exporter.settings import ExporterSettings
-from tests.conftest import H200_FIXTURES, ROOT
+from tests.bench.scripts import bench_script
+from tests.conftest import H200_FIXTURES
 from tests.simulator.test_mps import BUSY, IDLE, mps_gpu
 
 MiB = 2**20
@@ -24,13 +24,8 @@ TINY_PID = 597  # the PID of the real run (tiny-kernels-pmon.txt)
 
 @pytest.fixture(scope="module")
 def check() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import real_gpu_mps_check
-
-        yield real_gpu_mps_check
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    with bench_script("real_gpu_mps_check") as module:
+        yield module
 
 
 def _pages(raw: dict[str, Any], tmp_path: Path, count: int = 3) -> list[str]:
