@@ -10,6 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -173,14 +174,25 @@ def _one(got: Scraped, family: str) -> float | None:
     return values[0] if len(values) == 1 else None
 
 
-def test_serve_keeps_the_last_good_figures_with_their_age_when_prometheus_goes_away(prom: QueryPrometheus) -> None:
+@contextmanager
+def _serving(prom: QueryPrometheus) -> Iterator[str]:
+    """``gpuattr attribute --serve`` on a free port, a run every 0.2 s, in a thread; its /metrics URL. Stopped
+    on exit, and it must have stopped."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
     stop = threading.Event()
     flags = ["--prometheus", prom.url, "--serve", f"127.0.0.1:{port}", "--every", "0.2", "--timeout", "2"]
     server = threading.Thread(target=attribute, args=(flags,), kwargs={"stop": stop}, daemon=True)
     server.start()
     try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        stop.set()
+        server.join(10)
+    assert not server.is_alive()
+
+
+def test_serve_keeps_the_last_good_figures_with_their_age_when_prometheus_goes_away(prom: QueryPrometheus) -> None:
+    with _serving(prom) as url:
         good = _wait("a good run served", url, lambda got: _one(got, c.JOB_UP.family) == 1)
         figures = good[c.VLLM_MEMORY.family]
         assert figures  # the split is served
@@ -197,31 +209,17 @@ def test_serve_keeps_the_last_good_figures_with_their_age_when_prometheus_goes_a
         prom.fail = lambda query: None  # Prometheus is back: so are up and fresh figures
         again = _wait("a good run again", url, lambda got: _one(got, c.JOB_UP.family) == 1)
         assert (_one(again, c.JOB_LAST_SUCCESS.family) or 0) > failed_at
-    finally:
-        stop.set()
-        server.join(10)
-    assert not server.is_alive()
 
 
 def test_serve_whose_first_run_fails_serves_its_failure_and_no_figures(
     prom: QueryPrometheus, capsys: pytest.CaptureFixture[str]
 ) -> None:
     prom.fail = lambda query: GARBAGE
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    stop = threading.Event()
-    flags = ["--prometheus", prom.url, "--serve", f"127.0.0.1:{port}", "--every", "0.2", "--timeout", "2"]
-    server = threading.Thread(target=attribute, args=(flags,), kwargs={"stop": stop}, daemon=True)
-    server.start()
-    try:
+    with _serving(prom) as url:
         bad = _wait("the failure served", url, lambda got: _one(got, c.JOB_UP.family) == 0)
         assert c.VLLM_MEMORY.family not in bad  # no figures rather than zeros
         assert c.JOB_LAST_SUCCESS.family not in bad
         assert _one(bad, c.JOB_LAST_RUN.family) is not None
-    finally:
-        stop.set()
-        server.join(10)
-    assert not server.is_alive()
     assert "gpuattr attribute: essential inputs failed (memory, gpu_total, pod_info, kv_max, cache_config)" in (
         capsys.readouterr().err
     )
